@@ -1,0 +1,69 @@
+"""The ``eegs`` command line: one entry point, one module per subcommand.
+
+Each public module in :mod:`app.commands` (found by listing the package, so adding a
+subcommand touches no other file) declares ``NAME``, ``HELP``, ``add_arguments`` and
+``run``; heavy imports happen inside ``run`` so that ``eegs --help`` stays instant.
+Input errors (a bad protocol, a missing stream or channel) exit with status 2 and a
+message that names what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from app import shutdown
+from app.errors import UsageError
+
+
+def _command_modules() -> list[str]:
+    """Every module of :mod:`app.commands` that defines a subcommand, by file name."""
+    import app.commands
+
+    return sorted(
+        m.name for m in pkgutil.iter_modules(app.commands.__path__) if not m.name.startswith("_")
+    )
+
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the tests)."""
+    parser = argparse.ArgumentParser(
+        prog="eegs",
+        description="EEGS: closed-loop EEG-guided affective image dataset construction.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _command_modules():
+        mod = importlib.import_module(f"app.commands.{name}")
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.__doc__)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose + 1, 2),
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    shutdown.install()
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as err:
+        print(f"eegs {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Schema of a protocol file: the single source of every experimental parameter.
+
+A protocol is a TOML file validated on load. Unknown keys are errors so that a typo
+in a lab's protocol never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROTOCOL_DIR = Path(__file__).resolve().parent
+DEFAULT_PROTOCOL = PROTOCOL_DIR / "default.toml"
+
+
+class ProtocolError(ValueError):
+    """A protocol file that cannot be used, with the file and field that are wrong."""
+
+    def __init__(self, path: str | Path | None, field: str, message: str) -> None:
+        self.path = None if path is None else Path(path)
+        self.field = field
+        self.message = message
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}field '{field}': {message}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Meta(_Section):
+    """Who wrote the protocol and what it is for."""
+
+    name: str = "unnamed"
+    description: str = ""
+    version: int = Field(1, ge=1, description="Version of the protocol file format.")
+
+
+class Streams(_Section):
+    """Which LSL streams the session reads."""
+
+    eeg: str = Field("EEGS-EEG", min_length=1, description="Name of the EEG stream.")
+    eeg_type: str = Field("EEG", description="LSL type of the EEG stream ('' = any).")
+    markers: str = Field("EEGS-markers", min_length=1, description="Marker stream name.")
+    sfreq: float | None = Field(
+        None, gt=0, description="Expected sampling rate of the EEG stream; None = any."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0)
+    buffer_s: float = Field(30.0, gt=0, description="Ring buffer length of the EEG.")
+    gap_s: float = Field(
+        1.0, gt=0, description="No EEG sample for this long counts as a gap."
+    )
+
+
+class Epochs(_Section):
+    """Which markers are epoched, and the epoch window (seconds, marker = 0)."""
+
+    event: str = Field("stimulus_onset", min_length=1)
+    tmin: float = -0.2
+    tmax: float = 1.0
+    baseline: tuple[float, float] | None = (-0.2, 0.0)
+
+    @model_validator(mode="after")
+    def _check_window(self) -> Epochs:
+        if self.tmax <= self.tmin:
+            raise ValueError(f"tmax ({self.tmax}) must be greater than tmin ({self.tmin})")
+        if self.baseline is not None:
+            lo, hi = self.baseline
+            if not (self.tmin <= lo < hi <= self.tmax):
+                raise ValueError(
+                    f"baseline {list(self.baseline)} must lie inside "
+                    f"[tmin, tmax] = [{self.tmin}, {self.tmax}] with start < end"
+                )
+        return self
+
+
+class Preprocessing(_Section):
+    """Online preprocessing: causal IIR filters on the stream, then per-epoch steps."""
+
+    notch_hz: list[float] = Field(default_factory=lambda: [50.0])
+    l_freq: float | None = Field(0.5, gt=0)
+    h_freq: float | None = Field(40.0, gt=0)
+    filter_order: int = Field(4, ge=1, le=10, description="Butterworth order.")
+    resample_hz: float | None = Field(250.0, gt=0)
+    montage: list[str] = Field(
+        default_factory=list,
+        description="Channels to keep, in order; empty keeps every channel.",
+    )
+    rename: dict[str, str] = Field(
+        default_factory=dict, description="Stream channel name -> montage name."
+    )
+
+    @model_validator(mode="after")
+    def _check_band(self) -> Preprocessing:
+        if self.l_freq and self.h_freq and self.l_freq >= self.h_freq:
+            raise ValueError(
+                f"l_freq ({self.l_freq}) must be below h_freq ({self.h_freq})"
+            )
+        if len(set(self.montage)) != len(self.montage):
+            raise ValueError("montage lists a channel twice")
+        return self
+
+
+class Quality(_Section):
+    """Thresholds that flag (never silently drop) an epoch, in µV."""
+
+    flat_uv: float = Field(0.5, ge=0, description="Peak-to-peak below this is flat.")
+    saturation_uv: float = Field(
+        3000.0, gt=0, description="|value| at or above this is saturated."
+    )
+    reject_uv: float = Field(150.0, gt=0, description="Peak-to-peak above this.")
+
+
+class Network(_Section):
+    """ZeroMQ endpoints. Non-loopback endpoints require CURVE keys."""
+
+    epochs_endpoint: str = "tcp://127.0.0.1:5556"
+    curve_secret_key: str | None = Field(
+        None, description="Path of this process's CURVE secret key file."
+    )
+    curve_public_key: str | None = Field(
+        None, description="Path of the peer's CURVE public key file (clients)."
+    )
+    curve_authorized_dir: str | None = Field(
+        None, description="Folder of public keys allowed to connect (servers)."
+    )
+
+
+class Recording(_Section):
+    """Whole-session XDF recording through LabRecorder."""
+
+    enabled: bool = True
+    extra_streams: list[str] = Field(
+        default_factory=list, description="Names of further LSL streams to record."
+    )
+
+
+class Protocol(_Section):
+    """A whole protocol file."""
+
+    meta: Meta = Field(default_factory=Meta)
+    streams: Streams = Field(default_factory=Streams)
+    epochs: Epochs = Field(default_factory=Epochs)
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    quality: Quality = Field(default_factory=Quality)
+    network: Network = Field(default_factory=Network)
+    recording: Recording = Field(default_factory=Recording)
+
+    source: str | None = Field(None, exclude=True, description="File it came from.")
+    sha256: str | None = Field(None, exclude=True, description="Hash of that file.")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Protocol:
+        """Return a copy with dotted keys (``"epochs.tmin"``) replaced and validated."""
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            data[section][key] = value
+        return _validate(data, self.source, self.sha256)
+
+
+def _validate(data: dict[str, Any], source: str | None, sha: str | None) -> Protocol:
+    try:
+        protocol = Protocol.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling against experiment_protocols/schema.py)"
+        elif "input" in first and first["type"] != "missing":
+            msg = f"{msg}; got {first['input']!r}"
+        raise ProtocolError(source, field, msg) from None
+    protocol.source = source
+    protocol.sha256 = sha
+    return protocol
+
+
+def load_protocol(path: str | Path | None = None) -> Protocol:
+    """Read and validate a protocol file; ``None`` loads the shipped default."""
+    path = Path(path) if path is not None else DEFAULT_PROTOCOL
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ProtocolError(path, "(file)", f"cannot read: {err.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ProtocolError(path, "(file)", f"not valid TOML: {err}") from None
+    return _validate(data, str(path), hashlib.sha256(raw).hexdigest())

@@ -1,0 +1,160 @@
+"""Replay a recording as live LSL streams: EEG plus JSON markers from its events.
+
+mne-lsl's ``PlayerLSL`` streams annotations as a numeric one-hot stream and stamps
+chunks when they are pushed; EEGS needs JSON string markers stamped on the same
+sample clock as the EEG (so that an epoch lands on the same sample as offline), so
+the replay paces its own outlets with :class:`workers.lsl_clock.SampleClock`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pylsl
+
+from workers.errors import InputError
+from workers.lsl_clock import (
+    SampleClock,
+    make_eeg_info,
+    make_marker_outlet,
+    push_chunk_at_clock,
+    wait_for_consumers,
+)
+
+logger = logging.getLogger("eegs.replay")
+
+_MNE_EXTENSIONS = (".fif", ".fif.gz", ".edf", ".bdf", ".vhdr", ".set", ".gdf", ".cnt")
+
+
+class ReplayError(InputError):
+    """A file that cannot be replayed, with the reason."""
+
+
+@dataclass
+class Recording:
+    """Samples (µV, time × channels) and events (sample index, JSON marker dict)."""
+
+    data: np.ndarray
+    sfreq: float
+    ch_names: list[str]
+    events: list[tuple[int, dict]]
+
+
+@dataclass
+class ReplayConfig:
+    """What one ``eegs replay`` process streams."""
+
+    path: Path
+    name: str = "EEGS-EEG"
+    start_s: float = 0.0
+    duration_s: float | None = None
+    chunk_s: float = 0.02
+    wait_s: float = 0.0
+
+
+def load_recording(path: str | Path) -> Recording:
+    """Read an XDF file of ours or any file MNE reads, as µV and events."""
+    path = Path(path)
+    if not path.exists():
+        raise ReplayError(f"{path}: no such file")
+    if path.suffix.lower() == ".xdf":
+        return _load_xdf(path)
+    if not path.name.lower().endswith(_MNE_EXTENSIONS):
+        raise ReplayError(f"{path}: unknown format; expected .xdf or one of {_MNE_EXTENSIONS}")
+    return _load_mne(path)
+
+
+def _load_mne(path: Path) -> Recording:
+    import mne
+
+    try:
+        raw = mne.io.read_raw(path, preload=True, verbose="error")
+    except Exception as err:  # MNE raises many types for unreadable files
+        raise ReplayError(f"{path}: MNE cannot read it: {err}") from None
+    raw.pick(["data", "eog", "ecg", "emg", "misc"], exclude=[])
+    scale = np.array([1e6 if ch["unit"] == mne.io.constants.FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]])
+    events, event_id = mne.events_from_annotations(raw, verbose="error")
+    names = {v: k for k, v in event_id.items()}
+    out = [
+        (int(s - raw.first_samp), {"event": names[code]})
+        for s, _, code in events
+    ]
+    return Recording(
+        (raw.get_data().T * scale).astype(np.float32), raw.info["sfreq"], raw.ch_names, out
+    )
+
+
+def _load_xdf(path: Path) -> Recording:
+    import pyxdf
+
+    streams, _ = pyxdf.load_xdf(str(path), dejitter_timeseries=False)
+    eeg = [s for s in streams if float(s["info"]["nominal_srate"][0]) > 0 and len(s["time_stamps"])]
+    markers = [s for s in streams if s["info"]["channel_format"][0] == "string"]
+    if not eeg:
+        raise ReplayError(f"{path}: no regularly sampled stream with data")
+    pref = [s for s in eeg if s["info"]["type"][0].upper() == "EEG"]
+    s = (pref or eeg)[0]
+    sfreq = float(s["info"]["nominal_srate"][0])
+    n_ch = int(s["info"]["channel_count"][0])
+    try:
+        chans = s["info"]["desc"][0]["channels"][0]["channel"]
+        ch_names = [c["label"][0] for c in chans]
+    except (KeyError, IndexError, TypeError):
+        ch_names = [f"EEG{i:03d}" for i in range(n_ch)]
+    t0 = s["time_stamps"][0]
+    out: list[tuple[int, dict]] = []
+    for m in markers:
+        for text, t in zip(m["time_series"], m["time_stamps"], strict=True):
+            try:
+                marker = json.loads(text[0])
+            except json.JSONDecodeError:
+                marker = {"event": text[0]}
+            if not isinstance(marker, dict) or "event" not in marker:
+                marker = {"event": str(text[0])}
+            out.append((int(round((t - t0) * sfreq)), marker))
+    out.sort(key=lambda e: e[0])
+    return Recording(np.asarray(s["time_series"], dtype=np.float32), sfreq, ch_names, out)
+
+
+def run(config: ReplayConfig, stop=lambda: False) -> int:
+    """Stream the file once; returns the number of markers sent."""
+    rec = load_recording(config.path)
+    s0 = int(round(config.start_s * rec.sfreq))
+    n_total = rec.data.shape[0]
+    if not 0 <= s0 < n_total:
+        raise ReplayError(
+            f"--start {config.start_s} s is outside the recording (0 to {n_total / rec.sfreq:.1f} s)"
+        )
+    s1 = n_total if config.duration_s is None else min(n_total, s0 + int(round(config.duration_s * rec.sfreq)))
+    events = [(s - s0, m) for s, m in rec.events if s0 <= s < s1]
+    for k, (s, m) in enumerate(events):
+        m.setdefault("trial", k)
+        m.setdefault("sample", s + s0)
+    data = rec.data[s0:s1]
+    eeg_out = pylsl.StreamOutlet(make_eeg_info(config.name, rec.ch_names, rec.sfreq))
+    mrk_out = make_marker_outlet(f"{config.name}-markers")
+    if config.wait_s > 0 and not wait_for_consumers([eeg_out, mrk_out], config.wait_s):
+        logger.warning("no consumer after %.1f s; replaying anyway", config.wait_s)
+    chunk = max(1, int(round(config.chunk_s * rec.sfreq)))
+    clock = SampleClock(rec.sfreq)
+    logger.info(
+        "replaying %s: %d channels at %g Hz, %.1f s, %d events",
+        config.path.name, len(rec.ch_names), rec.sfreq, data.shape[0] / rec.sfreq, len(events),
+    )
+    k_ev = 0
+    sent = 0
+    for first in range(0, data.shape[0], chunk):
+        if stop():
+            break
+        block = data[first : first + chunk]
+        push_chunk_at_clock(eeg_out, clock, first, block)
+        while k_ev < len(events) and events[k_ev][0] < first + block.shape[0]:
+            s, m = events[k_ev]
+            mrk_out.push_sample([json.dumps(m)], float(clock.time_of(s)))
+            k_ev += 1
+            sent += 1
+    return sent

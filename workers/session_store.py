@@ -1,0 +1,201 @@
+"""The session directory: the one place a session's results live, safe against crashes.
+
+Every write is either an append of one whole line to ``events.jsonl`` (a single
+``write`` on an ``O_APPEND`` descriptor, then ``fsync``) or a file written beside its
+final name and renamed over it, so a process killed at any moment leaves only
+complete lines and complete files behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SESSION_FILE = "session.json"
+EVENTS_FILE = "events.jsonl"
+RECORDING_FILE = "recording.xdf"
+EPOCHS_DIR = "epochs"
+
+_VERSIONED = ("eegs", "mne", "mne-lsl", "pylsl", "numpy", "pyzmq", "torch", "psychopy")
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` so that readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """JSON flavour of :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class StoredEpoch:
+    """One epoch read back from a session directory."""
+
+    trial_id: int
+    data: np.ndarray  # (n_channels, n_times), µV
+    meta: dict[str, Any]
+
+
+class SessionStore:
+    """Append-only writer (and reader) of one session directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.epochs_dir = self.root / EPOCHS_DIR
+        self._events_fd: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def open(self, *, role: str, protocol: Any = None, **fields: Any) -> SessionStore:
+        """Create the directory (or join an existing session) and record who opened it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.epochs_dir.mkdir(exist_ok=True)
+        self._events_fd = os.open(
+            self.root / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
+        info = self.read_info()
+        if not info:
+            info = {
+                "session": self.root.name,
+                "created": _now_iso(),
+                "host": socket.gethostname(),
+                "platform": platform.platform(),
+                "python": sys.version.split()[0],
+                "versions": _versions(),
+                "status": "running",
+            }
+        if protocol is not None:
+            info["protocol"] = protocol.model_dump(mode="json")
+            info["protocol_file"] = protocol.source
+            info["protocol_sha256"] = protocol.sha256
+        info.update(fields)
+        info.setdefault("processes", {})[role] = {"pid": os.getpid(), "started": _now_iso()}
+        info["status"] = "running"
+        atomic_write_json(self.root / SESSION_FILE, info)
+        self.log("process_start", role=role, pid=os.getpid())
+        return self
+
+    def close(self, status: str = "completed", **fields: Any) -> None:
+        """Mark the session's end state; safe to call twice."""
+        if self._events_fd is None:
+            return
+        self.update_info(status=status, ended=_now_iso(), **fields)
+        self.log("process_end", status=status)
+        os.close(self._events_fd)
+        self._events_fd = None
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close("failed" if exc_type else "completed")
+
+    # -- writing -----------------------------------------------------------------------
+    def log(self, event: str, **fields: Any) -> None:
+        """Append one event line; it is on disk when this returns."""
+        if self._events_fd is None:
+            raise RuntimeError(f"session {self.root} is not open")
+        record = {"t_wall": time.time(), "event": event, **fields}
+        line = (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode()
+        os.write(self._events_fd, line)
+        os.fsync(self._events_fd)
+
+    def update_info(self, **fields: Any) -> None:
+        """Merge fields into ``session.json`` (atomically)."""
+        info = self.read_info()
+        info.update(fields)
+        atomic_write_json(self.root / SESSION_FILE, info)
+
+    def write_epoch(self, trial_id: int, data: np.ndarray, meta: dict[str, Any]) -> Path:
+        """Store one preprocessed epoch (µV, float32) with its metadata."""
+        path = self.epochs_dir / f"epoch-{trial_id:06d}.npz"
+        import io
+
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            data=np.asarray(data, dtype=np.float32),
+            meta=np.frombuffer(json.dumps(meta, default=_json_default).encode(), np.uint8),
+        )
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    # -- reading -----------------------------------------------------------------------
+    def read_info(self) -> dict[str, Any]:
+        """``session.json`` as a dict ({} when absent)."""
+        path = self.root / SESSION_FILE
+        if not path.exists():
+            return {}
+        return json.loads(path.read_text())
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Every event line; a torn last line (power cut) is skipped."""
+        yield from read_events(self.root / EVENTS_FILE)
+
+    def epochs(self) -> list[StoredEpoch]:
+        """Every stored epoch, in trial order."""
+        out = []
+        for path in sorted(self.epochs_dir.glob("epoch-*.npz")):
+            with np.load(path, allow_pickle=False) as npz:
+                meta = json.loads(npz["meta"].tobytes().decode())
+                out.append(StoredEpoch(int(meta["trial_id"]), npz["data"], meta))
+        return out
+
+
+def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Parse an ``events.jsonl`` file line by line."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open("rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                return  # torn final line
+            yield json.loads(line)
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
