@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from app import shutdown
 from app.errors import UsageError
@@ -27,8 +29,6 @@ def _command_modules() -> list[str]:
     return sorted(
         m.name for m in pkgutil.iter_modules(app.commands.__path__) if not m.name.startswith("_")
     )
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    # liblsl logs every connection at INFO level on stderr; a lab's own LSLAPICFG wins.
+    os.environ.setdefault("LSLAPICFG", str(Path(__file__).parents[1] / "workers" / "lsl_api.cfg"))
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose + 1, 2),
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",

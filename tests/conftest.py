@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -59,19 +60,19 @@ class Processes:
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 proc.wait(10)
 
 
 @pytest.fixture
-def processes(request) -> Processes:
-    """Start subprocesses; every one is stopped by pid in a finalizer."""
+def processes():
+    """Start subprocesses; every one is stopped by pid when the test ends."""
     procs = Processes()
-    request.addfinalizer(procs.stop_all)
-    return procs
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
 
 
 def run_eegs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

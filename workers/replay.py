@@ -54,6 +54,7 @@ class ReplayConfig:
     duration_s: float | None = None
     chunk_s: float = 0.02
     wait_s: float = 0.0
+    lead_s: float = 1.0
 
 
 def load_recording(path: str | Path) -> Recording:
@@ -75,14 +76,16 @@ def _load_mne(path: Path) -> Recording:
         raw = mne.io.read_raw(path, preload=True, verbose="error")
     except Exception as err:  # MNE raises many types for unreadable files
         raise ReplayError(f"{path}: MNE cannot read it: {err}") from None
-    raw.pick(["data", "eog", "ecg", "emg", "misc"], exclude=[])
-    scale = np.array([1e6 if ch["unit"] == mne.io.constants.FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]])
+    stim = [
+        ch for ch, kind in zip(raw.ch_names, raw.get_channel_types(), strict=True) if kind == "stim"
+    ]
+    raw.drop_channels(stim)  # events travel as markers
+    scale = np.array(
+        [1e6 if ch["unit"] == mne.io.constants.FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]]
+    )
     events, event_id = mne.events_from_annotations(raw, verbose="error")
     names = {v: k for k, v in event_id.items()}
-    out = [
-        (int(s - raw.first_samp), {"event": names[code]})
-        for s, _, code in events
-    ]
+    out = [(int(s - raw.first_samp), {"event": names[code]}) for s, _, code in events]
     return Recording(
         (raw.get_data().T * scale).astype(np.float32), raw.info["sfreq"], raw.ch_names, out
     )
@@ -91,7 +94,7 @@ def _load_mne(path: Path) -> Recording:
 def _load_xdf(path: Path) -> Recording:
     import pyxdf
 
-    streams, _ = pyxdf.load_xdf(str(path), dejitter_timeseries=False)
+    streams, _ = pyxdf.load_xdf(str(path))
     eeg = [s for s in streams if float(s["info"]["nominal_srate"][0]) > 0 and len(s["time_stamps"])]
     markers = [s for s in streams if s["info"]["channel_format"][0] == "string"]
     if not eeg:
@@ -127,9 +130,14 @@ def run(config: ReplayConfig, stop=lambda: False) -> int:
     n_total = rec.data.shape[0]
     if not 0 <= s0 < n_total:
         raise ReplayError(
-            f"--start {config.start_s} s is outside the recording (0 to {n_total / rec.sfreq:.1f} s)"
+            f"--start {config.start_s} s is outside the recording "
+            f"(0 to {n_total / rec.sfreq:.1f} s)"
         )
-    s1 = n_total if config.duration_s is None else min(n_total, s0 + int(round(config.duration_s * rec.sfreq)))
+    s1 = (
+        n_total
+        if config.duration_s is None
+        else min(n_total, s0 + int(round(config.duration_s * rec.sfreq)))
+    )
     events = [(s - s0, m) for s, m in rec.events if s0 <= s < s1]
     for k, (s, m) in enumerate(events):
         m.setdefault("trial", k)
@@ -140,10 +148,14 @@ def run(config: ReplayConfig, stop=lambda: False) -> int:
     if config.wait_s > 0 and not wait_for_consumers([eeg_out, mrk_out], config.wait_s):
         logger.warning("no consumer after %.1f s; replaying anyway", config.wait_s)
     chunk = max(1, int(round(config.chunk_s * rec.sfreq)))
-    clock = SampleClock(rec.sfreq)
+    clock = SampleClock(rec.sfreq, lead_s=config.lead_s)
     logger.info(
         "replaying %s: %d channels at %g Hz, %.1f s, %d events",
-        config.path.name, len(rec.ch_names), rec.sfreq, data.shape[0] / rec.sfreq, len(events),
+        config.path.name,
+        len(rec.ch_names),
+        rec.sfreq,
+        data.shape[0] / rec.sfreq,
+        len(events),
     )
     k_ev = 0
     sent = 0

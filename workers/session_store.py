@@ -8,6 +8,7 @@ complete lines and complete files behind.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -152,8 +153,6 @@ class SessionStore:
     def write_epoch(self, trial_id: int, data: np.ndarray, meta: dict[str, Any]) -> Path:
         """Store one preprocessed epoch (µV, float32) with its metadata."""
         path = self.epochs_dir / f"epoch-{trial_id:06d}.npz"
-        import io
-
         buf = io.BytesIO()
         np.savez(
             buf,

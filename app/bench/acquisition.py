@@ -35,13 +35,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=20, help="samples per LSL chunk")
 
 
-def _source(name: str, n_ch: int, sfreq: float, chunk: int, t_start: float,
-            period: float, n_markers: int, seconds: float) -> None:
+def _source(
+    name: str,
+    n_ch: int,
+    sfreq: float,
+    chunk: int,
+    t_start: float,
+    period: float,
+    n_markers: int,
+    seconds: float,
+) -> None:
     import json
 
     import pylsl
 
-    from workers.lsl_clock import SampleClock, make_eeg_info, make_marker_outlet, push_chunk_at_clock
+    from workers.lsl_clock import (
+        SampleClock,
+        make_eeg_info,
+        make_marker_outlet,
+        push_chunk_at_clock,
+    )
 
     eeg = pylsl.StreamOutlet(make_eeg_info(name, [f"EEG{i:03d}" for i in range(n_ch)], sfreq))
     mrk = make_marker_outlet(f"{name}-markers")
@@ -54,7 +67,7 @@ def _source(name: str, n_ch: int, sfreq: float, chunk: int, t_start: float,
     k_marker = 0
     n_total = int(seconds * sfreq)
     for first in range(0, n_total, chunk):
-        block = noise[first % noise.shape[0]:][:chunk]
+        block = noise[first % noise.shape[0] :][:chunk]
         if block.shape[0] < chunk:
             block = noise[:chunk]
         push_chunk_at_clock(eeg, clock, first, block)
@@ -66,8 +79,9 @@ def _source(name: str, n_ch: int, sfreq: float, chunk: int, t_start: float,
             k_marker += 1
 
 
-def _mne_lsl_poller(name: str, t_start: float, period: float, n_markers: int,
-                    deadline: float, out: mp.Queue) -> None:
+def _mne_lsl_poller(
+    name: str, t_start: float, period: float, n_markers: int, deadline: float, out: mp.Queue
+) -> None:
     import pylsl
     from mne_lsl.stream import EpochsStream, StreamLSL
 
@@ -76,8 +90,14 @@ def _mne_lsl_poller(name: str, t_start: float, period: float, n_markers: int,
     stream.filter(0.5, 40.0, iir_params={"order": 4, "ftype": "butter", "output": "sos"})
     events = StreamLSL(20, name=f"{name}-events").connect(processing_flags="all", timeout=10)
     epochs = EpochsStream(
-        stream, bufsize=20, event_id=1, event_channels=events.ch_names[0],
-        event_stream=events, tmin=_TMIN, tmax=_TMAX, baseline=(None, 0),
+        stream,
+        bufsize=20,
+        event_id=1,
+        event_channels=events.ch_names[0],
+        event_stream=events,
+        tmin=_TMIN,
+        tmax=_TMAX,
+        baseline=(None, 0),
     ).connect(acquisition_delay=0.001)
     out.put("ready")
     latencies = []
@@ -124,8 +144,16 @@ def run(args: argparse.Namespace) -> dict:
     ctx = mp.get_context("spawn")
     source = ctx.Process(
         target=_source,
-        args=(name, args.channels, args.sfreq, args.chunk, t_start, args.period,
-              args.n_epochs, seconds),
+        args=(
+            name,
+            args.channels,
+            args.sfreq,
+            args.chunk,
+            t_start,
+            args.period,
+            args.n_epochs,
+            seconds,
+        ),
         daemon=True,
     )
     source.start()
@@ -141,10 +169,27 @@ def run(args: argparse.Namespace) -> dict:
     tmpdir = tempfile.TemporaryDirectory(prefix="eegs-bench-")
     tmp = tmpdir.name
     acquire = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "acquire", "--session", str(Path(tmp) / "session"),
-         "--eeg", name, "--markers", f"{name}-markers", "--tmin", str(_TMIN),
-         "--tmax", str(_TMAX), "--endpoint", endpoint, "--no-record",
-         "--duration", str(seconds + 2)],
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "acquire",
+            "--session",
+            str(Path(tmp) / "session"),
+            "--eeg",
+            name,
+            "--markers",
+            f"{name}-markers",
+            "--tmin",
+            str(_TMIN),
+            "--tmax",
+            str(_TMAX),
+            "--endpoint",
+            endpoint,
+            "--no-record",
+            "--duration",
+            str(seconds + 2),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

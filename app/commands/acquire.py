@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from app.commands._common import add_protocol_argument, protocol_from_args
+from experiment_protocols import load_protocol
 
 NAME = "acquire"
 HELP = "epoch live EEG at each stimulus marker"
@@ -38,22 +39,19 @@ def run(args: argparse.Namespace) -> int:
     from workers.acquisition import AcquisitionConfig
     from workers.acquisition import run as run_acquisition
 
-    protocol = protocol_from_args(
-        args,
-        {
-            "streams.eeg": args.eeg,
-            "streams.eeg_type": args.eeg_type,
-            "streams.markers": args.markers,
-            "epochs.event": args.event,
-            "epochs.tmin": args.tmin,
-            "epochs.tmax": args.tmax,
-            "network.epochs_endpoint": args.endpoint,
-        },
-    )
-    if args.tmin is not None and protocol.epochs.baseline is not None:
-        lo, hi = protocol.epochs.baseline
-        if lo < protocol.epochs.tmin:  # keep the baseline inside a narrowed window
-            protocol = protocol.with_overrides({"epochs.baseline": (protocol.epochs.tmin, hi)})
+    overrides = {
+        "streams.eeg": args.eeg,
+        "streams.eeg_type": args.eeg_type,
+        "streams.markers": args.markers,
+        "epochs.event": args.event,
+        "epochs.tmin": args.tmin,
+        "epochs.tmax": args.tmax,
+        "network.epochs_endpoint": args.endpoint,
+    }
+    baseline = load_protocol(args.protocol).epochs.baseline
+    if args.tmin is not None and baseline is not None and baseline[0] < args.tmin:
+        overrides["epochs.baseline"] = (args.tmin, baseline[1])  # keep it inside the window
+    protocol = protocol_from_args(args, overrides)
     config = AcquisitionConfig(
         protocol=protocol,
         session_dir=args.session,

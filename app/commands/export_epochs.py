@@ -42,7 +42,9 @@ def session_epochs(session: Path):
     events = np.column_stack([onsets - onsets.min(), np.zeros_like(ids), ids])
     rows = []
     for e in stored:
-        row = {f"marker_{k}": v for k, v in e.meta["marker"].items() if not isinstance(v, dict | list)}
+        row = {
+            f"marker_{k}": v for k, v in e.meta["marker"].items() if not isinstance(v, dict | list)
+        }
         row.update(
             trial_id=e.trial_id,
             t_marker_lsl=e.meta["t_marker_lsl"],

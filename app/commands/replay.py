@@ -22,8 +22,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=None, metavar="D", help="replay D seconds")
     p.add_argument("--chunk", type=float, default=0.02, metavar="S", help="chunk length (s)")
     p.add_argument(
-        "--wait", type=float, default=0.0, metavar="S",
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
         help="wait up to S seconds for consumers of both streams before starting",
+    )
+    p.add_argument(
+        "--lead",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between the streams opening (or consumers arriving) and the first "
+        "sample, so that recorders and epochers are connected (default 1)",
     )
 
 
@@ -34,8 +45,13 @@ def run(args: argparse.Namespace) -> int:
     from workers.replay import run as run_replay
 
     config = ReplayConfig(
-        path=args.file, name=args.name, start_s=args.start, duration_s=args.duration,
-        chunk_s=args.chunk, wait_s=args.wait,
+        path=args.file,
+        name=args.name,
+        start_s=args.start,
+        duration_s=args.duration,
+        chunk_s=args.chunk,
+        wait_s=args.wait,
+        lead_s=args.lead,
     )
     n = run_replay(config, stop=STOP.is_set)
     print(f"replayed {args.file.name}: {n} markers")
