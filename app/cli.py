@@ -52,8 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # liblsl logs every connection at INFO level on stderr; a lab's own LSLAPICFG wins.
     os.environ.setdefault("LSLAPICFG", str(Path(__file__).parents[1] / "workers" / "lsl_api.cfg"))
+    logging.getLogger("eegs").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose + 1, 2),
+        level=logging.DEBUG if args.verbose > 1 else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
     )

@@ -126,6 +126,19 @@ def test_replay_into_acquire_matches_offline_mne(processes, tmp_path, stream_nam
     assert "bad" in epochs.metadata
     np.testing.assert_allclose(epochs.get_data()[0] * 1e6, stored[0].data, rtol=1e-5, atol=1e-4)
 
+    # BIDS-EEG export of the recording, read back with mne-bids
+    from mne_bids import BIDSPath, read_raw_bids
+
+    res = run_eegs("export-bids", str(session), str(tmp_path / "bids"), "--subject", "P07")
+    assert res.returncode == 0, res.stderr
+    bids = read_raw_bids(
+        BIDSPath(subject="P07", task="default", root=tmp_path / "bids", datatype="eeg"),
+        verbose="error",
+    )
+    assert bids.info["sfreq"] == 128.0
+    assert len(bids.ch_names) == 32
+    assert list(bids.annotations.description) == [a["description"] for a in replayed]
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

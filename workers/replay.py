@@ -43,6 +43,26 @@ class Recording:
     ch_names: list[str]
     events: list[tuple[int, dict]]
 
+    def to_raw(self):
+        """An :class:`mne.io.RawArray` in volts, events as annotations (marker's "event")."""
+        import mne
+
+        types = ["misc" if ch.lower() == "photodiode" else "eeg" for ch in self.ch_names]
+        raw = mne.io.RawArray(
+            self.data.T.astype(np.float64) * 1e-6,
+            mne.create_info(self.ch_names, self.sfreq, types),
+            verbose="error",
+        )
+        if self.events:
+            raw.set_annotations(
+                mne.Annotations(
+                    [s / self.sfreq for s, _ in self.events],
+                    0.0,
+                    [m["event"] for _, m in self.events],
+                )
+            )
+        return raw
+
 
 @dataclass
 class ReplayConfig:
