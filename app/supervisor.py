@@ -1,0 +1,143 @@
+"""One parent for every process of a session: start, watch, stop, and report crashes.
+
+Each child is an ``eegs`` subcommand in its own process group, its output in
+``SESSION/logs/NAME.log``. A child that exits unexpectedly is logged to
+``events.jsonl`` with the tail of its log and raised as :class:`ProcessCrashed`, so the
+session is marked and stopped instead of hanging. Children are stopped in reverse
+start order (SIGTERM, then SIGKILL after a grace period), so that the recorder and the
+acquisition outlive the processes that feed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workers.session_store import SessionStore
+
+logger = logging.getLogger("eegs.supervisor")
+
+LOG_DIR = "logs"
+
+
+class ProcessCrashed(RuntimeError):
+    """A supervised process exited while the session still needed it."""
+
+    def __init__(self, name: str, returncode: int, log_tail: str) -> None:
+        self.name, self.returncode, self.log_tail = name, returncode, log_tail
+        super().__init__(f"process '{name}' exited with status {returncode}:\n{log_tail}")
+
+
+@dataclass
+class Child:
+    """A running child process and where its output goes."""
+
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    argv: list[str]
+    expected_exit: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    def log_tail(self, n_bytes: int = 4000) -> str:
+        """The end of the child's log."""
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - n_bytes))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+class Supervisor:
+    """Starts ``eegs`` subcommands as children of this process and stops them all."""
+
+    def __init__(self, store: SessionStore, env: dict[str, str] | None = None) -> None:
+        self.store = store
+        self.children: dict[str, Child] = {}
+        self.env = {**os.environ, **(env or {})}
+        (store.root / LOG_DIR).mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, args: list[str], *, expected_exit: bool = False) -> Child:
+        """Start ``eegs ARGS`` as child ``name``; ``expected_exit`` marks one-shot jobs."""
+        log_path = self.store.root / LOG_DIR / f"{name}.log"
+        argv = [sys.executable, "-m", "app.cli", *args]
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self.env,
+            )
+        child = Child(name, proc, log_path, argv, expected_exit)
+        self.children[name] = child
+        self.store.log("child_started", name=name, pid=proc.pid, argv=args)
+        logger.info("started %s (pid %d)", name, proc.pid)
+        return child
+
+    def check(self) -> None:
+        """Raise :class:`ProcessCrashed` for any child that died unexpectedly."""
+        for child in self.children.values():
+            code = child.proc.poll()
+            if code is None or (child.expected_exit and code == 0):
+                continue
+            tail = child.log_tail()
+            self.store.log("child_crashed", name=child.name, returncode=code, log_tail=tail)
+            raise ProcessCrashed(child.name, code, tail)
+
+    def wait(self, name: str, timeout: float) -> int:
+        """Wait for a one-shot child to finish, watching the others meanwhile."""
+        child = self.children[name]
+        deadline = time.monotonic() + timeout
+        while child.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"'{name}' still running after {timeout:.0f} s")
+            self.check()
+            time.sleep(0.1)
+        code = child.proc.returncode
+        self.store.log("child_exited", name=name, returncode=code)
+        if code != 0:
+            tail = child.log_tail()
+            self.store.log("child_crashed", name=name, returncode=code, log_tail=tail)
+            raise ProcessCrashed(name, code, tail)
+        return code
+
+    def stop(self, name: str, grace_s: float = 10.0) -> int | None:
+        """Stop one child: SIGTERM to its process group, SIGKILL after ``grace_s``."""
+        child = self.children.pop(name, None)
+        if child is None:
+            return None
+        proc = child.proc
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s ignored SIGTERM for %.0f s: killing it", name, grace_s)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.store.log("child_stopped", name=name, returncode=proc.returncode)
+        return proc.returncode
+
+    def stop_all(self, grace_s: float = 10.0) -> None:
+        """Stop every child, newest first."""
+        for name in reversed(list(self.children)):
+            self.stop(name, grace_s)
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
