@@ -235,3 +235,26 @@ def test_sigkill_leaves_every_written_epoch_readable(processes, tmp_path, stream
         assert not list((session / "epochs").glob("*.tmp"))
     finally:
         src.stop()
+
+
+def test_montage_picks_and_renames_channels(processes, tmp_path, stream_name, free_port):
+    src = NoiseSource(stream_name, ["EEG 1", "EEG 2", "EEG 3"], sfreq=250.0).start()
+    try:
+        proto = tmp_path / "p.toml"
+        proto.write_text(
+            '[preprocessing]\nmontage = ["Oz", "EEG 1"]\nrename = { "EEG 2" = "Oz" }\n'
+            "resample_hz = 125.0\n"
+        )
+        session, proc = _acquire(
+            processes, tmp_path, stream_name, free_port, "--protocol", str(proto)
+        )
+        ready = wait_for_event(session, "acquisition_ready", proc=proc)
+        assert ready["ch_names"] == ["Oz", "EEG 1"]
+        src.marker({"event": "stimulus_onset", "trial": 4})
+        wait_for_event(session, "epoch", proc=proc)
+        (stored,) = SessionStore(session).epochs()
+        assert stored.meta["ch_names"] == ["Oz", "EEG 1"]
+        assert stored.meta["sfreq"] == 125.0
+        assert stored.data.shape == (2, 51)  # 0.4 s at 125 Hz, both ends
+    finally:
+        src.stop()
