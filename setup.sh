@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 if command -v apt-get >/dev/null 2>&1; then
-  pkgs=(xvfb xauth libgl1 libglu1-mesa libgl1-mesa-dri libegl1)
+  pkgs=(xvfb xauth libgl1 libglu1-mesa libgl1-mesa-dri libegl1 libxtst6)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -13,6 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from experiment_protocols.brain_model import BrainModelSettings
+from experiment_protocols.decoder import Decoder
+from experiment_protocols.generation import Generation
+from experiment_protocols.presentation import Presentation
+
 PROTOCOL_DIR = Path(__file__).resolve().parent
 DEFAULT_PROTOCOL = PROTOCOL_DIR / "default.toml"
 
@@ -50,10 +55,13 @@ class Streams(_Section):
         None, gt=0, description="Expected sampling rate of the EEG stream; None = any."
     )
     connect_timeout_s: float = Field(10.0, gt=0)
-    buffer_s: float = Field(30.0, gt=0, description="Ring buffer length of the EEG.")
-    gap_s: float = Field(
-        1.0, gt=0, description="No EEG sample for this long counts as a gap."
+    buffer_s: float = Field(
+        5.0,
+        gt=0,
+        description="Ring buffer length of the EEG: longer than an epoch plus any stall; "
+        "the whole buffer is shifted on every chunk, so longer costs CPU.",
     )
+    gap_s: float = Field(1.0, gt=0, description="No EEG sample for this long counts as a gap.")
 
 
 class Epochs(_Section):
@@ -97,9 +105,7 @@ class Preprocessing(_Section):
     @model_validator(mode="after")
     def _check_band(self) -> Preprocessing:
         if self.l_freq and self.h_freq and self.l_freq >= self.h_freq:
-            raise ValueError(
-                f"l_freq ({self.l_freq}) must be below h_freq ({self.h_freq})"
-            )
+            raise ValueError(f"l_freq ({self.l_freq}) must be below h_freq ({self.h_freq})")
         if len(set(self.montage)) != len(self.montage):
             raise ValueError("montage lists a channel twice")
         return self
@@ -109,9 +115,7 @@ class Quality(_Section):
     """Thresholds that flag (never silently drop) an epoch, in µV."""
 
     flat_uv: float = Field(0.5, ge=0, description="Peak-to-peak below this is flat.")
-    saturation_uv: float = Field(
-        3000.0, gt=0, description="|value| at or above this is saturated."
-    )
+    saturation_uv: float = Field(3000.0, gt=0, description="|value| at or above this is saturated.")
     reject_uv: float = Field(150.0, gt=0, description="Peak-to-peak above this.")
 
 
@@ -149,18 +153,38 @@ class Protocol(_Section):
     quality: Quality = Field(default_factory=Quality)
     network: Network = Field(default_factory=Network)
     recording: Recording = Field(default_factory=Recording)
+    decoder: Decoder = Field(default_factory=Decoder)
+    generation: Generation = Field(default_factory=Generation)
+    presentation: Presentation = Field(default_factory=Presentation)
+    brain_model: BrainModelSettings = Field(default_factory=BrainModelSettings)
 
     source: str | None = Field(None, exclude=True, description="File it came from.")
     sha256: str | None = Field(None, exclude=True, description="Hash of that file.")
 
+    @model_validator(mode="after")
+    def _check_buffer(self) -> Protocol:
+        need = self.epochs.tmax - self.epochs.tmin + 1.0
+        if self.streams.buffer_s < need:
+            raise ValueError(
+                f"streams.buffer_s = {self.streams.buffer_s} s cannot hold an epoch of "
+                f"{self.epochs.tmax - self.epochs.tmin:g} s plus 1 s of margin (>= {need:g} s)"
+            )
+        return self
+
     def with_overrides(self, overrides: dict[str, Any]) -> Protocol:
-        """Return a copy with dotted keys (``"epochs.tmin"``) replaced and validated."""
+        """Return a copy with keys replaced and validated.
+
+        Keys are ``"section.key"`` (``"epochs.tmin"``) or a whole ``"section"``.
+        """
         data = self.model_dump()
         for dotted, value in overrides.items():
             if value is None:
                 continue
             section, _, key = dotted.partition(".")
-            data[section][key] = value
+            if key:
+                data[section][key] = value
+            else:  # a whole section
+                data[section] = value
         return _validate(data, self.source, self.sha256)
 
 
@@ -170,10 +194,10 @@ def _validate(data: dict[str, Any], source: str | None, sha: str | None) -> Prot
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling against experiment_protocols/schema.py)"
-        elif "input" in first and first["type"] != "missing":
+        elif "input" in first and not isinstance(first["input"], dict):
             msg = f"{msg}; got {first['input']!r}"
         raise ProtocolError(source, field, msg) from None
     protocol.source = source

@@ -26,6 +26,7 @@ def test_default_protocol_loads_with_hash():
         ("[preprocessing]\nl_freq = 40.0\nh_freq = 1.0\n", "preprocessing", "below h_freq"),
         ("[quality]\nreject_uv = -1\n", "quality.reject_uv", "greater than 0"),
         ("[nonsense]\nx = 1\n", "nonsense", "unknown key"),
+        ("[streams]\nbuffer_s = 1.0\n", "(top level)", "cannot hold an epoch"),
         ("[epochs\n", "(file)", "not valid TOML"),
     ],
 )

@@ -94,10 +94,19 @@ def parse_marker(text: str) -> dict[str, Any]:
 class Acquisition:
     """Cuts, preprocesses, stores and publishes epochs; one instance per process."""
 
-    def __init__(self, protocol: Protocol, store: SessionStore, publisher: zmq.Socket) -> None:
+    def __init__(
+        self,
+        protocol: Protocol,
+        store: SessionStore,
+        publisher: zmq.Socket,
+        record: bool = False,
+    ) -> None:
         self.protocol = protocol
         self.store = store
         self.publisher = publisher
+        self.record = record
+        self.recorder = None
+        self._next_marker_look = 0.0
         self.eeg: _EEG | None = None
         self.markers: pylsl.StreamInlet | None = None
         self.pending: deque[_Pending] = deque()
@@ -113,15 +122,23 @@ class Acquisition:
 
     # -- connection --------------------------------------------------------------------
     def connect(self) -> Acquisition:
-        """Resolve both streams and check them against the protocol."""
+        """Resolve the EEG stream (required now) and the marker stream (if there yet).
+
+        The marker stream usually appears later, with the presentation: until then the
+        worker keeps looking for it, and the XDF recording starts once both exist.
+        """
         s = self.protocol.streams
         self.eeg = self._connect_eeg(s.connect_timeout_s)
-        found = pylsl.resolve_byprop("name", s.markers, 1, s.connect_timeout_s)
+        if not self._connect_markers(s.connect_timeout_s):
+            logger.info("marker stream '%s' not there yet: waiting for it", s.markers)
+            self.store.log("markers_waiting", markers=s.markers)
+        return self
+
+    def _connect_markers(self, timeout: float) -> bool:
+        s = self.protocol.streams
+        found = pylsl.resolve_byprop("name", s.markers, 1, timeout)
         if not found:
-            raise AcquisitionError(
-                f"no LSL marker stream named '{s.markers}' within {s.connect_timeout_s} s "
-                "(start the presentation or replay first, or pass --markers NAME)"
-            )
+            return False
         if found[0].channel_format() != pylsl.cf_string:
             raise AcquisitionError(
                 f"marker stream '{s.markers}' carries numbers; EEGS markers are JSON strings"
@@ -131,7 +148,14 @@ class Acquisition:
         )
         self.markers.open_stream(timeout=s.connect_timeout_s)
         self.markers.time_correction(timeout=s.connect_timeout_s)
-        return self
+        self.store.log("markers_connected", markers=s.markers)
+        if self.record:
+            self.recorder = start_recording(
+                self.store.root / RECORDING_FILE,
+                [s.eeg, s.markers, *self.protocol.recording.extra_streams],
+            )
+            self.store.log("recording_started", file=RECORDING_FILE)
+        return True
 
     def _connect_eeg(self, timeout: float) -> _EEG:
         s, pre = self.protocol.streams, self.protocol.preprocessing
@@ -186,7 +210,11 @@ class Acquisition:
         return _EEG(stream, sfreq, picks, scale[:, None])
 
     def close(self) -> None:
-        """Disconnect both streams."""
+        """Stop the recording and disconnect both streams."""
+        if self.recorder is not None:
+            self.recorder.stop()
+            self.recorder = None
+            self.store.log("recording_stopped", file=RECORDING_FILE)
         if self.eeg is not None and self.eeg.stream.connected:
             self.eeg.stream.disconnect()
         if self.markers is not None:
@@ -211,7 +239,11 @@ class Acquisition:
         while not stop() and (end is None or pylsl.local_clock() < end):
             self._wake.wait(_POLL_S)
             self._wake.clear()
-            self._poll_markers()
+            if self.markers is not None:
+                self._poll_markers()
+            elif pylsl.local_clock() >= self._next_marker_look:
+                self._connect_markers(0.05)
+                self._next_marker_look = pylsl.local_clock() + 0.5
             now = pylsl.local_clock()
             if self.pending and max(now, self._arrived) >= self.pending[0].t_marker + tmax:
                 self._cut_due()
@@ -429,8 +461,7 @@ def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
         secret_key=net.curve_secret_key,
         authorized_dir=net.curve_authorized_dir,
     )
-    acq = Acquisition(protocol, store, pub)
-    recorder = None
+    acq = Acquisition(protocol, store, pub, record=config.record)
     status = "failed"
     try:
         acq.connect()
@@ -441,20 +472,11 @@ def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
             ch_names=acq.eeg.picks,
             endpoint=net.epochs_endpoint,
         )
-        if config.record:
-            recorder = start_recording(
-                store.root / RECORDING_FILE,
-                [protocol.streams.eeg, protocol.streams.markers, *protocol.recording.extra_streams],
-            )
-            store.log("recording_started", file=RECORDING_FILE)
         acq.run(config.duration_s, stop)
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
-        if recorder is not None:
-            recorder.stop()
-            store.log("recording_stopped", file=RECORDING_FILE)
         acq.close()
         lat = np.asarray(acq.latencies_ms)
         summary = {"n_epochs": acq.n_epochs}

@@ -13,7 +13,7 @@ import json
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCHEMA_VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
@@ -119,3 +119,126 @@ def decode(frames: list[bytes]) -> tuple[Message, list[np.ndarray]]:
 def array_spec(array: np.ndarray) -> ArraySpec:
     """Describe an array for a message header."""
     return ArraySpec(shape=array.shape, dtype=str(array.dtype))
+
+
+# -- images: presentation <-> generation worker -----------------------------------------
+#
+# Request/reply. The generation worker binds a ROUTER (or REP) socket at the protocol's
+# ``generation.endpoint``; the presentation connects a DEALER and sends an empty
+# delimiter frame, then an :class:`ImageRequest`. The answer is an :class:`ImageBatch`
+# (or an :class:`ErrorReply`) behind the same empty delimiter (a REP socket adds it by
+# itself; a ROUTER replies ``[identity, b"", *frames]``).
+
+
+class ImageRequest(Message):
+    """The presentation asks for the images of one round.
+
+    ``trials`` are the trial ids shown in the previous round: the batch should be made
+    from their epochs (empty for round 0).
+    """
+
+    type: Literal["image_request"] = "image_request"
+    session: str
+    block: str
+    round: int = Field(ge=0)
+    n_images: int = Field(ge=1, le=256)
+    trials: list[int] = Field(default_factory=list)
+    deadline_s: float | None = Field(
+        None, gt=0, description="Answer within this many seconds (None: the worker's default)."
+    )
+
+
+class ImageInfo(BaseModel):
+    """One image of a batch: its name, optional class label and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+    image_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    label: str | None = None
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        description="seed, parents, backend, model ids, embedding file, ...: kept as sent.",
+    )
+
+
+class ImageBatch(Message):
+    """The images of one round, one frame per image.
+
+    A frame is either an encoded image file (PNG) as a 1-D uint8 array, or raw pixels
+    as a (height, width, 3 or 4) uint8 array.
+    """
+
+    type: Literal["image_batch"] = "image_batch"
+    session: str
+    round: int = Field(ge=0)
+    images: list[ImageInfo] = Field(min_length=1)
+    arrays: list[ArraySpec]
+    deadline_missed: bool = Field(
+        False, description="The deadline came first: these are the images that were ready."
+    )
+    converged: bool = Field(False, description="The generator's stopping rule has fired.")
+    stop_reason: str = ""
+    timing_ms: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_frame_per_image(self) -> ImageBatch:
+        if len(self.arrays) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.arrays)} frames")
+        for spec in self.arrays:
+            raw = len(spec.shape) == 3 and spec.shape[2] in (3, 4)
+            if spec.dtype != "uint8" or not (len(spec.shape) == 1 or raw):
+                raise ValueError(f"an image frame must be PNG bytes or pixels, got {spec}")
+        return self
+
+
+def encode_image_batch(
+    session: str, round_: int, images: list[tuple[ImageInfo, bytes | np.ndarray]]
+) -> list[bytes]:
+    """Frames of an :class:`ImageBatch` from ``(info, PNG bytes or uint8 pixels)`` pairs."""
+    arrays = tuple(
+        np.frombuffer(img, np.uint8) if isinstance(img, bytes) else np.asarray(img, np.uint8)
+        for _, img in images
+    )
+    msg = ImageBatch(
+        session=session,
+        round=round_,
+        images=[info for info, _ in images],
+        arrays=[array_spec(a) for a in arrays],
+    )
+    return encode(msg, arrays)
+
+
+# -- rewards and status: anyone <-> generation worker ------------------------------------
+#
+# Same ROUTER socket as the images. An :class:`EpochMessage` sent to the worker is
+# answered by a :class:`RewardReply`; a :class:`StatusRequest` by a :class:`StatusReply`.
+
+
+class RewardReply(Message):
+    """The reward of one epoch, and the image it was credited to (None: not used)."""
+
+    type: Literal["reward"] = "reward"
+    trial_id: int = Field(ge=0)
+    reward: float
+    image_id: str | None = None
+    used: bool = Field(description="Added to the generator's observations.")
+    reason: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+    compute_ms: float = 0.0
+
+
+class StatusRequest(Message):
+    """Ask the worker whether it is ready and what it holds."""
+
+    type: Literal["status_request"] = "status_request"
+
+
+class StatusReply(Message):
+    """The worker's state."""
+
+    type: Literal["status"] = "status"
+    ready: bool
+    busy: bool
+    backend: dict[str, Any]
+    round: int
+    n_observations: int
+    best_reward: float | None = None

@@ -1,0 +1,226 @@
+"""Decoder figures: calibration fit time, scoring latency, CLIP retrieval, brain-model F1.
+
+- calibration_fit_s: time to fit each classifier (protocol settings) on 100 epochs of
+  17 x 250 simulated by the brain model (ATM channels, 250 Hz, baseline-corrected).
+- score_ms: predict_proba on one epoch, median (and p95) of --score-repeats calls.
+- synthetic_retrieval_top1_200way: `eegs train-encoder --synthetic` run in-process
+  (1000 training images x 4 repetitions of 17 x 250, each EEG trial a noisy linear
+  function of its 1024-d embedding, per-sample SNR --retrieval-snr) within a
+  wall-clock budget; top-1 on 200 held-out images, repetitions averaged (chance 0.5 %).
+- brain_model_f1_avg: 100 procedural images labelled by the brain model's oracle
+  valence (top 50 = amusement, bottom 50 = sadness), one epoch each, stratified
+  k-fold repeated with seeds; macro F1 (mean of F1-Amuse and F1-Sad) over folds.
+
+ATM-S-FC uses a randomly initialised frozen encoder unless the protocol names a
+checkpoint: it is then a random-feature model (no pretrained ATM-S weights ship).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KINDS = ("atms_fc", "eegnet")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the options."""
+    p.add_argument("--protocol", type=Path, default=None, metavar="FILE", help="protocol file")
+    p.add_argument(
+        "--snr",
+        type=float,
+        nargs="+",
+        default=None,
+        help="brain-model SNR(s) for the F1 figure (default: the model's)",
+    )
+    p.add_argument("--subject", type=int, default=0, help="brain-model subject seed")
+    p.add_argument("--n-epochs", type=int, default=100, help="calibration epochs")
+    p.add_argument("--folds", type=int, default=None, help="decoder.evaluation.folds")
+    p.add_argument("--seeds", default=None, help="comma-separated (decoder.evaluation.seeds)")
+    p.add_argument(
+        "--train-epochs",
+        type=int,
+        default=None,
+        help="passes of both classifiers (default: the protocol's)",
+    )
+    p.add_argument("--score-repeats", type=int, default=200)
+    p.add_argument("--retrieval-minutes", type=float, default=5.0, help="CPU budget")
+    p.add_argument("--retrieval-snr", type=float, default=0.002)
+    p.add_argument("--retrieval-epochs", type=int, default=30, help="upper bound on epochs")
+    p.add_argument("--skip-retrieval", action="store_true")
+    p.add_argument("--skip-f1", action="store_true")
+
+
+def brain_model_set(n: int, subject: int, snr: float | None, seed: int = 0):
+    """(X (n, 17, 250) µV, y, info): n procedural images, oracle-valence median split."""
+    from models.backends.procedural import ProceduralRenderer, sample_parameters
+    from models.brain_response import ATM_CHANNELS, DEFAULT_SNR, BrainModel
+    from models.classifiers import crop_window
+
+    snr = DEFAULT_SNR if snr is None else snr
+    rng = np.random.default_rng([subject, seed])
+    rgb = ProceduralRenderer(128).render(sample_parameters(n, rng), rng.integers(0, 2**31, n))
+    images = list((rgb * 255 + 0.5).astype(np.uint8))
+    model = BrainModel(subject, sfreq=250.0, ch_names=list(ATM_CHANNELS), snr=snr)
+    valence = np.array([model.affect(im)[0] for im in images])
+    y = np.zeros(n, int)
+    y[np.argsort(valence)[n // 2 :]] = 1  # top half = amusement (1)
+    tmin = -0.2
+    epochs = model.simulate_epochs(images, tmin=tmin, tmax=1.0, seed=seed)
+    n_base = int(round(-tmin * model.sfreq))
+    epochs = epochs - epochs[:, :, : n_base + 1].mean(axis=2, keepdims=True)
+    X = crop_window(epochs, model.sfreq, tmin, (0.0, 1.0)).astype(np.float32)
+    info = {
+        "subject": subject,
+        "snr": snr,
+        "channels": len(ATM_CHANNELS),
+        "sfreq": 250.0,
+        "n_epochs": n,
+        "labels": "oracle valence, top half = amusement",
+    }
+    return X, y, info
+
+
+def _timings(X, y, settings, repeats: int) -> tuple[dict, dict, dict]:
+    from models.classifiers import make_classifier
+
+    fit_s, score_med, score_p95 = {}, {}, {}
+    for kind in KINDS:
+        clf = make_classifier(kind, X.shape[1], X.shape[2], 250.0, settings, seed=0)
+        t0 = time.perf_counter()
+        clf.fit(X, y)
+        fit_s[kind] = round(time.perf_counter() - t0, 3)
+        one = X[:1]
+        for _ in range(10):
+            clf.predict_proba(one)
+        times = []
+        for i in range(repeats):
+            epoch = X[i % len(X)][None]
+            t0 = time.perf_counter()
+            clf.predict_proba(epoch)
+            times.append((time.perf_counter() - t0) * 1e3)
+        score_med[kind] = round(float(np.median(times)), 3)
+        score_p95[kind] = round(float(np.percentile(times, 95)), 3)
+    return fit_s, score_med, score_p95
+
+
+def _f1(X, y, decoder, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
+    from app.commands.evaluate import LabelledEpochs, cross_validate
+
+    data = LabelledEpochs(X, y, np.full(len(y), "sim"), 250.0, None)
+    recs = cross_validate(data, list(kinds), decoder, dataset="brain-model")
+    out = {}
+    for kind in kinds:
+        v = np.array([r["f1_avg"] for r in recs if r["classifier"] == kind])
+        out[kind] = {
+            "mean": round(float(v.mean()), 4),
+            "sd": round(float(v.std(ddof=1)), 4),
+            "n_folds": len(v),
+        }
+    return out
+
+
+def _retrieval(args, training) -> dict[str, Any]:
+    from app.commands.train_encoder import train_encoder
+    from models.clip_training import synthetic_pairs
+
+    train = synthetic_pairs(1000, 4, snr=args.retrieval_snr, seed=1)
+    test = synthetic_pairs(200, 4, snr=args.retrieval_snr, seed=2)
+    with (
+        tempfile.TemporaryDirectory(prefix="eegs-bench-clip-") as tmp,
+        contextlib.redirect_stdout(sys.stderr),  # stdout carries only the JSON
+    ):
+        summary = train_encoder(
+            train,
+            test,
+            training,
+            Path(tmp),
+            epochs=args.retrieval_epochs,
+            device="cpu",
+            max_seconds=args.retrieval_minutes * 60,
+            progress=False,
+        )
+        history = json.loads((Path(tmp) / "history.json").read_text())["history"]
+    curve = [
+        {
+            "epoch": h["epoch"],
+            "elapsed_s": h["elapsed_s"],
+            "top1": h["retrieval"]["200way"]["top1"],
+            "top5": h["retrieval"]["200way"]["top5"],
+        }
+        for h in history
+    ]
+    reached = next((c["elapsed_s"] for c in curve if c["top1"] >= 0.2), None)
+    return {
+        "top1": curve[-1]["top1"],
+        "top5": curve[-1]["top5"],
+        "chance_top1": 1 / 200,
+        "epochs": summary["epochs_done"],
+        "wall_s": summary["seconds_this_run"],
+        "budget_s": args.retrieval_minutes * 60,
+        "first_reached_20pct_at_s": reached,
+        "train": "1000 images x 4 repetitions, 17 ch x 250 samples, 1024-d embeddings",
+        "snr_per_sample": args.retrieval_snr,
+        "curve": curve,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure every figure and return them."""
+    import torch
+
+    from experiment_protocols import load_protocol
+    from models.brain_response import DEFAULT_SNR
+
+    protocol = load_protocol(args.protocol)
+    dec = protocol.decoder
+    if args.folds is not None:
+        dec.evaluation.folds = args.folds
+    if args.seeds:
+        dec.evaluation.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.train_epochs is not None:
+        dec.atms_fc.epochs = dec.eegnet.epochs = args.train_epochs
+    if dec.threads:
+        torch.set_num_threads(dec.threads)
+    settings = dec.model_dump()
+    snrs = args.snr or [DEFAULT_SNR]
+    result: dict[str, Any] = {
+        "benchmark": "decoders",
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "encoder": dec.encoder_checkpoint or "random-init (ATM-S-FC is a random-feature model)",
+    }
+    X, y, info = brain_model_set(args.n_epochs, args.subject, snrs[0])
+    fit_s, score_med, score_p95 = _timings(X, y, settings, args.score_repeats)
+    result.update(
+        calibration_fit_s=fit_s, score_ms=score_med, score_ms_p95=score_p95, calibration_data=info
+    )
+    if not args.skip_retrieval:
+        ret = _retrieval(args, dec.encoder_training)
+        result["synthetic_retrieval_top1_200way"] = ret["top1"]
+        result["synthetic_retrieval"] = ret
+    if not args.skip_f1:
+        by_snr = {}
+        for snr in snrs:
+            Xs, ys, _ = (
+                (X, y, info)
+                if snr == snrs[0]
+                else brain_model_set(args.n_epochs, args.subject, snr)
+            )
+            by_snr[str(snr)] = _f1(Xs, ys, dec)
+        first = by_snr[str(snrs[0])]
+        result["brain_model_f1_avg"] = {k: first[k]["mean"] for k in KINDS}
+        result["brain_model_f1"] = {
+            "snr": by_snr,
+            "protocol": f"stratified {dec.evaluation.folds}-fold x seeds {dec.evaluation.seeds}",
+            "default_snr": DEFAULT_SNR,
+        }
+    return result

@@ -1,0 +1,65 @@
+"""Run a full closed-loop pilot against the simulated brain model, on the CPU.
+
+Starts the brain model, the acquisition, the generation worker (procedural backend
+unless the protocol says otherwise) and the PsychoPy presentation, runs the pilot
+protocol's calibration, closed-loop and validation blocks, and writes the session
+directory: recording, epochs, images, dataset/, summary.json and report.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "pilot"
+HELP = "full closed-loop pilot against the brain model (CPU)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the options."""
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="session directory")
+    p.add_argument(
+        "--protocol",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="protocol (default: experiment_protocols/pilot.toml)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="closed-loop rounds, round 0 included (protocol's by default)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, metavar="S", help="simulated subject and generator seed"
+    )
+    p.add_argument(
+        "--headless", action="store_true", help="run the presentation on a virtual display (Xvfb)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the pilot and print where its results are."""
+    from app.pilot import SessionConfig, run_session
+    from app.shutdown import STOP
+    from workers.errors import InputError
+
+    if args.out.exists() and any(args.out.iterdir()):
+        raise InputError(f"{args.out} exists and is not empty: choose a new --out")
+    summary = run_session(
+        SessionConfig(
+            out=args.out,
+            protocol_path=args.protocol,
+            subject=f"brain-model-{args.seed}",
+            rounds=args.rounds,
+            seed=args.seed,
+            headless=args.headless,
+        ),
+        stop=STOP.is_set,
+    )
+    print(f"session written to {args.out}")
+    for key in ("reward_by_round", "oracle_affect_by_round", "round_ready_latency_ms"):
+        print(f"  {key}: {summary.get(key)}")
+    return 0

@@ -1,0 +1,268 @@
+"""A whole closed-loop session against the brain model, or a real amplifier: `eegs pilot`/`run`.
+
+The session process writes the session's protocol (the chosen file with the session's
+stream names, endpoints and image folders filled in) to ``SESSION/protocol.toml``,
+then starts, under one :class:`~app.supervisor.Supervisor`: the EEG source (the brain
+model for a pilot, a replay, or nothing for an amplifier), ``eegs acquire``,
+``eegs worker`` and ``eegs present``. It shows progress while the presentation runs
+its blocks, stops everything, and writes the dataset, ``summary.json`` and
+``report.html`` (:mod:`app.session_outputs`).
+
+The calibration and validation images of a pilot are procedural images labelled by a
+fixed normative rule (bright, saturated images are "amusement", dark, desaturated ones
+"sadness", after the population findings of Valdez & Mehrabian 1994), a stand-in for
+a labelled affective set such as ArtPhoto. The rule knows nothing of the simulated
+subject's hidden weights; the brain model's oracle is read only after the session,
+for ``oracle_affect_by_round``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.supervisor import ProcessCrashed, Supervisor
+from experiment_protocols import Protocol, load_protocol
+from experiment_protocols.schema import PROTOCOL_DIR
+from workers.session_store import SessionStore, read_events
+
+logger = logging.getLogger("eegs.pilot")
+
+PILOT_PROTOCOL = PROTOCOL_DIR / "pilot.toml"
+SESSION_PROTOCOL = "protocol.toml"
+LABELS = ("sadness", "amusement")
+
+
+@dataclass
+class SessionConfig:
+    """What one `eegs pilot` / `eegs run` does."""
+
+    out: Path
+    protocol_path: Path | None = None
+    subject: str = "brain-model"
+    rounds: int | None = None
+    seed: int = 0
+    headless: bool = False
+    source: str = "brain-model"  # brain-model | amplifier | replay:FILE
+    worker: str | None = None  # an existing worker's endpoint instead of starting one
+    timeout_s: float = 1800.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def normative_valence(image) -> float:
+    """The normative rule of the pilot's labelled sets: mean HSV value plus saturation."""
+    hsv = np.asarray(image.convert("HSV"), dtype=np.float64) / 255.0
+    return float(hsv[..., 2].mean() + hsv[..., 1].mean())
+
+
+def make_labelled_sets(folder: Path, n_per_class: dict[str, int], seed: int) -> dict[str, Path]:
+    """Write procedural image sets, one subfolder per label, for each block name.
+
+    Images are drawn from the renderer's prior; for every block, the ``n`` with the
+    highest normative score are "amusement" and the ``n`` lowest "sadness", drawn from
+    a fresh sample per block so that validation images were never calibrated on.
+    """
+    from models.backends.procedural import ProceduralRenderer, sample_parameters
+
+    renderer = ProceduralRenderer(256)
+    rng = np.random.default_rng([seed, 7])
+    out = {}
+    for block, n in n_per_class.items():
+        n_draw = max(8 * n, 32)
+        params = sample_parameters(n_draw, rng)
+        seeds = rng.integers(0, 2**31 - 1, n_draw)
+        from PIL import Image
+
+        rgb = renderer.render(params, [int(s) for s in seeds])
+        images = [Image.fromarray((a * 255 + 0.5).astype(np.uint8)) for a in rgb]
+        order = np.argsort([normative_valence(im) for im in images])
+        for label, idx in (("sadness", order[:n]), ("amusement", order[-n:])):
+            sub = folder / block / label
+            sub.mkdir(parents=True, exist_ok=True)
+            for k, i in enumerate(idx):
+                images[i].save(sub / f"{block}-{label}-{k:03d}.png")
+        out[block] = folder / block
+    return out
+
+
+def _strip_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _strip_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_strip_none(v) for v in obj]
+    return obj
+
+
+def write_protocol(protocol: Protocol, path: Path) -> Protocol:
+    """Write a protocol as TOML (every field explicit) and load it back, validated."""
+    import tomli_w
+
+    data = _strip_none(protocol.model_dump(mode="json"))
+    path.write_text(
+        f"# Written by eegs for this session from {protocol.source}\n" + tomli_w.dumps(data)
+    )
+    return load_protocol(path)
+
+
+def prepare_protocol(config: SessionConfig, store: SessionStore) -> Protocol:
+    """The session's protocol: unique stream names and ports, image folders, rounds."""
+    base = load_protocol(config.protocol_path or PILOT_PROTOCOL)
+    tag = uuid.uuid4().hex[:6]
+    pres = base.presentation.model_dump()
+    needs = {b["kind"]: b["n_trials"] for b in pres["blocks"] if b["source"] == "folder"}
+    folders = {}
+    if needs and any(not b["folder"] for b in pres["blocks"] if b["source"] == "folder"):
+        folders = make_labelled_sets(
+            store.root / "stimuli", {k: (n + 1) // 2 for k, n in needs.items()}, config.seed
+        )
+    for block in pres["blocks"]:
+        if block["source"] == "folder" and not block["folder"]:
+            block["folder"] = str(folders[block["kind"]].resolve())
+        elif block["source"] == "folder":
+            block["folder"] = str((Path(base.source).parent / block["folder"]).resolve())
+        if block["kind"] == "closed_loop" and config.rounds is not None:
+            block["n_rounds"] = config.rounds
+    overrides: dict[str, Any] = {"presentation.blocks": pres["blocks"]}
+    gen = base.generation.model_dump()
+    gen["endpoint"] = config.worker or f"tcp://127.0.0.1:{_free_port()}"
+    gen["seed"] = config.seed
+    if config.rounds is not None:
+        gen["heuristic"]["max_rounds"] = max(config.rounds - 1, 1)
+    overrides["generation"] = gen
+    overrides["network.epochs_endpoint"] = f"tcp://127.0.0.1:{_free_port()}"
+    if config.source != "amplifier":  # our own streams: unique names
+        overrides["streams.eeg"] = f"EEGS-EEG-{tag}"
+        overrides["streams.markers"] = f"EEGS-markers-{tag}"
+    if config.source.startswith("replay:"):
+        overrides["streams.markers"] = f"EEGS-EEG-{tag}-markers"
+    bm = base.brain_model.model_dump()
+    bm["subject_seed"] = config.seed
+    overrides["brain_model"] = bm
+    protocol = base.with_overrides(overrides)
+    return write_protocol(protocol, store.root / SESSION_PROTOCOL)
+
+
+class Progress:
+    """One console line per second: block, round, trials, epochs, rewards."""
+
+    def __init__(self, store: SessionStore, stream=sys.stderr) -> None:
+        self.store, self.stream, self._next = store, stream, 0.0
+
+    def update(self, force: bool = False) -> None:
+        """Redraw the line (at most once a second)."""
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + 1.0
+        counts: dict[str, int] = {}
+        where = ""
+        for e in self.store.events():
+            counts[e["event"]] = counts.get(e["event"], 0) + 1
+            if e["event"] == "marker" and e.get("marker", {}).get("event") == "stimulus_onset":
+                m = e["marker"]
+                where = f"{m.get('block', '?')} round {m.get('round', 0)}"
+        line = (
+            f"\r[eegs] {where:<22} trials {counts.get('trial', 0):3d}  "
+            f"epochs {counts.get('epoch', 0):3d}  rewards {counts.get('reward', 0):3d}  "
+            f"batches {counts.get('generation_reply', 0):2d}"
+        )
+        self.stream.write(line)
+        self.stream.flush()
+
+
+def _wait_event(store: SessionStore, sup: Supervisor, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sup.check()
+        if any(e["event"] == name for e in read_events(store.root / "events.jsonl")):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"no '{name}' within {timeout:.0f} s")
+
+
+def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
+    """Run the whole session; returns ``summary.json``'s content."""
+    from app.session_outputs import write_outputs
+
+    store = SessionStore(config.out).open(role="session", subject=config.subject)
+    protocol = prepare_protocol(config, store)
+    ppath = str(store.root / SESSION_PROTOCOL)
+    store.update_info(
+        protocol_file=ppath,
+        protocol_sha256=protocol.sha256,
+        source=config.source,
+        seed=config.seed,
+    )
+    status = "failed"
+    sup = Supervisor(store)
+    progress = Progress(store)
+    try:
+        if config.source == "brain-model":
+            sup.start("brain-model", ["brain-model", "--protocol", ppath])
+        elif config.source.startswith("replay:"):
+            sup.start(
+                "replay",
+                [
+                    "replay",
+                    config.source.split(":", 1)[1],
+                    "--name",
+                    protocol.streams.eeg,
+                    "--wait",
+                    "60",
+                ],
+                expected_exit=True,
+            )
+        sup.start("acquire", ["acquire", "--protocol", ppath, "--session", str(store.root)])
+        _wait_event(store, sup, "acquisition_ready", 120)
+        if config.worker is None:
+            sup.start("worker", ["worker", "--protocol", ppath, "--session", str(store.root)])
+            _wait_event(store, sup, "generation_ready", 300)
+        present = ["present", "--protocol", ppath, "--session", str(store.root)]
+        present.append("--headless" if config.headless else "--windowed")
+        child = sup.start("present", present, expected_exit=True)
+        deadline = time.monotonic() + config.timeout_s
+        while child.proc.poll() is None:
+            if stop():
+                sup.stop("present")
+                raise KeyboardInterrupt
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the presentation ran past {config.timeout_s:.0f} s")
+            sup.check()
+            progress.update()
+            time.sleep(0.2)
+        sup.wait("present", 1)
+        time.sleep(protocol.epochs.tmax + 1.0)  # the last epochs and rewards land
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except ProcessCrashed as err:
+        logger.error("%s", err)
+        status = "crashed"
+        raise
+    finally:
+        progress.update(force=True)
+        sys.stderr.write("\n")
+        sup.stop_all()
+        store.log("session_status", status=status)
+        summary = write_outputs(store.root, protocol, pilot=config.source == "brain-model")
+        store.close(status, summary_file="summary.json")
+    return summary
+
+
+def load_summary(out: Path) -> dict[str, Any]:
+    """``summary.json`` of a session."""
+    return json.loads((out / "summary.json").read_text())

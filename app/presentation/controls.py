@@ -1,0 +1,84 @@
+"""Experimenter control: pause, resume and abort keys, a stop signal, a status line.
+
+Keys are read once per frame (PsychoPy's event queue; no blocking). A SIGTERM or
+Ctrl-C (``app.shutdown.STOP``) counts as an abort, so a supervisor that stops the
+presentation gets the same clean end as the abort key.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+from experiment_protocols.presentation import Keys
+
+
+class Aborted(Exception):
+    """The experimenter (key) or the supervisor (signal) ended the session."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Controls:
+    """Latches the experimenter's keys between the moments the runner looks at them."""
+
+    def __init__(self, keys: Keys, stop: threading.Event | None = None) -> None:
+        from psychopy import event
+
+        self._event = event
+        self.keys = keys
+        self.stop = stop
+        self._key_list = [keys.pause, keys.resume, keys.abort, keys.proceed]
+        self.extra: list[str] = []
+        self.pause_requested = False
+        self.resume_pressed = False
+        self.proceed_pressed = False
+        self.pressed: list[str] = []
+
+    def poll(self) -> None:
+        """Read the keys pressed since the last frame; raise :class:`Aborted` on abort."""
+        self.pressed = self._event.getKeys(keyList=self._key_list + self.extra)
+        for key in self.pressed:
+            if key == self.keys.abort:
+                raise Aborted("abort key")
+            if key == self.keys.pause:
+                self.pause_requested = True
+            elif key == self.keys.resume:
+                self.resume_pressed = True
+            elif key == self.keys.proceed:
+                self.proceed_pressed = True
+        if self.stop is not None and self.stop.is_set():
+            raise Aborted("stop signal")
+
+    def clear(self) -> None:
+        """Forget latched keys (at the start of a screen that waits for one)."""
+        self._event.clearEvents("keyboard")
+        self.resume_pressed = self.proceed_pressed = False
+        self.pressed = []
+
+
+class StatusLine:
+    """One status line for the experimenter on the console (rewritten in place on a TTY)."""
+
+    def __init__(self, keys: Keys, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.hint = f"[{keys.pause}] pause  [{keys.resume}] resume  [{keys.abort}] abort"
+
+    def show(self, text: str) -> None:
+        """Replace the status line."""
+        line = f"present | {text} | {self.hint}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def done(self) -> None:
+        """End the line so that later output starts on its own."""
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

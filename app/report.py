@@ -1,0 +1,137 @@
+"""The session report (``report.html``, an MNE Report) built from the session directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiment_protocols import Protocol
+from workers.session_store import SessionStore
+
+
+def _figure(ncols: int = 1, nrows: int = 1, size=(6, 3.5)):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=size, squeeze=False)
+
+
+def _curves(summary: dict[str, Any]):
+    fig, ax = _figure()
+    for key in ("reward_by_round", "best_reward_by_round", "oracle_affect_by_round"):
+        values = summary.get(key)
+        if values:
+            ax[0, 0].plot(
+                range(len(values)),
+                [np.nan if v is None else v for v in values],
+                marker="o",
+                label=key,
+            )
+    ax[0, 0].set_xlabel("closed-loop round")
+    ax[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _grid(trials, title: str):
+    from PIL import Image
+
+    n = len(trials)
+    fig, axes = _figure(ncols=max(n, 1), size=(1.6 * max(n, 1), 2.0))
+    for ax, t in zip(axes[0], trials, strict=False):
+        ax.imshow(Image.open(t.image).convert("RGB"))
+        ax.set_title(
+            f"#{t.trial} r={t.reward:.2f}" if t.reward is not None else f"#{t.trial}", fontsize=7
+        )
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _calibration_epochs(session: Path, trials):
+    import mne
+
+    labels = {t.trial: t.label for t in trials if t.block == "calibration" and t.label}
+    stored = [e for e in SessionStore(session).epochs() if e.trial_id in labels]
+    if len(stored) < 4:
+        return None, None
+    first = stored[0].meta
+    info = mne.create_info(first["ch_names"], first["sfreq"], "eeg")
+    data = np.stack([e.data for e in stored]) * 1e-6
+    y = np.array([labels[e.trial_id] for e in stored])
+    return mne.EpochsArray(data, info, tmin=first["tmin"], verbose="error"), y
+
+
+def _calibration_accuracy(epochs, y) -> str:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2 or counts.min() < 3:
+        return "<p>Too few calibration epochs per class for a cross-validated accuracy.</p>"
+    data = epochs.copy().crop(0.0, 1.0).get_data()
+    n_bins = 10  # 100 ms means per channel: a standard ERP feature set, small enough for LDA
+    bins = np.array_split(np.arange(data.shape[-1]), n_bins)
+    x = np.stack([data[..., b].mean(-1) for b in bins], -1).reshape(len(y), -1)
+    clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+    cv = StratifiedKFold(min(5, counts.min()), shuffle=True, random_state=0)
+    acc = cross_val_score(clf, x, y, cv=cv, scoring="balanced_accuracy")
+    return (
+        f"<p>Calibration decodability ({', '.join(classes)}): shrinkage-LDA on 0-1 s "
+        f"epochs (100 ms means per channel), {cv.get_n_splits()}-fold cross-validated balanced accuracy "
+        f"<b>{acc.mean():.2f} ± {acc.std():.2f}</b> (chance 0.50), {len(y)} epochs.</p>"
+    )
+
+
+def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> Path:
+    """Write ``report.html``: curves, image grids, calibration ERPs, timing."""
+    import matplotlib.pyplot as plt
+    import mne
+
+    from app.session_outputs import collect_trials
+
+    trials, events = collect_trials(session)
+    report = mne.Report(title=f"EEGS session {session.name}", verbose="error")
+    backend = summary.get("backend") or "?"
+    procedural = backend == "procedural"
+    note = " (procedural backend: CPU stand-in images, not SDXL)" if procedural else ""
+    rows = "".join(
+        f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in summary.items() if not isinstance(v, dict)
+    )
+    report.add_html(f"<p>Backend: {backend}{note}</p><table>{rows}</table>", title="Summary")
+    fig = _curves(summary)
+    report.add_figure(fig, title="Reward and oracle affect per round")
+    plt.close(fig)
+    for r in sorted({t.round for t in trials if t.block == "closed_loop"}):
+        shown = [t for t in trials if t.block == "closed_loop" and t.round == r]
+        fig = _grid(shown, f"closed-loop round {r}")
+        report.add_figure(fig, title=f"Images, round {r}", section="Images")
+        plt.close(fig)
+    epochs, y = _calibration_epochs(session, trials)
+    if epochs is not None:
+        evokeds = {label: epochs[np.flatnonzero(y == label)].average() for label in np.unique(y)}
+        picks = [ch for ch in ("Pz", "Oz", "POz") if ch in epochs.ch_names] or [epochs.ch_names[0]]
+        figs = mne.viz.plot_compare_evokeds(evokeds, picks=picks[:1], show=False)
+        report.add_figure(figs[0], title=f"Calibration ERPs at {picks[0]}", section="EEG")
+        plt.close(figs[0])
+        report.add_html(
+            _calibration_accuracy(epochs, y), title="Decoder calibration", section="EEG"
+        )
+    lat = [e["latency_ms"] for e in events if e["event"] == "epoch"]
+    frames = [v for e in events if e["event"] == "trial" for v in e.get("frame_intervals_ms", [])]
+    fig, ax = _figure(ncols=2, size=(8, 3))
+    ax[0, 0].hist(lat, bins=30)
+    ax[0, 0].set_xlabel("epoch latency (ms)")
+    ax[0, 1].hist(frames, bins=60)
+    ax[0, 1].set_xlabel("frame interval (ms)")
+    fig.tight_layout()
+    report.add_figure(fig, title="Timing", section="Timing")
+    plt.close(fig)
+    out = session / "report.html"
+    report.save(out, overwrite=True, open_browser=False, verbose="error")
+    return out

@@ -1,0 +1,219 @@
+"""What a session leaves for people: the image dataset, ``summary.json``, ``report.html``.
+
+Everything here is derived from the session directory alone (``events.jsonl``, the
+epochs, the images and their sidecars), so it can be rebuilt for any session, also
+an interrupted one, with ``eegs summarize SESSION``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from experiment_protocols import Protocol
+from workers.session_store import SessionStore, atomic_write_json, read_events
+
+DATASET_DIR = "dataset"
+
+
+@dataclass
+class Trial:
+    """One shown image with everything the session learnt about it."""
+
+    trial: int
+    block: str
+    round: int
+    image: Path
+    label: str | None
+    t_wall: float
+    reward: float | None = None
+    reward_details: dict[str, Any] = field(default_factory=dict)
+    bad: bool | None = None
+    rating: Any = None
+    dropped_frames: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def _stats(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    a = np.asarray(values, dtype=float)
+    return {"median": round(float(np.median(a)), 3), "p95": round(float(np.percentile(a, 95)), 3)}
+
+
+def collect_trials(session: Path) -> tuple[list[Trial], list[dict[str, Any]]]:
+    """Join presentation trials, rewards, epoch flags and image sidecars; also the events."""
+    events = list(read_events(session / "events.jsonl"))
+    trials: dict[int, Trial] = {}
+    rewards, flags = {}, {}
+    for e in events:
+        if e["event"] == "trial" and not e.get("stand_in"):
+            trials[e["trial"]] = Trial(
+                e["trial"],
+                e["block"],
+                e["round"],
+                Path(e["image"]),
+                e.get("label"),
+                e["t_wall"],
+                rating=e.get("rating"),
+                dropped_frames=e.get("dropped_frames", 0),
+            )
+        elif e["event"] == "reward":
+            rewards[e["trial_id"]] = e
+        elif e["event"] == "epoch":
+            flags[e["trial_id"]] = e["bad"]
+    for t in trials.values():
+        if t.trial in rewards:
+            t.reward = rewards[t.trial]["reward"]
+            t.reward_details = rewards[t.trial].get("details", {})
+        t.bad = flags.get(t.trial)
+        sidecar = t.image.with_suffix(".json")
+        if sidecar.exists():
+            t.provenance = json.loads(sidecar.read_text()).get("provenance", {})
+    return sorted(trials.values(), key=lambda t: t.trial), events
+
+
+def _by_round(trials: list[Trial], value) -> list[float | None]:
+    rounds = defaultdict(list)
+    for t in trials:
+        v = value(t)
+        if v is not None:
+            rounds[t.round].append(v)
+    n = max((t.round for t in trials), default=-1) + 1
+    return [round(float(np.mean(rounds[r])), 4) if rounds[r] else None for r in range(n)]
+
+
+def _round_ready_latency(events: list[dict], loop: list[Trial]) -> list[float]:
+    """Per round r >= 1: last epoch of round r-1 -> batch r received by the presentation."""
+    epoch_t = {e["trial_id"]: e["t_wall"] for e in events if e["event"] == "epoch"}
+    batch_t: dict[int, float] = {}
+    for e in events:  # the presentation logs the batch after the worker does: take the last
+        if e["event"] == "image_batch":
+            batch_t[e["round"]] = max(batch_t.get(e["round"], 0.0), e["t_wall"])
+    out = []
+    for r in sorted({t.round for t in loop}):
+        prev = [t.trial for t in loop if t.round == r - 1]
+        if r == 0 or r not in batch_t or not prev or max(prev) not in epoch_t:
+            continue
+        out.append((batch_t[r] - epoch_t[max(prev)]) * 1e3)
+    return out
+
+
+def oracle_target(protocol: Protocol) -> str:
+    """Which hidden affect the reward chases: arousal for the LPP, else valence."""
+    return "arousal" if protocol.generation.reward.mode == "lpp" else "valence"
+
+
+def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, Any]:
+    """The figures of a session (``summary.json``)."""
+    trials, events = collect_trials(session)
+    loop = [t for t in trials if t.block == "closed_loop"]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    ready = next((e for e in events if e["event"] == "generation_ready"), {})
+    info = SessionStore(session).read_info()
+    summary: dict[str, Any] = {
+        "reward_mode": protocol.generation.reward.mode,
+        "reward_by_round": _by_round(loop, lambda t: t.reward),
+        "best_reward_by_round": [
+            max((t.reward for t in loop if t.round == r and t.reward is not None), default=None)
+            for r in sorted({t.round for t in loop})
+        ],
+        "n_trials": len(trials),
+        "n_epochs": len(epochs),
+        "n_epochs_bad": sum(1 for e in epochs if e["bad"]),
+        "n_epochs_lost": sum(1 for e in events if e["event"] == "epoch_lost"),
+        "epoch_latency_ms": _stats([e["latency_ms"] for e in epochs]),
+        "round_ready_latency_ms": _stats(_round_ready_latency(events, loop)),
+        "dropped_frames": sum(t.dropped_frames for t in trials),
+        "backend": ready.get("backend"),
+        "protocol_sha256": info.get("protocol_sha256") or protocol.sha256,
+    }
+    if pilot:
+        from models.brain_response import BrainModel
+
+        model = BrainModel(protocol.brain_model.subject_seed)
+        affect = {t.trial: model.affect(t.image) for t in trials if t.image.exists()}
+        key = 0 if oracle_target(protocol) == "valence" else 1
+        summary["oracle_target"] = oracle_target(protocol)
+        summary["oracle_affect_by_round"] = _by_round(
+            loop, lambda t: affect[t.trial][key] if t.trial in affect else None
+        )
+        summary["oracle_valence_by_round"] = _by_round(
+            loop, lambda t: affect[t.trial][0] if t.trial in affect else None
+        )
+        summary["oracle_arousal_by_round"] = _by_round(
+            loop, lambda t: affect[t.trial][1] if t.trial in affect else None
+        )
+        summary["oracle_note"] = (
+            "the brain model's hidden affect of the shown images, read after the session "
+            "for evaluation only; the loop never saw it"
+        )
+    return summary
+
+
+def export_dataset(session: Path, protocol: Protocol) -> Path:
+    """The images the brain rated, as an imagefolder dataset with ``metadata.jsonl``.
+
+    Every closed-loop image with a reward from a clean epoch goes in. Its class is
+    ``high_<target>`` when its reward is at or above the median reward of those images,
+    else ``low_<target>`` (target: the protocol's ``target_class`` for the decoder
+    reward, ``arousal`` for the LPP, ``target`` for the semantic reward); the reward,
+    decoder probabilities, round, parents and self-report ratings are kept beside it.
+    """
+    trials, _ = collect_trials(session)
+    rated = [
+        t
+        for t in trials
+        if t.block == "closed_loop" and t.reward is not None and not t.bad and t.image.exists()
+    ]
+    mode = protocol.generation.reward.mode
+    target = {"lpp": "arousal", "affective": protocol.generation.reward.target_class}.get(
+        mode, "target"
+    )
+    out = session / DATASET_DIR
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    median = float(np.median([t.reward for t in rated])) if rated else 0.0
+    lines = []
+    for t in sorted(rated, key=lambda t: -t.reward):
+        label = f"{'high' if t.reward >= median else 'low'}_{target}"
+        dest = out / label / f"trial-{t.trial:05d}{t.image.suffix}"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copy2(t.image, dest)
+        lines.append(
+            {
+                "file_name": str(dest.relative_to(out)),
+                "label": label,
+                "reward": t.reward,
+                "reward_mode": mode,
+                "decoder_probabilities": t.reward_details.get("probabilities"),
+                "reward_details": t.reward_details,
+                "round": t.round,
+                "trial": t.trial,
+                "parents": t.provenance.get("parents", []),
+                "kind": t.provenance.get("kind"),
+                "backend": t.provenance.get("backend"),
+                "ratings": t.rating,
+                "source_image": str(t.image),
+            }
+        )
+    (out / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return out
+
+
+def write_outputs(session: Path, protocol: Protocol, pilot: bool) -> dict[str, Any]:
+    """Write the dataset, ``summary.json`` and ``report.html`` of a session."""
+    from app.report import write_report
+
+    export_dataset(session, protocol)
+    summary = build_summary(session, protocol, pilot)
+    atomic_write_json(session / "summary.json", summary)
+    write_report(session, protocol, summary)
+    return summary

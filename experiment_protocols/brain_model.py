@@ -1,0 +1,80 @@
+"""The ``[brain_model]`` protocol section: the simulated participant of ``eegs brain-model``.
+
+The brain model streams EEG like an amplifier (on the stream named ``streams.eeg``),
+reads the session's markers (``streams.markers``) and adds the simulated subject's
+response to each image shown. See ``models/brain_response.py`` for the model and the
+literature it follows.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BrainModelSettings(BaseModel):
+    """Every parameter of the simulated participant and of its stream."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    subject_seed: int = Field(
+        0, description="Draws the hidden subject: affect weights, ERP latencies, alpha."
+    )
+    noise_seed: int | None = Field(
+        None, description="Seed of the background and trial variability; None = fresh."
+    )
+    channels: list[str] = Field(
+        default_factory=list,
+        description="10-05 channel names; [] = the 64 standard 10-10 channels.",
+    )
+    sfreq: float = Field(500.0, gt=0, le=10000, description="Sampling rate (Hz).")
+    chunk_s: float = Field(0.02, gt=0, le=1.0, description="Samples pushed per LSL chunk.")
+    snr: float = Field(
+        0.15, gt=0, description="Response RMS / background RMS (64 channels, 0-1 s)."
+    )
+    response_uv: float = Field(1.5, gt=0, description="Response RMS for an average image.")
+    aperiodic_exponent: float = Field(1.5, gt=0, le=2, description="Background 1/f^beta.")
+    alpha_hz: float = Field(10.0, ge=6, le=14, description="Mean individual alpha frequency.")
+    alpha_share: float = Field(0.3, ge=0, lt=0.95, description="Background share of alpha.")
+    line_noise_hz: float = Field(50.0, gt=0, description="Mains frequency (60 in the Americas).")
+    line_noise_uv: float = Field(0.0, ge=0, description="Line noise amplitude; 0 = none.")
+    blinks_per_min: float = Field(0.0, ge=0, le=60, description="Blink rate; 0 = none.")
+    blink_uv: float = Field(100.0, ge=0, description="Blink amplitude at Fp1/Fp2.")
+    trial_amplitude_sd: float = Field(0.2, ge=0, le=1, description="Per-trial amplitude sd.")
+    trial_latency_sd_ms: float = Field(10.0, ge=0, le=100, description="Per-trial latency sd.")
+    photodiode: bool = Field(False, description="Add a 'Photodiode' channel (type MISC).")
+    photodiode_lag_ms: float = Field(
+        0.0, ge=0, description="Display lag after the flip marker (photodiode and brain)."
+    )
+    photodiode_jitter_ms: float = Field(0.0, ge=0, description="Sd of the display lag.")
+    photodiode_duration_s: float = Field(
+        1.0, gt=0, description="Photodiode on-time when no offset marker arrives."
+    )
+    photodiode_level: float = Field(1.0, description="Photodiode value while lit (0 dark).")
+    onset_event: str = Field("stimulus_onset", min_length=1)
+    offset_event: str = Field("stimulus_offset", min_length=1)
+    image_root: str = Field(
+        "", description="Relative image paths in markers start here; '' = working folder."
+    )
+    learned_model: str = Field(
+        "", description="Safetensors file of a learned image-to-EEG model; '' = parametric."
+    )
+    learned_class: str = Field(
+        "", description="'module:Class' of the learned model (else the file's own, if ours)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> BrainModelSettings:
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError("channels lists a channel twice")
+        if "Photodiode" in self.channels:
+            raise ValueError("'Photodiode' is added by photodiode = true, not a channel")
+        if self.chunk_s * self.sfreq < 1:
+            raise ValueError(
+                f"chunk_s ({self.chunk_s}) is shorter than one sample at {self.sfreq:g} Hz"
+            )
+        if self.line_noise_uv > 0 and self.line_noise_hz >= self.sfreq / 2:
+            raise ValueError(
+                f"line_noise_hz ({self.line_noise_hz:g}) must be below the Nyquist frequency "
+                f"({self.sfreq / 2:g} Hz)"
+            )
+        return self

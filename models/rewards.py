@@ -1,0 +1,183 @@
+"""Rewards: how one EEG epoch becomes a number in [0, 1] for the generator.
+
+A reward function is any callable ``f(epoch) -> float`` (or ``-> Reward`` with
+details), where ``epoch`` is an :class:`EpochData`; the generation worker only sees that
+callable, so a lab can plug in its own. Three are built in (protocol
+``generation.reward.mode``):
+
+- ``affective``: the decoder's probability of the target class (ATM-S-FC or EEGNet,
+  :mod:`models.classifiers`) on the 0-1 s window;
+- ``semantic``: cosine similarity between the ATM-S embedding of the epoch and a target
+  EEG embedding, mapped from [-1, 1] to [0, 1];
+- ``lpp``: a training-free index, the mean late positive potential (Schupp et al. 2000;
+  Hajcak et al. 2010: larger for emotionally arousing pictures) over centro-parietal
+  channels, squashed by a logistic. It needs no calibration, so the worker runs out of
+  the box; it tracks arousal, not valence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EpochData:
+    """One preprocessed epoch: (n_channels, n_times) in µV, starting at ``tmin`` s."""
+
+    data: np.ndarray
+    ch_names: Sequence[str]
+    sfreq: float
+    tmin: float
+
+
+@dataclass(frozen=True)
+class Reward:
+    """A reward value and what it came from (decoder probabilities, similarity...)."""
+
+    value: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+RewardFunction = Callable[[EpochData], "float | Reward"]
+
+
+class RewardError(ValueError):
+    """An epoch or a model that the reward function cannot use."""
+
+
+def as_reward(out: float | Reward) -> Reward:
+    """Normalise what a reward function returned."""
+    return out if isinstance(out, Reward) else Reward(float(out))
+
+
+def _window(epoch: EpochData, window: tuple[float, float]) -> np.ndarray:
+    start = int(round((window[0] - epoch.tmin) * epoch.sfreq))
+    n = int(round((window[1] - window[0]) * epoch.sfreq))
+    if start < 0 or start + n > epoch.data.shape[-1]:
+        raise RewardError(
+            f"window {list(window)} s is not inside the epoch "
+            f"(tmin {epoch.tmin} s, {epoch.data.shape[-1]} samples at {epoch.sfreq:g} Hz)"
+        )
+    return epoch.data[..., start : start + n]
+
+
+class LppReward:
+    """Logistic of the mean LPP amplitude (µV) over the named channels."""
+
+    def __init__(self, window_s: tuple[float, float], channels: Sequence[str], scale_uv: float):
+        self.window_s = tuple(window_s)
+        self.channels = list(channels)
+        self.scale_uv = scale_uv
+
+    def __call__(self, epoch: EpochData) -> Reward:
+        """Reward of one epoch."""
+        picks = [i for i, ch in enumerate(epoch.ch_names) if ch in self.channels]
+        if not picks:
+            raise RewardError(
+                f"none of the LPP channels {self.channels} is in the epoch "
+                f"({list(epoch.ch_names)[:8]}...)"
+            )
+        amp = float(_window(epoch, self.window_s)[picks].mean())
+        return Reward(1.0 / (1.0 + np.exp(-amp / self.scale_uv)), {"lpp_uv": round(amp, 4)})
+
+
+class AffectiveReward:
+    """Decoder probability of ``target_class`` on the 0-1 s window."""
+
+    def __init__(self, classifier, target_class: str, class_names: Sequence[str]):
+        if target_class not in class_names:
+            raise RewardError(f"target class {target_class!r} is not one of {list(class_names)}")
+        self.classifier = classifier
+        self.column = list(class_names).index(target_class)
+        self.class_names = list(class_names)
+
+    def __call__(self, epoch: EpochData) -> Reward:
+        """Reward of one epoch."""
+        x = _window(epoch, (0.0, 1.0))[None].astype(np.float32)
+        proba = self.classifier.predict_proba(x)[0]
+        return Reward(
+            float(proba[self.column]),
+            {
+                "proba": {
+                    n: round(float(p), 6) for n, p in zip(self.class_names, proba, strict=True)
+                }
+            },
+        )
+
+
+class SemanticReward:
+    """(1 + cos(ATM-S embedding, target)) / 2."""
+
+    def __init__(self, encoder, target: np.ndarray, channels: Sequence[str] | None = None):
+        self.encoder = encoder
+        t = np.asarray(target, dtype=np.float64).reshape(-1)
+        self.target = t / (np.linalg.norm(t) + 1e-12)
+        self.channels = list(channels) if channels else None
+
+    def __call__(self, epoch: EpochData) -> Reward:
+        """Reward of one epoch."""
+        import torch
+
+        x = _window(epoch, (0.0, 1.0))
+        if self.channels is not None:
+            index = {ch: i for i, ch in enumerate(epoch.ch_names)}
+            missing = [ch for ch in self.channels if ch not in index]
+            if missing:
+                raise RewardError(f"the encoder needs channels {missing} absent from the epoch")
+            x = x[[index[ch] for ch in self.channels]]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            emb = self.encoder(torch.as_tensor(x[None], dtype=torch.float32))[0].double().numpy()
+        encode_ms = (time.perf_counter() - t0) * 1e3
+        cos = float(emb @ self.target / (np.linalg.norm(emb) + 1e-12))
+        return Reward(
+            (1.0 + cos) / 2.0, {"cosine": round(cos, 6), "encode_ms": round(encode_ms, 3)}
+        )
+
+
+def load_target_embedding(path: str | Path) -> np.ndarray:
+    """A target EEG embedding from ``.npy`` (no pickles) or ``.safetensors`` (first tensor)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"target embedding {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+        if not tensors:
+            raise RewardError(f"{path} holds no tensor")
+        return next(iter(tensors.values())).astype(np.float64).reshape(-1)
+    try:
+        return np.load(path, allow_pickle=False).astype(np.float64).reshape(-1)
+    except ValueError as err:
+        raise RewardError(f"{path}: not a plain .npy array ({err})") from None
+
+
+def from_settings(settings) -> RewardFunction:
+    """The reward function the protocol's ``generation.reward`` section names."""
+    if settings.mode == "lpp":
+        return LppReward(settings.lpp_window_s, settings.lpp_channels, settings.lpp_scale_uv)
+    if settings.mode == "affective":
+        if not settings.decoder:
+            raise RewardError(
+                "generation.reward.mode = 'affective' needs generation.reward.decoder "
+                "(a classifier file from the calibration block)"
+            )
+        from models.classifiers import CLASS_NAMES, load_classifier
+
+        return AffectiveReward(
+            load_classifier(settings.decoder), settings.target_class, CLASS_NAMES
+        )
+    from models.atms import ATMS, load_atms
+    from models.brain_response import ATM_CHANNELS
+
+    encoder = load_atms(settings.encoder) if settings.encoder else ATMS()
+    encoder.eval()
+    channels = ATM_CHANNELS if encoder.config.n_channels == len(ATM_CHANNELS) else None
+    return SemanticReward(encoder, load_target_embedding(settings.target_embedding), channels)

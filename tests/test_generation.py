@@ -1,0 +1,274 @@
+"""Heuristic generator, procedural and pool backends, rewards: real computation, small sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiment_protocols import ProtocolError, load_protocol
+from models.backends.pool import ImagePool, PoolBackend
+from models.backends.procedural import ProceduralBackend, procedural_pool
+from models.heuristic import HeuristicGenerator, crossover, softmax
+from models.rewards import EpochData, LppReward, SemanticReward
+
+
+@pytest.fixture(scope="module")
+def backend() -> ProceduralBackend:
+    return ProceduralBackend(size=64, fit_samples=256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def settings():
+    g = load_protocol().generation
+    g.heuristic.inner_steps = 3
+    g.gp.fit_iters = 30
+    return g
+
+
+def test_protocol_defaults_are_the_prototype_values():
+    g = load_protocol().generation
+    h = g.heuristic
+    assert (h.inner_steps, h.step_size, h.step_decay, h.n_parents) == (15, 30.0, 0.1, 4)
+    assert g.sdxl.diffusion_steps == 8
+    assert g.sdxl.ip_adapter_scale == 0.5
+    assert g.gp.negate_reward is True
+    assert g.backend == "procedural"
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[generation.heuristic]\ninner_steps = 0\n", "generation.heuristic.inner_steps"),
+        ("[generation.sdxl]\ndiffusion_steps = 3\n", "generation.sdxl.diffusion_steps"),
+        ("[generation]\nbackend = 'sdxl'\n", "generation"),
+        ("[generation.reward]\nmode = 'semantic'\n", "generation.reward"),
+        ("[generation.gp]\nrefit_itres = 3\n", "generation.gp.refit_itres"),
+    ],
+)
+def test_bad_generation_settings_name_the_field(tmp_path, text, field):
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(path)
+    assert err.value.field == field
+
+
+def test_crossover_swaps_one_contiguous_slice():
+    rng = np.random.default_rng(0)
+    a, b = np.arange(10.0), -np.arange(10.0) - 1
+    c1, c2, (lo, hi) = crossover(a, b, rng)
+    assert 0 <= lo < hi <= 10
+    assert hi - lo < 10
+    np.testing.assert_array_equal(c1[lo:hi], b[lo:hi])
+    np.testing.assert_array_equal(c2[lo:hi], a[lo:hi])
+    keep = np.r_[0:lo, hi:10]
+    np.testing.assert_array_equal(c1[keep], a[keep])
+    np.testing.assert_array_equal(c2[keep], b[keep])
+
+
+def test_softmax_parent_selection_prefers_high_rewards(backend, settings):
+    pool = procedural_pool(backend, 16)
+    gen = HeuristicGenerator(settings.heuristic, settings.gp, backend, pool, seed=0)
+    rewards = np.linspace(0, 1, 10)
+    for i, r in enumerate(rewards):
+        gen.observe(f"o{i}", pool.embeddings[i], r)
+    counts = np.zeros(10)
+    for _ in range(300):
+        picks = gen.select_parents()
+        assert len(set(picks)) == len(picks) == settings.heuristic.n_parents
+        counts[picks] += 1
+    assert counts[-1] > counts[0] * 3  # softmax(r / 0.1): e^10 between the extremes
+    p = softmax(rewards, 0.1)
+    assert p.argmax() == 9
+    assert np.isclose(p.sum(), 1.0)
+
+
+def test_step_size_schedule(backend, settings):
+    gen = HeuristicGenerator(settings.heuristic, settings.gp, backend, procedural_pool(backend, 8))
+    assert gen.step_size(0) == 30.0
+    assert gen.step_size(10) == pytest.approx(15.0)
+
+
+def test_procedural_backend_is_seeded_and_batch_invariant(backend):
+    pool = procedural_pool(backend, 8)
+    E = pool.embeddings[:3]
+    batch = backend.generate(E, [1, 2, 3])
+    again = backend.generate(E, [1, 2, 3])
+    single = [backend.generate(E[i : i + 1], [s])[0] for i, s in enumerate([1, 2, 3])]
+    other_seed = backend.generate(E[:1], [99])[0]
+    for x, y, z in zip(batch, again, single, strict=True):
+        assert x.size == (64, 64)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(z))
+    assert np.abs(np.asarray(other_seed, float) - np.asarray(batch[0], float)).mean() > 1
+    emb = backend.embed(batch)
+    assert emb.shape == (3, backend.embed_dim)
+    assert emb.dtype == np.float32
+    # the embedding -> image map is an approximate inverse: closer to its target than others
+    d = np.linalg.norm(emb[:, None] - E[None], axis=2)
+    assert (d.argmin(axis=1) == np.arange(3)).mean() >= 2 / 3
+
+
+def test_heuristic_rounds_raise_a_pixel_reward(backend, settings):
+    """Reward = mean brightness: real GP, real renders; children must beat round 0."""
+    pool = procedural_pool(backend, 64, seed=1)
+    gen = HeuristicGenerator(settings.heuristic, settings.gp, backend, pool, seed=1)
+
+    def brightness(im: Image.Image) -> float:
+        return float(np.asarray(im.convert("L"), float).mean() / 255)
+
+    first = None
+    child_means, shown = [], []
+    for r in range(4):
+        steps: list[int] = []
+        batch = gen.next_round(on_ready=lambda k, c, steps=steps: steps.append(k))
+        values = [brightness(c.image) for c in batch]
+        if r == 0:
+            first = np.mean(values)
+            assert {c.kind for c in batch} == {"initial"}
+        else:
+            kinds = [c.kind for c in batch]
+            assert kinds.count("child") == settings.heuristic.n_children
+            assert {"nearest", "random"} <= set(kinds)
+            assert steps == [0, 1, 2, 3]  # exploration first, then each inner step
+            child = [v for v, c in zip(values, batch, strict=True) if c.kind == "child"]
+            child_means.append(np.mean(child))
+            for c in batch:
+                if c.kind == "child":
+                    assert c.inner_steps == 3
+                    assert len(c.parents) == 2
+                    assert c.seed is not None
+        for j, (c, v) in enumerate(zip(batch, values, strict=True)):
+            gen.observe(f"r{r}-{j}", c.embedding, v)
+        gen.refit()
+        shown += [c.pool_id for c in batch if c.pool_id is not None]
+    assert max(child_means) > first + 0.05
+    assert len(shown) == len(set(shown))  # exploration never repeats a pool image
+
+
+def test_deadline_stops_refinement_early(backend, settings):
+    pool = procedural_pool(backend, 32)
+    gen = HeuristicGenerator(settings.heuristic, settings.gp, backend, pool, seed=2)
+    for i in range(6):
+        gen.observe(f"o{i}", pool.embeddings[i], i / 6)
+    calls = []
+    batch = gen.next_round(
+        on_ready=lambda k, c: calls.append(k), should_stop=lambda: len(calls) >= 2
+    )
+    children = [c for c in batch if c.kind == "child"]
+    assert calls == [0, 1]
+    assert all(c.inner_steps == 1 for c in children)
+
+
+def test_convergence_stops_after_patience(backend, settings):
+    pool = procedural_pool(backend, 64)
+    h = settings.heuristic.model_copy(update={"patience": 2, "inner_steps": 1})
+    gen = HeuristicGenerator(h, settings.gp, backend, pool, seed=3)
+    stopped = None
+    for r in range(8):
+        batch = gen.next_round()
+        for j, c in enumerate(batch):
+            gen.observe(f"{r}-{j}", c.embedding, 0.5)  # a flat reward never improves
+        done, reason = gen.converged()
+        if done:
+            stopped = (r, reason)
+            break
+    assert stopped is not None
+    assert "tolerance" in stopped[1]
+
+
+def test_image_pool_from_folder_caches_embeddings(tmp_path, backend):
+    folder = tmp_path / "pool"
+    (folder / "sub").mkdir(parents=True)
+    images = backend.render(np.random.default_rng(0).random((5, 18)), list(range(5)))
+    for i, im in enumerate(images):
+        im.save(folder / ("sub" if i == 4 else "") / f"im{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    calls = []
+
+    def embedder(ims):
+        calls.append(len(ims))
+        return backend.embed(ims)
+
+    pool = ImagePool.from_folder(folder, embedder, "test-embedder", batch_size=2)
+    assert pool.ids == ["im0.png", "im1.png", "im2.png", "im3.png", "sub/im4.png"]
+    assert sum(calls) == 5
+    calls.clear()
+    again = ImagePool.from_folder(folder, embedder, "test-embedder")
+    assert calls == []
+    np.testing.assert_allclose(again.embeddings, pool.embeddings)
+    images[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "im0.png")
+    ImagePool.from_folder(folder, embedder, "test-embedder")
+    assert calls == [1]  # only the changed file
+    ImagePool.from_folder(folder, embedder, "another-embedder")
+    assert calls == [1, 5]
+    near = pool.nearest_unseen(pool.embeddings[[2]], {"im2.png"}, 2)
+    assert len(near) == 2
+    assert pool.index("im2.png") not in near
+    assert len(pool.random_unseen(np.random.default_rng(0), set(pool.ids[:3]), 9)) == 2
+
+
+def test_pool_backend_selects_instead_of_generating(tmp_path, backend, settings):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i, im in enumerate(backend.render(np.random.default_rng(1).random((24, 18)), range(24))):
+        im.save(folder / f"p{i:02d}.png")
+    pb = PoolBackend(folder, ".cache.safetensors", [".png"])
+    assert not pb.can_generate
+    gen = HeuristicGenerator(settings.heuristic, settings.gp, pb, pb.pool, seed=0)
+    first = gen.next_round()
+    for j, c in enumerate(first):
+        gen.observe(c.pool_id, c.embedding, j / len(first))
+    batch = gen.next_round()
+    ids = [c.pool_id for c in first + batch]
+    assert len(ids) == len(set(ids))  # never the same pool image twice
+    assert sum(c.kind == "child" for c in batch) == settings.heuristic.n_children
+
+
+def test_rewards_lpp_and_semantic():
+    rng = np.random.default_rng(0)
+    sfreq, tmin = 250.0, -0.2
+    data = rng.normal(0, 1, (3, 301))
+    t = tmin + np.arange(301) / sfreq
+    data[0, (t >= 0.4) & (t <= 0.8)] += 8.0
+    epoch = EpochData(data, ["Pz", "Oz", "Cz"], sfreq, tmin)
+    high = LppReward((0.4, 0.8), ["Pz"], 5.0)(epoch)
+    low = LppReward((0.4, 0.8), ["Oz"], 5.0)(epoch)
+    assert high.value > 0.8 > 0.6 > low.value > 0.3
+    with pytest.raises(ValueError, match="LPP channels"):
+        LppReward((0.4, 0.8), ["Fz"], 5.0)(epoch)
+
+    import torch
+
+    class Linear(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=2)
+
+    same = SemanticReward(Linear(), data[:, 50:300].mean(1))(epoch)
+    opposite = SemanticReward(Linear(), -data[:, 50:300].mean(1))(epoch)
+    assert same.value == pytest.approx(1.0)
+    assert opposite.value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_affective_reward_uses_a_saved_decoder(tmp_path):
+    from models.classifiers import CLASS_NAMES, load_classifier, make_classifier
+    from models.rewards import from_settings
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 5, (24, 4, 250)).astype(np.float32)
+    y = np.repeat([0, 1], 12)
+    X[y == 1, 0, 100:200] += 6.0  # amusement: a late positive deflection on channel 0
+    clf = make_classifier("eegnet", 4, 250, 250.0, {"eegnet": {"epochs": 3}}).fit(X, y)
+    path = clf.save(tmp_path / "decoder.safetensors")
+    settings = load_protocol().generation.reward.model_copy(
+        update={"mode": "affective", "decoder": str(path), "target_class": "amusement"}
+    )
+    reward_fn = from_settings(settings)
+    epoch = np.concatenate([rng.normal(0, 5, (4, 50)), X[13]], axis=1)  # -0.2..1.0 s
+    out = reward_fn(EpochData(epoch, ["a", "b", "c", "d"], 250.0, -0.2))
+    expected = load_classifier(path).predict_proba(X[13:14])[0, CLASS_NAMES.index("amusement")]
+    assert out.value == pytest.approx(float(expected), abs=1e-6)
+    assert set(out.details["proba"]) == set(CLASS_NAMES)
+    with pytest.raises(ValueError, match="target class"):
+        from_settings(settings.model_copy(update={"target_class": "anger"}))

@@ -1,0 +1,226 @@
+"""The sdxl backend on a CPU: a tiny random pipeline through the same backend code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from experiment_protocols import load_protocol
+from models.backends.base import BackendUnavailableError
+from models.backends.pool import ImagePool
+from models.backends.procedural import ProceduralRenderer, sample_parameters
+from models.backends.sdxl import SDXLBackend, check_weights
+from models.heuristic import HeuristicGenerator
+
+EMBED_DIM = 16
+
+
+def _ip_adapter_state_dict(unet, seed: int = 0) -> dict:
+    """An IP-Adapter (4 image tokens) in the file layout of h94/IP-Adapter, random weights."""
+    g = torch.Generator().manual_seed(seed)
+    cross = unet.config.cross_attention_dim
+    widths = list(unet.config.block_out_channels)
+    state = {
+        "image_proj": {
+            "proj.weight": torch.randn(4 * cross, EMBED_DIM, generator=g) * 0.5,
+            "proj.bias": torch.zeros(4 * cross),
+            "norm.weight": torch.ones(cross),
+            "norm.bias": torch.zeros(cross),
+        },
+        "ip_adapter": {},
+    }
+    key = 1  # the checkpoint numbers cross-attention layers 1, 3, 5, ...
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            if name.startswith("mid_block"):
+                width = widths[-1]
+            elif name.startswith("up_blocks"):
+                width = widths[::-1][int(name.split(".")[1])]
+            else:
+                width = widths[int(name.split(".")[1])]
+            for kind in ("to_k_ip", "to_v_ip"):
+                w = torch.randn(width, cross, generator=g) / np.sqrt(cross)
+                state["ip_adapter"][f"{key}.{kind}.weight"] = w
+            key += 2
+    return state
+
+
+def _tiny_backend(scale: float = 0.5, steps: int = 2) -> SDXLBackend:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + 32 pooled text
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[16, 32],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+    )
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=EMBED_DIM,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    g = torch.Generator().manual_seed(1)
+    return SDXLBackend.assemble(
+        unet=unet,
+        vae=vae,
+        image_encoder=encoder,
+        image_processor=CLIPImageProcessor(size=32, crop_size=32),
+        ip_adapter_state_dict=_ip_adapter_state_dict(unet),
+        prompt_embeds=torch.randn(1, 77, 64, generator=g),
+        pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+        steps=steps,
+        width=32,
+        height=32,
+        ip_adapter_scale=scale,
+        model_ids={"weights": "tiny random test pipeline"},
+    )
+
+
+@pytest.fixture(scope="module")
+def backend() -> SDXLBackend:
+    torch.set_num_threads(2)
+    return _tiny_backend()
+
+
+def _arr(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.float64)
+
+
+def test_tiny_pipeline_generates_from_embeddings_with_fixed_noise(backend):
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(3, EMBED_DIM)).astype(np.float32) * 3
+    images = backend.generate(E, [1, 2, 3])
+    assert [im.size for im in images] == [(32, 32)] * 3
+    assert backend.pipe.scheduler.config.timestep_spacing == "trailing"
+    again = backend.generate(E[:1], [1])[0]
+    other_seed = backend.generate(E[:1], [7])[0]
+    seed_effect = np.abs(_arr(other_seed) - _arr(images[0])).mean()
+    assert seed_effect > 10
+    # the same seed and embedding, alone or in a batch: the same image up to float noise
+    assert np.abs(_arr(again) - _arr(images[0])).mean() < 0.1 * seed_effect
+    emb = backend.embed(images)
+    assert emb.shape == (3, EMBED_DIM)
+    assert emb.dtype == np.float32
+
+
+def test_ip_adapter_conditions_on_the_embedding_with_its_scale():
+    E = np.random.default_rng(1).normal(size=(2, EMBED_DIM)).astype(np.float32) * 3
+    off = _tiny_backend(scale=0.0)
+    a, b = (off.generate(E[i : i + 1], [5])[0] for i in range(2))
+    np.testing.assert_array_equal(_arr(a), _arr(b))  # scale 0: the embedding is ignored
+    on = _tiny_backend(scale=2.0)
+    c, d = (on.generate(E[i : i + 1], [5])[0] for i in range(2))
+    assert np.abs(_arr(c) - _arr(d)).mean() > 1.0
+    assert np.abs(_arr(c) - _arr(a)).mean() > 1.0
+
+
+def test_a_heuristic_round_runs_on_the_tiny_pipeline(backend, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    rgb = ProceduralRenderer(32).render(sample_parameters(12, np.random.default_rng(0)), range(12))
+    for i, a in enumerate(rgb):
+        Image.fromarray((a * 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    pool = ImagePool.from_folder(folder, backend.embed, "tiny")
+    g = load_protocol().generation
+    g.heuristic.inner_steps = 2
+    g.gp.fit_iters = 10
+    gen = HeuristicGenerator(g.heuristic, g.gp, backend, pool, seed=0)
+    first = gen.next_round(n_images=6)
+    for j, c in enumerate(first):
+        gen.observe(c.pool_id, c.embedding, j / 6)
+    calls = []
+    original = backend.generate
+
+    def counting(E, seeds):
+        calls.append(len(seeds))
+        return original(E, seeds)
+
+    backend.generate = counting
+    try:
+        batch = gen.next_round(n_images=6)
+    finally:
+        del backend.generate
+    children = [c for c in batch if c.kind == "child"]
+    assert len(children) == 4
+    assert calls == [4, 4]  # one batched call per inner step for all children
+    for c in children:
+        assert c.inner_steps == 2
+        assert c.image.size == (32, 32)
+        assert c.conditioning is not None
+        assert not np.allclose(c.conditioning, c.embedding)  # re-embedded after generation
+
+
+def test_missing_weights_are_each_named_with_how_to_fetch_them(tmp_path):
+    cfg = load_protocol().generation.sdxl
+    cfg.vae = str(tmp_path)  # a local folder without the VAE files
+    with pytest.raises(BackendUnavailableError) as err:
+        check_weights(cfg, cache_dir=str(tmp_path / "empty-cache"))
+    text = str(err.value)
+    assert (
+        "huggingface-cli download ByteDance/SDXL-Lightning sdxl_lightning_8step_unet.safetensors"
+        in text
+    )
+    assert "sdxl_models/ip-adapter_sdxl_vit-h.safetensors" in text
+    assert "models/image_encoder/model.safetensors" in text
+    assert f"{tmp_path} :: diffusion_pytorch_model.safetensors" in text
+    assert text.count("fetch:") == 14
+
+
+def test_worker_without_sdxl_weights_exits_2_naming_them(tmp_path):
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    res = run_eegs_env(
+        env, "worker", "--backend", "sdxl", "--pool", str(folder), "--session", str(tmp_path / "s")
+    )
+    assert res.returncode == 2, res.stderr
+    assert "missing weight file" in res.stderr
+    assert "sdxl_lightning_8step_unet.safetensors" in res.stderr
+
+
+def run_eegs_env(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """``eegs ARGS`` with its own environment (conftest's run_eegs inherits ours)."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
