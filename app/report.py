@@ -83,7 +83,8 @@ def _calibration_accuracy(epochs, y) -> str:
     acc = cross_val_score(clf, x, y, cv=cv, scoring="balanced_accuracy")
     return (
         f"<p>Calibration decodability ({', '.join(classes)}): shrinkage-LDA on 0-1 s "
-        f"epochs (100 ms means per channel), {cv.get_n_splits()}-fold cross-validated balanced accuracy "
+        f"epochs (100 ms means per channel), {cv.get_n_splits()}-fold cross-validated "
+        "balanced accuracy "
         f"<b>{acc.mean():.2f} ± {acc.std():.2f}</b> (chance 0.50), {len(y)} epochs.</p>"
     )
 
