@@ -147,8 +147,6 @@ def prepare_protocol(config: SessionConfig, store: SessionStore) -> Protocol:
     if config.source != "amplifier":  # our own streams: unique names
         overrides["streams.eeg"] = f"EEGS-EEG-{tag}"
         overrides["streams.markers"] = f"EEGS-markers-{tag}"
-    if config.source.startswith("replay:"):
-        overrides["streams.markers"] = f"EEGS-EEG-{tag}-markers"
     bm = base.brain_model.model_dump()
     bm["subject_seed"] = config.seed
     overrides["brain_model"] = bm
@@ -221,8 +219,6 @@ def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
                     config.source.split(":", 1)[1],
                     "--name",
                     protocol.streams.eeg,
-                    "--wait",
-                    "60",
                 ],
                 expected_exit=True,
             )
@@ -232,6 +228,8 @@ def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
             sup.start("worker", ["worker", "--protocol", ppath, "--session", str(store.root)])
             _wait_event(store, sup, "generation_ready", 300)
         present = ["present", "--protocol", ppath, "--session", str(store.root)]
+        if protocol.recording.enabled:
+            present += ["--wait-recording", "30"]
         present.append("--headless" if config.headless else "--windowed")
         child = sup.start("present", present, expected_exit=True)
         deadline = time.monotonic() + config.timeout_s

@@ -113,14 +113,18 @@ class Supervisor:
         return code
 
     def stop(self, name: str, grace_s: float = 10.0) -> int | None:
-        """Stop one child: SIGTERM to its process group, SIGKILL after ``grace_s``."""
+        """Stop one child: SIGTERM to it, SIGKILL to its process group after ``grace_s``.
+
+        Only the child itself gets SIGTERM, so that it can stop its own helpers (the
+        LabRecorder process finishing the XDF file) in order.
+        """
         child = self.children.pop(name, None)
         if child is None:
             return None
         proc = child.proc
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(grace_s)
             except subprocess.TimeoutExpired:
@@ -128,6 +132,8 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+        with contextlib.suppress(ProcessLookupError):  # leftovers of the group
+            os.killpg(proc.pid, signal.SIGKILL)
         self.store.log("child_stopped", name=name, returncode=proc.returncode)
         return proc.returncode
 

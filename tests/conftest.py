@@ -55,13 +55,13 @@ class Processes:
         for proc in self.procs:
             if proc.poll() is None:
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(10)
+                    os.kill(proc.pid, signal.SIGTERM)  # it stops its own helpers
+                    proc.wait(15)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
+            with contextlib.suppress(ProcessLookupError):  # the group, leftovers included
+                os.killpg(proc.pid, signal.SIGKILL)
             if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
 
 

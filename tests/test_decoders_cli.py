@@ -230,6 +230,33 @@ def test_train_encoder_from_arrays_and_refuses_pickles(tmp_path):
     assert "pickled dicts and are not unpickled" in res.stderr
 
 
+def test_train_encoder_from_session_directories(tmp_path):
+    _write_session(tmp_path / "s1", "sub-01", 60, seed=4)
+    rng = np.random.default_rng(0)
+    names = [f"stimuli/img-{i}.png" for i in range(60)]  # matched to markers by file name
+    np.savez(tmp_path / "emb.npz", names=np.array(names), embeddings=rng.normal(size=(60, 64)))
+    res = run_eegs(
+        "train-encoder",
+        "--session",
+        str(tmp_path / "s1"),
+        "--image-embeddings",
+        str(tmp_path / "emb.npz"),
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "48 training trials of 17 ch x 250 samples (48 images); 12 held-out" in res.stdout
+    from models.atms import load_atms
+
+    assert load_atms(tmp_path / "o" / "best.safetensors").config.embed_dim == 64
+    res = run_eegs("train-encoder", "--session", str(tmp_path / "s1"), "--out", str(tmp_path))
+    assert res.returncode == 2
+    assert "--image-embeddings" in res.stderr
+
+
 def test_both_classifiers_decode_brain_model_valence():
     """Hidden oracle-valence labels are decoded from simulated EEG (clear SNR, 3 folds)."""
     from app.bench.decoders import KINDS, _f1, brain_model_set

@@ -212,9 +212,13 @@ class Acquisition:
     def close(self) -> None:
         """Stop the recording and disconnect both streams."""
         if self.recorder is not None:
-            self.recorder.stop()
+            try:
+                self.recorder.stop()
+                self.store.log("recording_stopped", file=RECORDING_FILE)
+            except (OSError, RuntimeError) as err:  # LabRecorder already gone
+                logger.error("LabRecorder did not stop cleanly: %s", err)
+                self.store.log("recording_stop_failed", file=RECORDING_FILE, error=str(err))
             self.recorder = None
-            self.store.log("recording_stopped", file=RECORDING_FILE)
         if self.eeg is not None and self.eeg.stream.connected:
             self.eeg.stream.disconnect()
         if self.markers is not None:
@@ -276,7 +280,7 @@ class Acquisition:
     def _newest(self, winsize: float) -> tuple[np.ndarray, np.ndarray]:
         """The last ``winsize`` seconds of the buffer, and track the stream's liveness."""
         data, ts = self.eeg.stream.get_data(winsize=winsize, picks=self.eeg.picks)
-        newest = ts[-1] if ts.size else -np.inf
+        newest = ts[-1] if ts.size and ts[-1] > 0 else -np.inf  # 0: the buffer's initial fill
         if newest > self._last_ts:
             if self._in_gap:
                 gap = pylsl.local_clock() - self._last_new_local

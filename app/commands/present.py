@@ -36,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="draw on a virtual display (Xvfb, no vsync: frames are paced in software)",
     )
+    p.add_argument(
+        "--wait-recording",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before the first trial, wait up to S s for the session's XDF recording",
+    )
 
 
 def headless_overrides(protocol) -> dict:
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 images_dir=args.images,
                 windowed=args.windowed or args.headless,
                 stop=STOP,
+                wait_recording_s=args.wait_recording,
             )
         )
     cpu = result.get("own_cpu_ms", {})

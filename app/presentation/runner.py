@@ -75,6 +75,7 @@ class PresentConfig:
     images_dir: Path | None = None
     windowed: bool = False
     stop: threading.Event | None = None
+    wait_recording_s: float = 0.0  # wait for the session's XDF recording to start
 
 
 @dataclass(frozen=True)
@@ -599,6 +600,17 @@ def _next_trial_id(store: SessionStore) -> int:
     return top + 1
 
 
+def _wait_for_recording(win, store: SessionStore, timeout: float) -> bool:
+    """Keep flipping the idle screen until the session's recorder runs (no marker lost)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e["event"] == "recording_started" for e in store.events()):
+            return True
+        for _ in range(6):
+            win.flip()
+    return False
+
+
 def run(config: PresentConfig) -> dict[str, Any]:
     """Entry point of the ``eegs present`` process; returns the session's summary."""
     protocol = config.protocol
@@ -666,6 +678,10 @@ def run(config: PresentConfig) -> dict[str, Any]:
         if not markers.wait_for_consumers(protocol.streams.connect_timeout_s):
             logger.warning("nobody reads the marker stream '%s' yet", protocol.streams.markers)
             log("markers_unheard", timeout_s=protocol.streams.connect_timeout_s)
+        if config.wait_recording_s > 0 and not _wait_for_recording(
+            win, store, config.wait_recording_s
+        ):
+            log("recording_not_started", timeout_s=config.wait_recording_s)
         runner.run()
         status = "completed"
     except Aborted as err:

@@ -1,0 +1,126 @@
+"""The closed loop end to end: `eegs pilot` and `eegs run` as a person would start them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import pyxdf
+from conftest import EEGLAB_SET, REPO, run_eegs
+
+from workers.session_store import SessionStore
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _short_protocol(tmp_path, **extra: str):
+    """The pilot protocol with short calibration and validation blocks."""
+    text = (REPO / "experiment_protocols" / "pilot.toml").read_text()
+    text = re.sub(
+        r'kind = "calibration"\nn_trials = \d+', 'kind = "calibration"\nn_trials = 8', text
+    )
+    text = re.sub(r'kind = "validation"\nn_trials = \d+', 'kind = "validation"\nn_trials = 4', text)
+    for old, new in extra.items():
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "short.toml"
+    path.write_text(text)
+    return path
+
+
+def test_pilot_two_rounds_end_to_end(tmp_path):
+    out = tmp_path / "session"
+    res = run_eegs(
+        "pilot",
+        "--out",
+        str(out),
+        "--rounds",
+        "2",
+        "--seed",
+        "3",
+        "--headless",
+        "--protocol",
+        str(_short_protocol(tmp_path)),
+        timeout=840,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "session.json").read_text())
+    assert info["status"] == "completed"
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["reward_by_round"]) == 2
+    assert len(summary["oracle_affect_by_round"]) == 2
+    assert summary["backend"] == "procedural"
+    assert summary["n_trials"] == 8 + 2 * 8 + 4
+    assert summary["n_epochs"] == summary["n_trials"]  # one epoch per trial, none lost
+    assert summary["n_epochs_lost"] == 0
+    assert summary["epoch_latency_ms"]["p95"] < 200
+    assert summary["round_ready_latency_ms"]["median"] > 0
+    assert summary["protocol_sha256"] == info["protocol_sha256"]
+    # every trial's epoch is stored, and rewarded
+    trials = {e["trial"] for e in SessionStore(out).events() if e["event"] == "trial"}
+    assert {e.trial_id for e in SessionStore(out).epochs()} == trials
+    rewarded = {e["trial_id"] for e in SessionStore(out).events() if e["event"] == "reward"}
+    assert trials <= rewarded
+    # the recording holds the EEG and the presentation's markers
+    streams, _ = pyxdf.load_xdf(str(out / "recording.xdf"))
+    kinds = {s["info"]["type"][0] for s in streams}
+    assert {"EEG", "Markers"} <= kinds
+    markers = next(s for s in streams if s["info"]["type"][0] == "Markers")
+    onsets = [json.loads(m[0]) for m in markers["time_series"]]
+    assert sum(m["event"] == "stimulus_onset" for m in onsets) == len(trials)
+    # the dataset loads as a Hugging Face imagefolder
+    import datasets
+
+    ds = datasets.load_dataset("imagefolder", data_dir=str(out / "dataset"), split="train")
+    assert len(ds) == 16
+    assert set(ds["label"]) <= {"high_arousal", "low_arousal"}
+    assert all(r is not None for r in ds["reward"])
+    assert (out / "report.html").stat().st_size > 10_000
+    assert all((out / "logs" / f"{n}.log").exists() for n in ("brain-model", "acquire", "worker"))
+
+
+@pytest.mark.skipif(not EEGLAB_SET.exists(), reason="../shared data not present")
+def test_run_with_replayed_eeg(tmp_path):
+    proto = _short_protocol(
+        tmp_path,
+        **{'mode = "lpp"': 'mode = "lpp"\nlpp_channels = ["EEG 010", "EEG 011", "EEG 012"]'},
+    )
+    out = tmp_path / "session"
+    res = run_eegs(
+        "run",
+        "--protocol",
+        str(proto),
+        "--subject",
+        "S01",
+        "--out",
+        str(out),
+        "--source",
+        f"replay:{EEGLAB_SET}",
+        "--rounds",
+        "1",
+        "--headless",
+        timeout=840,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_trials"] == 8 + 8 + 4
+    assert summary["n_epochs"] == summary["n_trials"]
+    assert "oracle_affect_by_round" not in summary  # no brain model: no oracle
+    stored = SessionStore(out).epochs()
+    assert stored[0].meta["ch_names"][0] == "EEG 000"
+    assert len(stored[0].meta["ch_names"]) == 32
+
+
+def test_run_rejects_bad_source(tmp_path):
+    res = run_eegs(
+        "run",
+        "--protocol",
+        str(REPO / "experiment_protocols" / "pilot.toml"),
+        "--subject",
+        "S01",
+        "--source",
+        "replay:/no/file.set",
+    )
+    assert res.returncode == 2
+    assert "no such file" in res.stderr
