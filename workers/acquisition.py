@@ -143,11 +143,13 @@ class Acquisition:
             raise AcquisitionError(
                 f"marker stream '{s.markers}' carries numbers; EEGS markers are JSON strings"
             )
-        self.markers = pylsl.StreamInlet(
-            found[0], max_buflen=360, processing_flags=pylsl.proc_clocksync
-        )
-        self.markers.open_stream(timeout=s.connect_timeout_s)
-        self.markers.time_correction(timeout=s.connect_timeout_s)
+        inlet = pylsl.StreamInlet(found[0], max_buflen=360, processing_flags=pylsl.proc_clocksync)
+        try:
+            inlet.open_stream(timeout=s.connect_timeout_s)
+            inlet.time_correction(timeout=s.connect_timeout_s)
+        except pylsl.TimeoutError:  # it vanished between resolution and opening
+            return False
+        self.markers = inlet
         self.store.log("markers_connected", markers=s.markers)
         if self.record:
             self.recorder = start_recording(
