@@ -147,7 +147,7 @@ class Acquisition:
         try:
             inlet.open_stream(timeout=s.connect_timeout_s)
             inlet.time_correction(timeout=s.connect_timeout_s)
-        except pylsl.TimeoutError:  # it vanished between resolution and opening
+        except (TimeoutError, RuntimeError):  # it vanished between resolution and opening
             return False
         self.markers = inlet
         self.store.log("markers_connected", markers=s.markers)
