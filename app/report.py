@@ -117,7 +117,9 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
     if epochs is not None:
         evokeds = {label: epochs[np.flatnonzero(y == label)].average() for label in np.unique(y)}
         picks = [ch for ch in ("Pz", "Oz", "POz") if ch in epochs.ch_names] or [epochs.ch_names[0]]
-        figs = mne.viz.plot_compare_evokeds(evokeds, picks=picks[:1], show=False)
+        figs = mne.viz.plot_compare_evokeds(
+            evokeds, picks=picks[:1], show=False, show_sensors=False
+        )
         report.add_figure(figs[0], title=f"Calibration ERPs at {picks[0]}", section="EEG")
         plt.close(figs[0])
         report.add_html(
