@@ -156,6 +156,7 @@ class _Job:
     inner_steps: int = 0
     done: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
+    cut_by_deadline: bool = False  # the generator stopped early because the deadline came
     error: str | None = None
     t_done: float | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
@@ -391,7 +392,10 @@ class GenerationService:
                     job.ready, job.inner_steps = snap, k
 
             def should_stop() -> bool:
-                return job.cancel.is_set() or time.monotonic() >= job.deadline
+                if time.monotonic() >= job.deadline:
+                    job.cut_by_deadline = True
+                    return True
+                return job.cancel.is_set()
 
             self.generator.next_round(on_ready, should_stop, n_images=job.request.n_images)
             job.timing_ms = self.generator.timing.as_ms()
@@ -422,7 +426,7 @@ class GenerationService:
             return None
         if not job.done.is_set() and now < job.deadline:
             return None
-        missed = not job.done.is_set()
+        missed = not job.done.is_set() or job.cut_by_deadline
         job.cancel.set()
         self._job = None
         self._refit_wanted = True
