@@ -112,55 +112,29 @@ def test_flat_signal_is_flagged_not_dropped(processes, tmp_path, stream_name, fr
         src.stop()
 
 
-def test_missing_montage_channel_is_a_clear_error(tmp_path, stream_name):
-    src = NoiseSource(stream_name, CHANNELS).start()
-    try:
-        proto = tmp_path / "p.toml"
-        proto.write_text('[preprocessing]\nmontage = ["Cz", "O9"]\n')
-        from conftest import run_eegs
+@pytest.mark.parametrize(
+    ("protocol", "expected"),
+    [
+        ('[preprocessing]\nmontage = ["Cz", "O9"]\n', ["['O9']", *CHANNELS]),  # lists what it has
+        ("[streams]\nsfreq = 500.0\n", ["250 Hz", "500 Hz"]),  # wrong sampling rate
+    ],
+)
+def test_stream_that_does_not_fit_the_protocol_is_a_clear_error(
+    tmp_path, stream_name, protocol, expected
+):
+    from conftest import run_eegs
 
-        res = run_eegs(
-            "acquire",
-            "--protocol",
-            str(proto),
-            "--session",
-            str(tmp_path / "s"),
-            "--eeg",
-            stream_name,
-            "--markers",
-            f"{stream_name}-markers",
-            "--no-record",
-        )
-        assert res.returncode == 2
-        assert "['O9']" in res.stderr
-        for ch in CHANNELS:
-            assert ch in res.stderr
-    finally:
-        src.stop()
-
-
-def test_wrong_sampling_rate_is_a_clear_error(tmp_path, stream_name):
     src = NoiseSource(stream_name, CHANNELS, sfreq=250.0).start()
     try:
         proto = tmp_path / "p.toml"
-        proto.write_text("[streams]\nsfreq = 500.0\n")
-        from conftest import run_eegs
-
+        proto.write_text(protocol)
         res = run_eegs(
-            "acquire",
-            "--protocol",
-            str(proto),
-            "--session",
-            str(tmp_path / "s"),
-            "--eeg",
-            stream_name,
-            "--markers",
-            f"{stream_name}-markers",
-            "--no-record",
-        )
+            "acquire", "--protocol", str(proto), "--session", str(tmp_path / "s"),
+            "--eeg", stream_name, "--markers", f"{stream_name}-markers", "--no-record",
+        )  # fmt: skip
         assert res.returncode == 2
-        assert "250 Hz" in res.stderr
-        assert "500 Hz" in res.stderr
+        for text in expected:
+            assert text in res.stderr
     finally:
         src.stop()
 
