@@ -380,8 +380,13 @@ class Runner:
         self.client.request(req, folder)
 
     def _end_round(self, rnd: _Round) -> None:
-        self.loader.clear()
-        self.stager.clear()
+        last = rnd.index + 1 >= rnd.plan.block.n_rounds
+        if rnd.dead is not None or last:
+            # leftovers of a broken round, or of a block: never shown later. A round that
+            # completed mid-block left nothing of its own, only the next round's images
+            # (asked for during its last stimulus), which are kept.
+            self.loader.clear()
+            self.stager.clear()
         if self.client is not None:
             self.client.cancel(rnd.index)
 
@@ -449,6 +454,10 @@ class Runner:
         image = tex.image
         self.image.image = tex
         self.image.size = fit_size(image.size, self.pres.screen.image_size)
+        if rnd.remaining == 0 and rnd.index + 1 < rnd.plan.block.n_rounds:
+            # the round's last image is about to show: ask for the next round now, so the
+            # generator works while it is on screen (a non-blocking hand-off to a thread)
+            self._request(rnd.plan, rnd.index + 1, [*rnd.trials, tid])
         onset = self.markers.on_next_flip(
             "stimulus_onset",
             **info,
@@ -474,7 +483,7 @@ class Runner:
         rnd.trials.append(tid)
         self.next_trial += 1
         if rnd.remaining == 0 and rnd.index + 1 < rnd.plan.block.n_rounds:
-            self._request(rnd.plan, rnd.index + 1, rnd.trials)  # as early as possible
+            self._request(rnd.plan, rnd.index + 1, rnd.trials)  # if not asked for already
         rating = None
         if self.ratings is not None:
             self.current["phase"] = "rating"
