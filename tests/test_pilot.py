@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import pyxdf
 from conftest import EEGLAB_SET, REPO, run_eegs
@@ -55,7 +56,8 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
     assert summary["n_epochs"] == summary["n_trials"]  # one epoch per trial, none lost
     assert summary["n_epochs_lost"] == 0
     assert summary["epoch_latency_ms"]["p95"] < 200
-    assert summary["round_ready_latency_ms"]["median"] > 0
+    # negative when the next batch is ready before the round's last epoch (asked for early)
+    assert np.isfinite(summary["round_ready_latency_ms"]["median"])
     assert summary["protocol_sha256"] == info["protocol_sha256"]
     # every trial's epoch is stored, and rewarded
     trials = {e["trial"] for e in SessionStore(out).events() if e["event"] == "trial"}
