@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.commands._common import add_protocol_argument, protocol_from_args
+from app.commands._common import add_protocol_argument
 from experiment_protocols import load_protocol
 
 NAME = "acquire"
@@ -48,10 +48,11 @@ def run(args: argparse.Namespace) -> int:
         "epochs.tmax": args.tmax,
         "network.epochs_endpoint": args.endpoint,
     }
-    baseline = load_protocol(args.protocol).epochs.baseline
+    base = load_protocol(args.protocol)
+    baseline = base.epochs.baseline
     if args.tmin is not None and baseline is not None and baseline[0] < args.tmin:
         overrides["epochs.baseline"] = (args.tmin, baseline[1])  # keep it inside the window
-    protocol = protocol_from_args(args, overrides)
+    protocol = base.with_overrides(overrides)
     config = AcquisitionConfig(
         protocol=protocol,
         session_dir=args.session,
