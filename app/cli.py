@@ -20,6 +20,7 @@ from pathlib import Path
 
 from app import shutdown
 from app.errors import UsageError
+from app.supervisor import LOG_DIR, ProcessCrashed
 
 
 def _command_modules() -> list[str]:
@@ -64,6 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"eegs {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ProcessCrashed as err:
+        print(
+            f"eegs {args.command}: {err}\nThe session is marked crashed; everything recorded "
+            f"is kept (logs in {err.session / LOG_DIR}). Continue it with:\n"
+            f"  eegs resume {err.session}",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         return 130
 

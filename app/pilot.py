@@ -33,7 +33,8 @@ import numpy as np
 from app.supervisor import ProcessCrashed, Supervisor
 from experiment_protocols import Protocol, load_protocol
 from experiment_protocols.schema import PROTOCOL_DIR
-from workers.session_store import SessionStore, read_events
+from workers.calibration import CALIBRATION
+from workers.session_store import EVENTS_FILE, EventTail, SessionStore
 
 logger = logging.getLogger("eegs.pilot")
 
@@ -54,6 +55,7 @@ class SessionConfig:
     headless: bool = False
     source: str = "brain-model"  # brain-model | amplifier | replay:FILE
     worker: str | None = None  # an existing worker's endpoint instead of starting one
+    reward: str | None = None  # "lpp" | "affective" (decoder fitted on the calibration block)
     timeout_s: float = 1800.0
 
 
@@ -142,6 +144,10 @@ def prepare_protocol(config: SessionConfig, store: SessionStore) -> Protocol:
     gen["seed"] = config.seed
     if config.rounds is not None:
         gen["heuristic"]["max_rounds"] = max(config.rounds - 1, 1)
+    if config.reward == "affective":
+        gen["reward"].update(mode="affective", decoder=CALIBRATION)
+    elif config.reward is not None:
+        gen["reward"]["mode"] = config.reward
     overrides["generation"] = gen
     overrides["network.epochs_endpoint"] = f"tcp://127.0.0.1:{_free_port()}"
     if config.source != "amplifier":  # our own streams: unique names
@@ -159,6 +165,9 @@ class Progress:
 
     def __init__(self, store: SessionStore, stream=sys.stderr) -> None:
         self.store, self.stream, self._next = store, stream, 0.0
+        self._tail = EventTail(store.root / EVENTS_FILE)
+        self._counts: dict[str, int] = {}
+        self._where = ""
 
     def update(self, force: bool = False) -> None:
         """Redraw the line (at most once a second)."""
@@ -166,27 +175,30 @@ class Progress:
         if not force and now < self._next:
             return
         self._next = now + 1.0
-        counts: dict[str, int] = {}
-        where = ""
-        for e in self.store.events():
-            counts[e["event"]] = counts.get(e["event"], 0) + 1
+        counts = self._counts
+        for e in self._tail.new():
+            key = "batch" if e["event"] == "image_batch" and "image_ids" in e else e["event"]
+            counts[key] = counts.get(key, 0) + 1
             if e["event"] == "marker" and e.get("marker", {}).get("event") == "stimulus_onset":
                 m = e["marker"]
-                where = f"{m.get('block', '?')} round {m.get('round', 0)}"
+                self._where = f"{m.get('block', '?')} round {m.get('round', 0)}"
         line = (
-            f"\r[eegs] {where:<22} trials {counts.get('trial', 0):3d}  "
+            f"\r[eegs] {self._where:<22} trials {counts.get('trial', 0):3d}  "
             f"epochs {counts.get('epoch', 0):3d}  rewards {counts.get('reward', 0):3d}  "
-            f"batches {counts.get('generation_reply', 0):2d}"
+            f"batches {counts.get('batch', 0):2d}"
         )
         self.stream.write(line)
         self.stream.flush()
 
 
 def _wait_event(store: SessionStore, sup: Supervisor, name: str, timeout: float) -> None:
+    """Wait for a new event ``name`` (a resumed session has old ones too)."""
+    tail = EventTail(store.root / EVENTS_FILE)
+    tail.new()  # what is there already does not count
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sup.check()
-        if any(e["event"] == name for e in read_events(store.root / "events.jsonl")):
+        if any(e["event"] == name for e in tail.new()):
             return
         time.sleep(0.1)
     raise TimeoutError(f"no '{name}' within {timeout:.0f} s")
@@ -194,17 +206,70 @@ def _wait_event(store: SessionStore, sup: Supervisor, name: str, timeout: float)
 
 def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
     """Run the whole session; returns ``summary.json``'s content."""
-    from app.session_outputs import write_outputs
-
     store = SessionStore(config.out).open(role="session", subject=config.subject)
     protocol = prepare_protocol(config, store)
-    ppath = str(store.root / SESSION_PROTOCOL)
     store.update_info(
-        protocol_file=ppath,
+        protocol_file=str(store.root / SESSION_PROTOCOL),
         protocol_sha256=protocol.sha256,
         source=config.source,
         seed=config.seed,
+        worker=config.worker,
+        headless=config.headless,
     )
+    return _supervise(config, store, protocol, resume=False, stop=stop)
+
+
+def resume_session(
+    session: Path, *, headless: bool | None = None, stop=lambda: False, timeout_s: float = 1800.0
+) -> dict[str, Any]:
+    """Continue an interrupted session from where it stopped (``eegs resume``).
+
+    The same protocol file, streams and endpoints are used again. The worker rebuilds
+    its state from the session directory (:mod:`workers.generation_restore`), the
+    presentation shows only what was never shown (:mod:`app.presentation.resume`),
+    and the acquisition records into a new XDF part beside the first.
+    """
+    from workers.errors import InputError
+
+    session = Path(session)
+    info = SessionStore(session).read_info()
+    if not info:
+        raise InputError(f"{session}: not a session directory (no session.json)")
+    if info.get("status") == "completed":
+        raise InputError(f"{session}: the session completed; there is nothing to resume")
+    ppath = session / SESSION_PROTOCOL
+    if not ppath.exists():
+        raise InputError(f"{session}: no {SESSION_PROTOCOL}; was it started by eegs pilot/run?")
+    source = str(info.get("source", "brain-model"))
+    if source.startswith("replay:"):
+        raise InputError(
+            f"{session}: a replay-sourced session cannot be resumed (the replay would start "
+            "its recording again from the beginning); start a new session instead"
+        )
+    protocol = load_protocol(ppath)
+    config = SessionConfig(
+        out=session,
+        protocol_path=ppath,
+        subject=str(info.get("subject", "")),
+        seed=int(info.get("seed", 0)),
+        headless=bool(info.get("headless")) if headless is None else headless,
+        source=source,
+        worker=info.get("worker"),
+        timeout_s=timeout_s,
+    )
+    store = SessionStore(session).open(role="session")
+    attempt = 1 + sum(e["event"] == "session_resumed" for e in store.events())
+    store.log("session_resumed", attempt=attempt, previous_status=info.get("status"))
+    return _supervise(config, store, protocol, resume=True, stop=stop)
+
+
+def _supervise(
+    config: SessionConfig, store: SessionStore, protocol: Protocol, *, resume: bool, stop
+) -> dict[str, Any]:
+    """Start the session's processes, watch them until the presentation ends, stop them."""
+    from app.session_outputs import write_outputs
+
+    ppath = str(store.root / SESSION_PROTOCOL)
     status = "failed"
     sup = Supervisor(store)
     progress = Progress(store)
@@ -230,6 +295,8 @@ def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
         present = ["present", "--protocol", ppath, "--session", str(store.root)]
         if protocol.recording.enabled:
             present += ["--wait-recording", "30"]
+        if resume:
+            present.append("--resume")
         present.append("--headless" if config.headless else "--windowed")
         child = sup.start("present", present, expected_exit=True)
         deadline = time.monotonic() + config.timeout_s
@@ -254,11 +321,25 @@ def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
     finally:
         progress.update(force=True)
         sys.stderr.write("\n")
-        sup.stop_all()
+        _stop_in_order(sup, protocol)
         store.log("session_status", status=status)
         summary = write_outputs(store.root, protocol, pilot=config.source == "brain-model")
         store.close(status, summary_file="summary.json")
     return summary
+
+
+def _stop_in_order(sup: Supervisor, protocol: Protocol) -> None:
+    """Stop the display first, give the acquisition the last epoch's window, then the rest.
+
+    Stopped together, the acquisition would drop the epochs of the last stimuli shown.
+    """
+    present = sup.children.get("present")
+    if present is not None and present.proc.poll() is None:
+        sup.stop("present")
+        acquire = sup.children.get("acquire")
+        if acquire is not None and acquire.proc.poll() is None:
+            time.sleep(protocol.epochs.tmax + 0.5)
+    sup.stop_all()
 
 
 def load_summary(out: Path) -> dict[str, Any]:

@@ -133,7 +133,13 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
         "dropped_frames": sum(t.dropped_frames for t in trials),
         "backend": ready.get("backend"),
         "protocol_sha256": info.get("protocol_sha256") or protocol.sha256,
+        "resumed": sum(1 for e in events if e["event"] == "session_resumed"),
     }
+    fitted = next((e for e in events if e["event"] == "decoder_fitted"), None)
+    if fitted is not None:  # the affective reward's decoder, fitted on the calibration block
+        summary["calibration_decoder"] = {
+            k: v for k, v in fitted.items() if k not in ("t_wall", "event")
+        }
     if pilot:
         from models.brain_response import BrainModel
 

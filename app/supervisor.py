@@ -30,8 +30,9 @@ LOG_DIR = "logs"
 class ProcessCrashed(RuntimeError):
     """A supervised process exited while the session still needed it."""
 
-    def __init__(self, name: str, returncode: int, log_tail: str) -> None:
+    def __init__(self, name: str, returncode: int, log_tail: str, session: Path) -> None:
         self.name, self.returncode, self.log_tail = name, returncode, log_tail
+        self.session = session
         super().__init__(f"process '{name}' exited with status {returncode}:\n{log_tail}")
 
 
@@ -93,7 +94,7 @@ class Supervisor:
                 continue
             tail = child.log_tail()
             self.store.log("child_crashed", name=child.name, returncode=code, log_tail=tail)
-            raise ProcessCrashed(child.name, code, tail)
+            raise ProcessCrashed(child.name, code, tail, self.store.root)
 
     def wait(self, name: str, timeout: float) -> int:
         """Wait for a one-shot child to finish, watching the others meanwhile."""
@@ -109,7 +110,7 @@ class Supervisor:
         if code != 0:
             tail = child.log_tail()
             self.store.log("child_crashed", name=name, returncode=code, log_tail=tail)
-            raise ProcessCrashed(name, code, tail)
+            raise ProcessCrashed(name, code, tail, self.store.root)
         return code
 
     def stop(self, name: str, grace_s: float = 10.0) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -34,3 +35,22 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05) -> None
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def short_pilot_protocol(tmp_path: Path, **extra: str) -> Path:
+    """The pilot protocol with short calibration (8) and validation (4) blocks.
+
+    ``extra`` maps exact text of pilot.toml to its replacement.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "experiment_protocols" / "pilot.toml").read_text()
+    text = re.sub(
+        r'kind = "calibration"\nn_trials = \d+', 'kind = "calibration"\nn_trials = 8', text
+    )
+    text = re.sub(r'kind = "validation"\nn_trials = \d+', 'kind = "validation"\nn_trials = 4', text)
+    for old, new in extra.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / "short.toml"
+    path.write_text(text)
+    return path

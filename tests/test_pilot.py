@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
 import pyxdf
 from conftest import EEGLAB_SET, REPO, run_eegs
+from helpers import short_pilot_protocol
 
 from workers.session_store import SessionStore
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def _short_protocol(tmp_path, **extra: str):
-    """The pilot protocol with short calibration and validation blocks."""
-    text = (REPO / "experiment_protocols" / "pilot.toml").read_text()
-    text = re.sub(
-        r'kind = "calibration"\nn_trials = \d+', 'kind = "calibration"\nn_trials = 8', text
-    )
-    text = re.sub(r'kind = "validation"\nn_trials = \d+', 'kind = "validation"\nn_trials = 4', text)
-    for old, new in extra.items():
-        assert old in text
-        text = text.replace(old, new)
-    path = tmp_path / "short.toml"
-    path.write_text(text)
-    return path
 
 
 def test_pilot_two_rounds_end_to_end(tmp_path):
@@ -42,7 +27,7 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
         "3",
         "--headless",
         "--protocol",
-        str(_short_protocol(tmp_path)),
+        str(short_pilot_protocol(tmp_path)),
         timeout=840,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -84,7 +69,7 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
 
 @pytest.mark.skipif(not EEGLAB_SET.exists(), reason="../shared data not present")
 def test_run_with_replayed_eeg(tmp_path):
-    proto = _short_protocol(
+    proto = short_pilot_protocol(
         tmp_path,
         **{'mode = "lpp"': 'mode = "lpp"\nlpp_channels = ["EEG 010", "EEG 011", "EEG 012"]'},
     )

@@ -6,7 +6,13 @@ import json
 
 import numpy as np
 
-from workers.session_store import SessionStore, read_events
+from workers.session_store import (
+    EventTail,
+    SessionStore,
+    next_recording_file,
+    read_events,
+    recording_files,
+)
 
 
 def test_events_and_epochs_round_trip(tmp_path):
@@ -40,3 +46,31 @@ def test_reopening_keeps_earlier_info(tmp_path):
     assert info["subject"] == "P02"
     assert set(info["processes"]) == {"one", "two"}
     store.close()
+
+
+def test_event_tail_reads_each_complete_line_once(tmp_path):
+    store = SessionStore(tmp_path / "s").open(role="test")
+    tail = EventTail(tmp_path / "s" / "events.jsonl")
+    assert [e["event"] for e in tail.new()] == ["process_start"]
+    store.log("a", k=1)
+    with open(tmp_path / "s" / "events.jsonl", "ab") as fh:
+        fh.write(b'{"event": "torn"')  # a line still being written
+    assert [e["event"] for e in tail.new()] == ["a"]
+    with open(tmp_path / "s" / "events.jsonl", "ab") as fh:
+        fh.write(b"}\n")
+    assert [e["event"] for e in tail.new()] == ["torn"]
+    assert tail.new() == []
+    store.close()
+
+
+def test_resumed_sessions_record_into_new_parts(tmp_path):
+    assert next_recording_file(tmp_path) == "recording.xdf"
+    (tmp_path / "recording.xdf").write_bytes(b"x")
+    assert next_recording_file(tmp_path) == "recording-part2.xdf"
+    (tmp_path / "recording-part2.xdf").write_bytes(b"x")
+    for k in range(3, 11):
+        (tmp_path / f"recording-part{k}.xdf").write_bytes(b"x")
+    names = [p.name for p in recording_files(tmp_path)]
+    assert names[:3] == ["recording.xdf", "recording-part2.xdf", "recording-part3.xdf"]
+    assert names[-1] == "recording-part10.xdf"  # numeric, not text, order
+    assert next_recording_file(tmp_path) == "recording-part11.xdf"

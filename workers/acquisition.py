@@ -36,7 +36,7 @@ from experiment_protocols import Protocol
 from workers import transport
 from workers.errors import InputError
 from workers.messages import EpochMessage, array_spec, encode
-from workers.session_store import RECORDING_FILE, SessionStore
+from workers.session_store import RECORDING_FILE, SessionStore, next_recording_file
 
 logger = logging.getLogger("eegs.acquisition")
 
@@ -106,6 +106,7 @@ class Acquisition:
         self.publisher = publisher
         self.record = record
         self.recorder = None
+        self.recording_file = RECORDING_FILE
         self._next_marker_look = 0.0
         self.eeg: _EEG | None = None
         self.markers: pylsl.StreamInlet | None = None
@@ -152,11 +153,12 @@ class Acquisition:
         self.markers = inlet
         self.store.log("markers_connected", markers=s.markers)
         if self.record:
+            self.recording_file = next_recording_file(self.store.root)
             self.recorder = start_recording(
-                self.store.root / RECORDING_FILE,
+                self.store.root / self.recording_file,
                 [s.eeg, s.markers, *self.protocol.recording.extra_streams],
             )
-            self.store.log("recording_started", file=RECORDING_FILE)
+            self.store.log("recording_started", file=self.recording_file)
         return True
 
     def _connect_eeg(self, timeout: float) -> _EEG:
@@ -216,10 +218,10 @@ class Acquisition:
         if self.recorder is not None:
             try:
                 self.recorder.stop()
-                self.store.log("recording_stopped", file=RECORDING_FILE)
+                self.store.log("recording_stopped", file=self.recording_file)
             except (OSError, RuntimeError) as err:  # LabRecorder already gone
                 logger.error("LabRecorder did not stop cleanly: %s", err)
-                self.store.log("recording_stop_failed", file=RECORDING_FILE, error=str(err))
+                self.store.log("recording_stop_failed", file=self.recording_file, error=str(err))
             self.recorder = None
         if self.eeg is not None and self.eeg.stream.connected:
             self.eeg.stream.disconnect()

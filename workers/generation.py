@@ -23,6 +23,9 @@ worker does not serve) gets an :class:`~workers.messages.ErrorReply` and the wor
 keeps serving. With ``generation.subscribe_epochs`` the worker also takes every epoch
 that ``eegs acquire`` publishes.
 
+A worker started on a session that already has history (``eegs resume``) first takes
+over the state of the one before (:mod:`workers.generation_restore`).
+
 Generation and the hyperparameter refit run in one background thread, so the socket
 is always answered; the refit happens in idle time between rounds and yields at once to
 a new request. Every image's provenance (seed, parents, embedding file, backend, model
@@ -52,8 +55,9 @@ from experiment_protocols import Protocol
 from models.backends.base import Backend, BackendUnavailableError
 from models.backends.pool import ImagePool
 from models.heuristic import Candidate, HeuristicGenerator
-from models.rewards import EpochData, RewardFunction, as_reward
+from models.rewards import EpochData, RewardError, RewardFunction, as_reward
 from workers import transport
+from workers.calibration import CALIBRATION, CalibratedDecoderReward
 from workers.errors import InputError
 from workers.messages import (
     EpochMessage,
@@ -132,7 +136,7 @@ def build_pool(protocol: Protocol, backend: Backend) -> ImagePool:
 
 # -- bookkeeping ------------------------------------------------------------------------
 @dataclass
-class _Issued:
+class Issued:
     """An image this worker sent: what the GP needs when its reward arrives."""
 
     embedding: np.ndarray
@@ -201,7 +205,7 @@ class GenerationService:
         self.reward_fn = reward_fn
         self.store = store
         self.generator = HeuristicGenerator(self.g.heuristic, self.g.gp, backend, pool, self.g.seed)
-        self.issued: dict[str, _Issued] = {}
+        self.issued: dict[str, Issued] = {}
         self.trial_rewards: dict[int, float] = {}  # trials whose reward was used
         self.trials_scored: set[int] = set()  # every trial whose epoch arrived
         self._pending_obs: deque[tuple[str, np.ndarray | None, str | None, float]] = deque()
@@ -214,6 +218,10 @@ class GenerationService:
         self.best_reward: float | None = None
         self._pending_files: tuple | None = None
         self._wake_tx: zmq.Socket | None = None
+        self._calibration = reward_fn if isinstance(reward_fn, CalibratedDecoderReward) else None
+        self._parked: list[tuple[EpochMessage, list[np.ndarray]]] = []
+        self._loop_started = False  # an image request came: calibration is over
+        self._decoder_fit_queued = False
 
     # -- logging ---------------------------------------------------------------------
     def _log(self, event: str, **fields: Any) -> None:
@@ -235,7 +243,7 @@ class GenerationService:
         except MessageError as err:
             return self._error("invalid", str(err))
         if isinstance(msg, EpochMessage):
-            return self._on_epoch(msg, arrays)
+            return self.score_epoch(msg, arrays)
         if isinstance(msg, StatusRequest):
             return encode(self.status())
         if isinstance(msg, ImageRequest):
@@ -272,7 +280,8 @@ class GenerationService:
             return stem, None
         return None, ref
 
-    def _on_epoch(self, msg: EpochMessage, arrays: list[np.ndarray]) -> list[bytes]:
+    def score_epoch(self, msg: EpochMessage, arrays: list[np.ndarray]) -> list[bytes]:
+        """Reward one epoch and credit it to the image its marker names."""
         t0 = time.perf_counter()
         if len(arrays) != 1 or arrays[0].ndim != 2 or arrays[0].shape[0] != len(msg.ch_names):
             return self._error(
@@ -280,6 +289,9 @@ class GenerationService:
             )
         epoch = EpochData(arrays[0].astype(np.float64), msg.ch_names, msg.sfreq, msg.tmin)
         self.trials_scored.add(msg.trial_id)  # an image request need not wait for it now
+        cal = self._calibration
+        if cal is not None and not cal.ready:
+            return self._before_decoder(cal, msg, arrays, epoch)
         try:
             reward = as_reward(self.reward_fn(epoch))
         except (ValueError, RuntimeError) as err:
@@ -296,23 +308,19 @@ class GenerationService:
         elif not np.isfinite(value):
             reason = "reward is not finite"
         elif image_id is not None:
-            with self._obs_lock:
-                self._pending_obs.append((image_id, self.issued[image_id].embedding, None, value))
+            self.credit(msg.trial_id, image_id, self.issued[image_id].embedding, None, value)
             used = True
         elif path is not None and Path(path).is_file():
-            with self._obs_lock:
-                self._pending_obs.append((Path(path).stem, None, path, value))
-            used, image_id = True, Path(path).stem
+            image_id = Path(path).stem
+            self.credit(msg.trial_id, image_id, None, path, value)
+            used = True
         else:
             reason = "the marker names no image this worker knows or can read"
-        if used:
-            self.trial_rewards[msg.trial_id] = value
-            self.n_observations += 1
-            self.best_reward = value if self.best_reward is None else max(self.best_reward, value)
         self._log(
             "reward",
             trial_id=msg.trial_id,
             image_id=image_id,
+            image=msg.marker.get(self.g.image_key),
             reward=value,
             used=used,
             reason=reason,
@@ -330,6 +338,64 @@ class GenerationService:
                 compute_ms=round(compute_ms, 3),
             )
         )
+
+    def _before_decoder(
+        self, cal: CalibratedDecoderReward, msg: EpochMessage, arrays, epoch: EpochData
+    ) -> list[bytes]:
+        """A labelled epoch is kept for the decoder's fit; any other waits for the fit."""
+        label = cal.label_of(msg.marker)
+        if label is not None:
+            try:
+                cal.add(epoch, label)
+            except RewardError as err:
+                return self._error("reward_failed", f"trial {msg.trial_id}: {err}")
+            reason = "calibration epoch: kept to fit the decoder"
+            self._log("calibration_epoch", trial_id=msg.trial_id, label=cal.labels[label])
+        else:
+            reason = "waiting for the calibration decoder"
+            with self._obs_lock:
+                self._parked.append((msg, arrays))
+            self._log("epoch_parked", trial_id=msg.trial_id, reason=reason)
+        return encode(RewardReply(trial_id=msg.trial_id, reward=0.0, used=False, reason=reason))
+
+    def maybe_fit_decoder(self) -> None:
+        """Fit the calibration decoder in idle time once the closed loop has begun."""
+        cal = self._calibration
+        if cal is None or self._decoder_fit_queued or self._job is not None:
+            return
+        if not (self._loop_started and cal.can_fit()):
+            return
+        self._decoder_fit_queued = True
+        self._executor.submit(self._fit_decoder, cal)
+
+    def _fit_decoder(self, cal: CalibratedDecoderReward) -> None:
+        try:
+            info = cal.fit()
+        except Exception as err:  # the session goes on; its epochs stay unscored
+            logger.exception("the calibration decoder could not be fitted")
+            self._log("decoder_fit_failed", error=f"{type(err).__name__}: {err}")
+            return
+        self._log("decoder_fitted", **info)
+        logger.info("calibration decoder fitted: %s", info)
+        with self._obs_lock:
+            parked, self._parked = self._parked, []
+        for msg, arrays in parked:
+            self.score_epoch(msg, arrays)
+
+    def credit(
+        self,
+        trial_id: int,
+        image_id: str,
+        embedding: np.ndarray | None,
+        path: str | None,
+        value: float,
+    ) -> None:
+        """Count a trial's reward and queue it for the generator (embedded later if None)."""
+        with self._obs_lock:
+            self._pending_obs.append((image_id, embedding, path, value))
+        self.trial_rewards[trial_id] = value
+        self.n_observations += 1
+        self.best_reward = value if self.best_reward is None else max(self.best_reward, value)
 
     def _drain(self) -> None:
         """Move new rewards into the generator (background thread only)."""
@@ -360,6 +426,7 @@ class GenerationService:
             return self._error("busy", f"round {self._job.request.round} is still being generated")
         now = time.monotonic()
         budget = request.deadline_s or self.g.deadline_s
+        self._loop_started = True
         self._request_waiting.set()
         self._job = _Job(
             request=request,
@@ -493,7 +560,7 @@ class GenerationService:
         )
         frames = encode(msg, tuple(arrays))
         for image_id, c, provenance, _ in records:
-            self.issued[image_id] = _Issued(
+            self.issued[image_id] = Issued(
                 np.asarray(c.embedding, np.float32), req.round, provenance
             )
         self._pending_files = (records, timing, req.round, missed, len(ready))
@@ -530,6 +597,8 @@ class GenerationService:
             deadline_missed=missed,
             image_ids=[r[0] for r in records],
             timing_ms=timing,
+            best_by_round=list(self.generator.best_by_round),
+            generator_round=self.generator.round,
         )
 
     def maybe_refit(self) -> None:
@@ -605,6 +674,7 @@ class GenerationService:
                 envelope, reply = due
                 router.send_multipart(envelope + reply, copy=False)
                 self.write_provenance()
+            self.maybe_fit_decoder()
             self.maybe_refit()
 
     def _safe_handle(self, payload: list[bytes]) -> list[bytes] | ImageRequest:
@@ -634,7 +704,8 @@ class GenerationService:
 def run(config: GenerationConfig, stop=lambda: False) -> GenerationService:
     """Entry point of the ``eegs worker`` process."""
     from models.atms import CheckpointError
-    from models.rewards import RewardError, from_settings
+    from models.rewards import from_settings
+    from workers.generation_restore import restore
 
     protocol = config.protocol
     g = protocol.generation
@@ -645,7 +716,12 @@ def run(config: GenerationConfig, stop=lambda: False) -> GenerationService:
     try:
         t0 = time.perf_counter()
         try:
-            reward_fn = from_settings(g.reward)
+            if g.reward.mode == "affective" and g.reward.decoder == CALIBRATION:
+                reward_fn = CalibratedDecoderReward(
+                    protocol.decoder, g.reward.target_class, store.root
+                )
+            else:
+                reward_fn = from_settings(g.reward)
             backend = build_backend(protocol, random_weights=config.random_weights)
             pool = build_pool(protocol, backend)
         except (BackendUnavailableError, RewardError, CheckpointError) as err:
@@ -654,6 +730,10 @@ def run(config: GenerationConfig, stop=lambda: False) -> GenerationService:
         backend.warmup(batch=g.heuristic.n_children)
         t_warm = time.perf_counter() - t0 - t_load
         service = GenerationService(protocol, backend, pool, reward_fn, store)
+        restored = restore(service, store.root)
+        if not restored.empty:
+            store.log("generation_restored", **dataclasses.asdict(restored))
+            logger.info("took over the session's generator state: %s", restored)
         ctx = zmq.Context.instance()
         net = protocol.network
         router, auth = transport.bind(

@@ -184,6 +184,25 @@ class SessionStore:
         return out
 
 
+def recording_files(root: str | Path) -> list[Path]:
+    """The session's XDF recordings in order: ``recording.xdf``, then one per resumption."""
+    root = Path(root)
+    first = root / RECORDING_FILE
+    parts = sorted(
+        root.glob("recording-part*.xdf"), key=lambda p: int(p.stem.rsplit("part", 1)[1] or 0)
+    )
+    return ([first] if first.exists() else []) + parts
+
+
+def next_recording_file(root: str | Path) -> str:
+    """Name for a new recording (``recording-part2.xdf`` etc. after the first).
+
+    An XDF file cannot be appended to, so a resumed session records beside it.
+    """
+    n = len(recording_files(root))
+    return RECORDING_FILE if n == 0 else f"recording-part{n + 1}.xdf"
+
+
 def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
     """Parse an ``events.jsonl`` file line by line."""
     path = Path(path)
@@ -194,6 +213,25 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
             if not line.endswith(b"\n"):
                 return  # torn final line
             yield json.loads(line)
+
+
+class EventTail:
+    """Reads the event lines appended since the last call (for watchers that poll)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._offset = 0
+
+    def new(self) -> list[dict[str, Any]]:
+        """Complete lines written since the last call; a line still being written waits."""
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as fh:
+            fh.seek(self._offset)
+            chunk = fh.read()
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        return [json.loads(line) for line in chunk[:end].splitlines() if line]
 
 
 def _now_iso() -> str:

@@ -1,8 +1,9 @@
 """Write a session's recording as BIDS-EEG (mne-bids), markers as events.
 
 The EEG and marker streams of SESSION/recording.xdf become one BrainVision recording
-in a BIDS tree under OUT, with every marker's "event" in events.tsv. Subject, session
-and task come from session.json unless given.
+in a BIDS tree under OUT, with every marker's "event" in events.tsv. A resumed session
+has one recording part per run of its processes (recording-part2.xdf, ...): each
+becomes its own BIDS run. Subject, session and task come from session.json unless given.
 """
 
 from __future__ import annotations
@@ -36,36 +37,37 @@ def run(args: argparse.Namespace) -> int:
 
     from workers.errors import InputError
     from workers.replay import load_recording
-    from workers.session_store import RECORDING_FILE, SessionStore
+    from workers.session_store import RECORDING_FILE, SessionStore, recording_files
 
-    store = SessionStore(args.session)
-    info = store.read_info()
-    xdf = args.session / RECORDING_FILE
-    if not xdf.exists():
+    info = SessionStore(args.session).read_info()
+    parts = recording_files(args.session)
+    if not parts:
         raise InputError(f"{args.session}: no {RECORDING_FILE} (was recording disabled?)")
-    raw = load_recording(xdf).to_raw()
-    montage = make_standard_montage("colin27_1020")
-    known = {ch.lower() for ch in montage.ch_names}
-    if any(ch.lower() in known for ch in raw.ch_names):  # 10-20 names: add positions
-        raw.set_montage(montage, match_case=False, on_missing="ignore")
     subject = _label(args.subject or str(info.get("subject", "01")))
     task = _label(args.task or info.get("protocol", {}).get("meta", {}).get("name", "eegs"))
-    path = BIDSPath(
-        subject=subject,
-        session=_label(args.bids_session) if args.bids_session else None,
-        task=task,
-        root=args.out,
-        datatype="eeg",
-    )
     notch = info.get("protocol", {}).get("preprocessing", {}).get("notch_hz") or [None]
-    raw.info["line_freq"] = notch[0]
-    write_raw_bids(
-        raw,
-        path,
-        format="BrainVision",
-        allow_preload=True,
-        overwrite=args.overwrite,
-        verbose="error",
-    )
-    print(f"BIDS-EEG written: {path.fpath}")
+    montage = make_standard_montage("colin27_1020")
+    known = {ch.lower() for ch in montage.ch_names}
+    for k, xdf in enumerate(parts, start=1):
+        raw = load_recording(xdf).to_raw()
+        if any(ch.lower() in known for ch in raw.ch_names):  # 10-20 names: add positions
+            raw.set_montage(montage, match_case=False, on_missing="ignore")
+        raw.info["line_freq"] = notch[0]
+        path = BIDSPath(
+            subject=subject,
+            session=_label(args.bids_session) if args.bids_session else None,
+            task=task,
+            run=k if len(parts) > 1 else None,
+            root=args.out,
+            datatype="eeg",
+        )
+        write_raw_bids(
+            raw,
+            path,
+            format="BrainVision",
+            allow_preload=True,
+            overwrite=args.overwrite,
+            verbose="error",
+        )
+        print(f"BIDS-EEG written: {path.fpath} (from {xdf.name})")
     return 0

@@ -38,6 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--headless", action="store_true", help="run the presentation on a virtual display (Xvfb)"
     )
+    p.add_argument(
+        "--reward",
+        choices=("lpp", "affective"),
+        default=None,
+        help="lpp: training-free LPP index; affective: P(amusement) from a decoder the "
+        "worker fits on the calibration block (default: the protocol's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             seed=args.seed,
             headless=args.headless,
+            reward=args.reward,
         ),
         stop=STOP.is_set,
     )

@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="before the first trial, wait up to S s for the session's XDF recording",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the session's blocks where they stopped (images not shown yet)",
+    )
 
 
 def headless_overrides(protocol) -> dict:
@@ -88,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 windowed=args.windowed or args.headless,
                 stop=STOP,
                 wait_recording_s=args.wait_recording,
+                resume=args.resume,
             )
         )
     cpu = result.get("own_cpu_ms", {})

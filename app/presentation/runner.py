@@ -49,6 +49,7 @@ from app.presentation.images import (
 from app.presentation.markers import MarkerStream
 from app.presentation.photodiode import PhotodiodePatch
 from app.presentation.ratings import RatingScreen
+from app.presentation.resume import BlockProgress, read_progress, saved_round_images
 from app.presentation.textures import (
     StreamedTexture,
     TextureStager,
@@ -76,6 +77,7 @@ class PresentConfig:
     windowed: bool = False
     stop: threading.Event | None = None
     wait_recording_s: float = 0.0  # wait for the session's XDF recording to start
+    resume: bool = False  # continue an interrupted session (see app.presentation.resume)
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class Runner:
         controls: Controls,
         status: StatusLine,
         clock_offset: float,
+        progress: dict[str, BlockProgress] | None = None,
     ) -> None:
         from psychopy import visual
 
@@ -177,6 +180,8 @@ class Runner:
         self.next_trial = _next_trial_id(store)
         self.trials_done = 0
         self.total_trials = sum(p.block.n_trials * p.block.n_rounds for p in plans)
+        self.progress = progress
+        self.images_root = store.root.resolve() / "images"
         self.round: _Round | None = None
         self.current: dict[str, Any] = {}
         self._requested: set[tuple[str, int]] = set()
@@ -316,19 +321,29 @@ class Runner:
         """Instructions, then every block."""
         self.text_screen(self.pres.instructions, "instructions")
         for plan in self.plans:
-            self.run_block(plan)
+            done = self.progress.get(plan.block.label) if self.progress is not None else None
+            if done is not None and done.ended:
+                self._n_blocks += 1  # its folder draws keep their seeds
+                continue
+            self.run_block(plan, done)
         self.frame("blank")
 
-    def run_block(self, plan: BlockPlan) -> None:
-        """All rounds of one block, between block_start and block_end markers."""
+    def run_block(self, plan: BlockPlan, done: BlockProgress | None = None) -> None:
+        """All rounds of one block, between block_start and block_end markers.
+
+        ``done`` (a resumed session) is what the block showed before: it starts at
+        the first round with images left, and shows only those.
+        """
         block = plan.block
         info = {"block": block.label, "kind": block.kind}
+        first = done.start_round(block.n_trials) if done is not None else 0
         self.markers.on_next_flip(
             "block_start",
             **info,
             n_rounds=block.n_rounds,
             n_trials=block.n_trials,
             source=plan.source,
+            resumed_at_round=first if done is not None else None,
         )
         self.frame("blank")
         self._n_blocks += 1
@@ -338,11 +353,13 @@ class Runner:
             else None
         )
         reason = "completed"
-        trials: list[int] = []
-        for r in range(block.n_rounds):
+        trials: list[int] = done.trials.get(first - 1, []) if done is not None else []
+        for r in range(first, block.n_rounds):
             rnd = _Round(plan, r, block.n_trials, folder_plan, pylsl.local_clock())
             self.round = rnd
-            if folder_plan is not None:
+            if done is not None and r == first:
+                self._resume_round(rnd, done, first)
+            elif folder_plan is not None:
                 for ref in folder_plan.draw(block.n_trials, r):
                     self.loader.submit(ref)
             else:
@@ -363,13 +380,41 @@ class Runner:
         self.markers.on_next_flip("block_end", **info, reason=reason)
         self.frame("blank")
 
+    def _resume_round(self, rnd: _Round, done: BlockProgress, first: int) -> None:
+        """Queue the images of a resumed block's first round that were never shown."""
+        plan, n = rnd.plan, rnd.plan.block.n_trials
+        shown = set(done.shown.get(first, []))
+        rnd.trials = list(done.trials.get(first, []))
+        if rnd.folder_plan is not None:
+            for r in range(first):  # the same draws as the first run
+                rnd.folder_plan.draw(n, r)
+            refs = rnd.folder_plan.draw(n, first)
+        else:
+            refs = saved_round_images(self.images_root / _images_folder(plan.block, first), first)
+        left = [ref for ref in refs if str(ref.path) not in shown]
+        rnd.remaining = n - len(shown)
+        self.log(
+            "round_resumed",
+            block=plan.block.label,
+            round=first,
+            shown_before=len(shown),
+            images_left=len(left),
+        )
+        if rnd.folder_plan is None and not left:
+            self._request(plan, first, done.trials.get(first - 1, []))
+            return
+        rnd.remaining = min(rnd.remaining, len(left))
+        for ref in left[: rnd.remaining]:
+            self.loader.submit(ref)
+        self._requested.add((plan.block.label, first))
+
     def _request(self, plan: BlockPlan, r: int, trials: list[int]) -> None:
         key = (plan.block.label, r)
         if self.client is None or key in self._requested:
             return
         self._requested.add(key)
         block = plan.block
-        folder = f"round-{r:02d}" if block.kind == "closed_loop" else f"{block.label}/round-{r:02d}"
+        folder = _images_folder(block, r)
         req = ImageRequest(
             session=self.session,
             block=block.label,
@@ -485,45 +530,53 @@ class Runner:
         if rnd.remaining == 0 and rnd.index + 1 < rnd.plan.block.n_rounds:
             self._request(rnd.plan, rnd.index + 1, rnd.trials)  # if not asked for already
         rating = None
-        if self.ratings is not None:
-            self.current["phase"] = "rating"
-            self.controls.extra = self.ratings.keys
-            try:
-                rating = self.ratings.run(
-                    lambda phase, draw: self.frame(phase, draw), lambda: self.controls.pressed
-                )
-            finally:
-                self.controls.extra = []
-            self.markers.on_next_flip("rating", **info, **rating)
-        self.current["phase"] = "iti"
         last = on_i
-        for _ in range(n_iti):
-            last, _t = self.frame("blank")
-        if stand_in is None:
-            self.stager.recycle(tex)
-        off_i = on_i + n_stim
-        t_off = self.frames.flip_lsl[off_i]
-        shown_ms = (t_off - t_on) * 1e3
-        self.log(
-            "trial",
-            **info,
-            image=onset["image"],
-            sha256=image.sha256,
-            label=image.ref.label,
-            stand_in=stand_in,
-            late_ms=round(late_ms, 3),
-            fixation_frames=k,
-            fixation_ms=round((t_on - t_fix) * 1e3, 3),
-            stimulus_frames_planned=n_stim,
-            stimulus_frames=int(round(shown_ms / (self.period * 1e3))),
-            stimulus_ms=round(shown_ms, 3),
-            iti_frames=n_iti,
-            dropped_frames=self.frames.dropped(first, last),
-            rating=rating,
-            t_onset_lsl=t_on,
-            t_offset_lsl=t_off,
-            frame_intervals_ms=np.round(self.frames.intervals_ms(first, last), 3),
-        )
+        aborted = None
+        try:
+            if self.ratings is not None:
+                self.current["phase"] = "rating"
+                self.controls.extra = self.ratings.keys
+                try:
+                    rating = self.ratings.run(
+                        lambda phase, draw: self.frame(phase, draw), lambda: self.controls.pressed
+                    )
+                finally:
+                    self.controls.extra = []
+                self.markers.on_next_flip("rating", **info, **rating)
+            self.current["phase"] = "iti"
+            for _ in range(n_iti):
+                last, _t = self.frame("blank")
+        except Aborted as err:
+            aborted = err.reason  # the stimulus was shown whole: the trial counts
+            raise
+        finally:
+            if stand_in is None:
+                self.stager.recycle(tex)
+            off_i = on_i + n_stim
+            if off_i < len(self.frames):  # the offset flip happened
+                t_off = self.frames.flip_lsl[off_i]
+                shown_ms = (t_off - t_on) * 1e3
+                self.log(
+                    "trial",
+                    **info,
+                    image=onset["image"],
+                    sha256=image.sha256,
+                    label=image.ref.label,
+                    stand_in=stand_in,
+                    late_ms=round(late_ms, 3),
+                    fixation_frames=k,
+                    fixation_ms=round((t_on - t_fix) * 1e3, 3),
+                    stimulus_frames_planned=n_stim,
+                    stimulus_frames=int(round(shown_ms / (self.period * 1e3))),
+                    stimulus_ms=round(shown_ms, 3),
+                    iti_frames=n_iti,
+                    dropped_frames=self.frames.dropped(first, last),
+                    rating=rating,
+                    t_onset_lsl=t_on,
+                    t_offset_lsl=t_off,
+                    frame_intervals_ms=np.round(self.frames.intervals_ms(first, last), 3),
+                    aborted=aborted,
+                )
         self.current = {}
         return True
 
@@ -596,12 +649,20 @@ class Runner:
         return {"block": rnd.plan.block.label, "round": rnd.index}
 
 
+def _images_folder(block: Block, round_: int) -> str:
+    """Folder under ``SESSION/images`` of a generated round's images."""
+    name = f"round-{round_:02d}"
+    return name if block.kind == "closed_loop" else f"{block.label}/{name}"
+
+
 def _next_trial_id(store: SessionStore) -> int:
     """One past the highest trial id already in the session (a resumed session)."""
     top = -1
     for ev in store.events():
         if ev.get("event") == "trial":
             top = max(top, int(ev.get("trial", -1)))
+        elif ev.get("event") == "epoch":  # an onset whose own log line was lost
+            top = max(top, int(ev.get("trial_id", -1)))
         elif ev.get("event") == "marker_sent":
             trial = ev.get("marker", {}).get("trial")
             if isinstance(trial, int):
@@ -630,7 +691,9 @@ def run(config: PresentConfig) -> dict[str, Any]:
         base = Path(protocol.source).resolve().parent if protocol.source else Path.cwd()
         pool_folder = (base / pres.pool_folder).resolve()
         list_images(pool_folder)
-    store = SessionStore(config.session_dir).open(role="presentation", protocol=protocol)
+    store = SessionStore(config.session_dir)
+    progress = read_progress(store) if config.resume else None
+    store.open(role="presentation", protocol=protocol)
     log = EventWriter(store)
     loader = ImageLoader()
     client = None
@@ -667,6 +730,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             controls=Controls(pres.keys, config.stop),
             status=status_line,
             clock_offset=offset,
+            progress=progress,
         )
         if pool_folder is not None:
             runner.load_pool(pool_folder)

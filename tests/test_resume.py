@@ -1,0 +1,113 @@
+"""`eegs resume`: a session whose worker is SIGKILLed mid-round is completed, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+from conftest import run_eegs
+from helpers import events_named, short_pilot_protocol, wait_until
+
+from workers.session_store import SessionStore, recording_files
+
+pytestmark = pytest.mark.timeout(900)
+
+N_LOOP = 8  # images per closed-loop round in pilot.toml
+
+
+def _loop_trials(session, round_: int) -> list[dict]:
+    return [
+        e
+        for e in events_named(session, "trial")
+        if e["block"] == "closed_loop" and e["round"] == round_
+    ]
+
+
+def test_worker_killed_mid_round_then_resumed(tmp_path, processes):
+    out = tmp_path / "session"
+    log = (tmp_path / "pilot.log").open("w")
+    pilot = processes.eegs(
+        "pilot",
+        "--out",
+        str(out),
+        "--rounds",
+        "3",
+        "--seed",
+        "5",
+        "--headless",
+        "--protocol",
+        str(short_pilot_protocol(tmp_path)),
+        stdout=log,
+        stderr=log,
+    )
+    # mid-round: some, not all, of closed-loop round 1 shown
+    wait_until(lambda: len(_loop_trials(out, 1)) >= 2 or pilot.poll() is not None, timeout=500)
+    assert pilot.poll() is None, (tmp_path / "pilot.log").read_text()[-3000:]
+    info = json.loads((out / "session.json").read_text())
+    worker_pid = info["processes"]["generation"]["pid"]
+    os.kill(worker_pid, signal.SIGKILL)
+    t_kill = time.time()
+    assert pilot.wait(120) == 1  # the session reports the crash, and how to go on
+    log.close()
+    assert f"eegs resume {out}" in (tmp_path / "pilot.log").read_text()
+    info = json.loads((out / "session.json").read_text())
+    assert info["status"] == "crashed"
+    crashed = events_named(out, "child_crashed")
+    assert [c["name"] for c in crashed] == ["worker"]
+    before = {e["trial"]: e for e in events_named(out, "trial")}
+    assert 2 <= len(_loop_trials(out, 1)) < N_LOOP
+    epochs_before = {e.trial_id for e in SessionStore(out).epochs()}
+
+    res = run_eegs("resume", str(out), "--headless", timeout=840)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "session.json").read_text())
+    assert info["status"] == "completed"
+
+    trials = events_named(out, "trial")
+    ids = [e["trial"] for e in trials]
+    assert len(ids) == len(set(ids)), "a trial id was used twice"
+    after = {e["trial"]: e for e in trials}
+    for tid, e in before.items():  # nothing shown before the crash is lost or rewritten
+        assert after[tid]["image"] == e["image"]
+    images = [e["image"] for e in trials if not e.get("stand_in")]
+    assert len(images) == len(set(images)), "an image was shown twice"
+    per_round = Counter((e["block"], e["round"]) for e in trials)
+    assert per_round[("calibration", 0)] == 8
+    assert per_round[("validation", 0)] == 4
+    loop_rounds = sorted(r for b, r in per_round if b == "closed_loop")
+    assert loop_rounds[:2] == [0, 1]
+    assert loop_rounds == list(range(len(loop_rounds)))
+    for r in loop_rounds:
+        assert per_round[("closed_loop", r)] == N_LOOP, per_round
+
+    # every trial has its epoch and its reward; epochs from before the crash are kept
+    stored = {e.trial_id for e in SessionStore(out).epochs()}
+    assert set(after) <= stored
+    assert epochs_before <= stored
+    cut_short = {e.get("trial") for e in events_named(out, "abort")}
+    assert stored - set(after) <= cut_short  # an extra epoch only for a trial cut short
+    rewarded = Counter(e["trial_id"] for e in events_named(out, "reward") if e["used"])
+    assert set(after) <= set(rewarded)
+    assert max(rewarded.values()) == 1
+
+    # the new worker took over the old one's state; the new recording is a second part
+    restored = events_named(out, "generation_restored")
+    assert len(restored) == 1
+    assert restored[0]["rewards"] >= 8 + N_LOOP
+    assert restored[0]["issued"] >= N_LOOP
+    assert [p.name for p in recording_files(out)] == ["recording.xdf", "recording-part2.xdf"]
+    resumed = events_named(out, "round_resumed")
+    assert any(e["block"] == "closed_loop" and e["round"] == 1 for e in resumed)
+    assert all(e["t_wall"] > t_kill for e in resumed)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_trials"] == 8 + len(loop_rounds) * N_LOOP + 4
+
+    # each recording part is a BIDS run of its own
+    res = run_eegs("export-bids", str(out), str(tmp_path / "bids"), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    vhdr = sorted(p.name for p in (tmp_path / "bids").rglob("*_eeg.vhdr"))
+    assert [name.split("_run-")[1][:1] for name in vhdr] == ["1", "2"]
