@@ -122,9 +122,19 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
         )
         report.add_figure(figs[0], title=f"Calibration ERPs at {picks[0]}", section="EEG")
         plt.close(figs[0])
-        report.add_html(
-            _calibration_accuracy(epochs, y), title="Decoder calibration", section="EEG"
-        )
+        html = _calibration_accuracy(epochs, y)
+        fitted = summary.get("calibration_decoder")
+        if fitted:
+            kind = fitted["classifier"] + (
+                " (random frozen encoder)" if fitted.get("random_encoder") else ""
+            )
+            html += (
+                f"<p>The loop's affective decoder: {kind}, fitted by the worker on "
+                f"{fitted['n_epochs']} calibration epochs {fitted['per_class']} in "
+                f"{fitted['fit_s']} s; training accuracy {fitted['train_accuracy']:.2f} "
+                "(not cross-validated).</p>"
+            )
+        report.add_html(html, title="Decoder calibration", section="EEG")
     lat = [e["latency_ms"] for e in events if e["event"] == "epoch"]
     frames = [v for e in events if e["event"] == "trial" for v in e.get("frame_intervals_ms", [])]
     fig, ax = _figure(ncols=2, size=(8, 3))

@@ -67,7 +67,11 @@ class Reward(_Section):
         description="lpp: late-positive-potential index (no training); affective: decoder "
         "probability of target_class; semantic: cosine to a target EEG embedding.",
     )
-    decoder: str = Field("", description="Decoder checkpoint (mode affective).")
+    decoder: str = Field(
+        "",
+        description="Mode affective: a classifier file, or 'calibration' (the worker fits "
+        "decoder.classifier on the session's calibration epochs when the loop starts).",
+    )
     target_class: str = Field("amusement", min_length=1)
     encoder: str = Field("", description="ATM-S checkpoint (mode semantic); '' = random.")
     target_embedding: str = Field("", description=".npy or .safetensors file (semantic).")

@@ -6,7 +6,8 @@ callable, so a lab can plug in its own. Three are built in (protocol
 ``generation.reward.mode``):
 
 - ``affective``: the decoder's probability of the target class (ATM-S-FC or EEGNet,
-  :mod:`models.classifiers`) on the 0-1 s window;
+  :mod:`models.classifiers`) on the 0-1 s window (a decoder fitted during the session
+  on its calibration block is :mod:`workers.calibration`);
 - ``semantic``: cosine similarity between the ATM-S embedding of the epoch and a target
   EEG embedding, mapped from [-1, 1] to [0, 1];
 - ``lpp``: a training-free index, the mean late positive potential (Schupp et al. 2000;
@@ -168,6 +169,11 @@ def from_settings(settings) -> RewardFunction:
             raise RewardError(
                 "generation.reward.mode = 'affective' needs generation.reward.decoder "
                 "(a classifier file from the calibration block)"
+            )
+        if settings.decoder == "calibration":
+            raise RewardError(
+                "generation.reward.decoder = 'calibration' is fitted by the generation worker "
+                "during a session (workers/calibration.py); it is not a file to load"
             )
         from models.classifiers import CLASS_NAMES, load_classifier
 

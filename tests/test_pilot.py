@@ -26,6 +26,8 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
         "--seed",
         "3",
         "--headless",
+        "--reward",
+        "affective",
         "--protocol",
         str(short_pilot_protocol(tmp_path)),
         timeout=840,
@@ -37,6 +39,11 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
     assert len(summary["reward_by_round"]) == 2
     assert len(summary["oracle_affect_by_round"]) == 2
     assert summary["backend"] == "procedural"
+    # the affective reward's decoder was fitted on the calibration block's epochs
+    assert summary["reward_mode"] == "affective"
+    assert summary["oracle_target"] == "valence"
+    assert summary["calibration_decoder"]["n_epochs"] >= 7  # 8 shown; the last may be late
+    assert (out / "decoder" / "calibration.safetensors").exists()
     assert summary["n_trials"] == 8 + 2 * 8 + 4
     assert summary["n_epochs"] == summary["n_trials"]  # one epoch per trial, none lost
     assert summary["n_epochs_lost"] == 0
@@ -47,8 +54,11 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
     # every trial's epoch is stored, and rewarded
     trials = {e["trial"] for e in SessionStore(out).events() if e["event"] == "trial"}
     assert {e.trial_id for e in SessionStore(out).epochs()} == trials
-    rewarded = {e["trial_id"] for e in SessionStore(out).events() if e["event"] == "reward"}
-    assert trials <= rewarded
+    events = list(SessionStore(out).events())
+    rewarded = {e["trial_id"] for e in events if e["event"] == "reward"}
+    kept = {e["trial_id"] for e in events if e["event"] == "calibration_epoch"}
+    assert len(kept) >= 7
+    assert trials <= rewarded | kept  # calibration epochs train the decoder instead
     # the recording holds the EEG and the presentation's markers
     streams, _ = pyxdf.load_xdf(str(out / "recording.xdf"))
     kinds = {s["info"]["type"][0] for s in streams}
@@ -61,7 +71,7 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
 
     ds = datasets.load_dataset("imagefolder", data_dir=str(out / "dataset"), split="train")
     assert len(ds) == 16
-    assert set(ds["label"]) <= {"high_arousal", "low_arousal"}
+    assert set(ds["label"]) <= {"high_amusement", "low_amusement"}
     assert all(r is not None for r in ds["reward"])
     assert (out / "report.html").stat().st_size > 10_000
     assert all((out / "logs" / f"{n}.log").exists() for n in ("brain-model", "acquire", "worker"))
