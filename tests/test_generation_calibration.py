@@ -17,7 +17,6 @@ from workers.messages import (
     RewardReply,
     StatusReply,
     StatusRequest,
-    array_spec,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -53,17 +52,14 @@ def _epoch(trial: int, marker: dict, amused: bool) -> tuple[EpochMessage, np.nda
     t = -0.2 + np.arange(301) / 250.0
     x = rng.normal(0, 1.0, (3, 301)).astype(np.float32)
     x[:, (t >= 0.3) & (t <= 0.7)] += 6.0 if amused else -6.0
-    msg = EpochMessage(
+    msg = EpochMessage.of(
+        x,
         session="s",
         trial_id=trial,
         marker={"event": "stimulus_onset", "trial": trial, **marker},
         ch_names=CH,
         sfreq=250.0,
         tmin=-0.2,
-        quality={"flags": []},
-        window_end_lsl=0.0,
-        sent_lsl=0.0,
-        arrays=[array_spec(x)],
     )
     return msg, x
 

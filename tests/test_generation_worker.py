@@ -79,17 +79,14 @@ def _epoch(trial: int, image_path: str, bump_uv: float = 0.0) -> tuple[EpochMess
     x = rng.normal(0, 2, (3, 301)).astype(np.float32)
     t = -0.2 + np.arange(301) / 250.0
     x[0, (t >= 0.4) & (t <= 0.8)] += bump_uv
-    msg = EpochMessage(
+    msg = EpochMessage.of(
+        x,
         session="s",
         trial_id=trial,
         marker={"event": "stimulus_onset", "trial": trial, "image": image_path},
         ch_names=["Pz", "Oz", "Cz"],
         sfreq=250.0,
         tmin=-0.2,
-        quality={"flags": []},
-        window_end_lsl=0.0,
-        sent_lsl=0.0,
-        arrays=[array_spec(x)],
     )
     return msg, x
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.messages import EpochMessage, array_spec
+from workers.messages import EpochMessage
 from workers.session_store import EVENTS_FILE, SessionStore, read_events
 
 logger = logging.getLogger("eegs.generation")
@@ -95,7 +95,8 @@ def restore(service, root: Path) -> Restored:
         if epoch.trial_id in service.trials_scored:
             continue
         meta = epoch.meta
-        msg = EpochMessage(
+        msg = EpochMessage.of(
+            epoch.data,
             session=root.name,
             trial_id=epoch.trial_id,
             marker=meta.get("marker", {}),
@@ -103,9 +104,6 @@ def restore(service, root: Path) -> Restored:
             sfreq=meta["sfreq"],
             tmin=meta["tmin"],
             quality=meta.get("quality", {}),
-            window_end_lsl=0.0,
-            sent_lsl=0.0,
-            arrays=[array_spec(epoch.data)],
         )
         service.score_epoch(msg, [epoch.data])
         out.epochs_scored_now += 1

@@ -63,6 +63,33 @@ class EpochMessage(Message):
     sent_lsl: float
     arrays: list[ArraySpec]
 
+    @classmethod
+    def of(
+        cls,
+        data: np.ndarray,
+        *,
+        session: str,
+        trial_id: int,
+        marker: dict[str, Any],
+        ch_names: list[str],
+        sfreq: float,
+        tmin: float,
+        quality: dict[str, Any] | None = None,
+    ) -> EpochMessage:
+        """An epoch that is not live (stored, simulated): no LSL times."""
+        return cls(
+            session=session,
+            trial_id=trial_id,
+            marker=marker,
+            ch_names=list(ch_names),
+            sfreq=sfreq,
+            tmin=tmin,
+            quality=quality if quality is not None else {"flags": []},
+            window_end_lsl=0.0,
+            sent_lsl=0.0,
+            arrays=[array_spec(data)],
+        )
+
 
 class ErrorReply(Message):
     """Answer to a request that could not be served."""

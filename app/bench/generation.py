@@ -141,20 +141,17 @@ def _image_folder(root: Path, n: int, size: int) -> Path:
 # -- measurement ----------------------------------------------------------------------------
 def _epoch(trial: int, image_id: str, rng: np.random.Generator):
     from models.brain_response import ATM_CHANNELS
-    from workers.messages import EpochMessage, array_spec
+    from workers.messages import EpochMessage
 
     x = rng.normal(0, 10, (len(ATM_CHANNELS), 301)).astype(np.float32)
-    msg = EpochMessage(
+    msg = EpochMessage.of(
+        x,
         session="bench",
         trial_id=trial,
         marker={"event": "stimulus_onset", "trial": trial, "image": f"/bench/{image_id}.png"},
         ch_names=list(ATM_CHANNELS),
         sfreq=250.0,
         tmin=-0.2,
-        quality={"flags": []},
-        window_end_lsl=0.0,
-        sent_lsl=0.0,
-        arrays=[array_spec(x)],
     )
     return msg, x
 
