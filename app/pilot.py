@@ -165,6 +165,8 @@ class Progress:
 
     def __init__(self, store: SessionStore, stream=sys.stderr) -> None:
         self.store, self.stream, self._next = store, stream, 0.0
+        # a terminal redraws one line each second; a log file gets a line every 10 s
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self._tail = EventTail(store.root / EVENTS_FILE)
         self._counts: dict[str, int] = {}
         self._where = ""
@@ -174,7 +176,7 @@ class Progress:
         now = time.monotonic()
         if not force and now < self._next:
             return
-        self._next = now + 1.0
+        self._next = now + (1.0 if self.tty else 10.0)
         counts = self._counts
         for e in self._tail.new():
             key = "batch" if e["event"] == "image_batch" and "image_ids" in e else e["event"]
@@ -183,11 +185,11 @@ class Progress:
                 m = e["marker"]
                 self._where = f"{m.get('block', '?')} round {m.get('round', 0)}"
         line = (
-            f"\r[eegs] {self._where:<22} trials {counts.get('trial', 0):3d}  "
+            f"[eegs] {self._where:<22} trials {counts.get('trial', 0):3d}  "
             f"epochs {counts.get('epoch', 0):3d}  rewards {counts.get('reward', 0):3d}  "
             f"batches {counts.get('batch', 0):2d}"
         )
-        self.stream.write(line)
+        self.stream.write("\r" + line if self.tty else line + "\n")
         self.stream.flush()
 
 
@@ -320,7 +322,8 @@ def _supervise(
         raise
     finally:
         progress.update(force=True)
-        sys.stderr.write("\n")
+        if progress.tty:
+            sys.stderr.write("\n")
         _stop_in_order(sup, protocol)
         store.log("session_status", status=status)
         summary = write_outputs(store.root, protocol, pilot=config.source == "brain-model")
