@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pytest
+import pyxdf
 from conftest import run_eegs
 from helpers import events_named, short_pilot_protocol, wait_until
 
@@ -100,6 +101,17 @@ def test_worker_killed_mid_round_then_resumed(tmp_path, processes):
     assert restored[0]["rewards"] >= 8 + N_LOOP
     assert restored[0]["issued"] >= N_LOOP
     assert [p.name for p in recording_files(out)] == ["recording.xdf", "recording-part2.xdf"]
+    # the second part records every marker of the resumed run, from its first trial
+    t_resume = events_named(out, "session_resumed")[0]["t_wall"]
+    sent = [
+        e["marker"]["trial"]
+        for e in events_named(out, "marker_sent")
+        if e["t_wall"] > t_resume and e["marker"]["event"] == "stimulus_onset"
+    ]
+    streams, _ = pyxdf.load_xdf(str(out / "recording-part2.xdf"))
+    markers = next(s for s in streams if s["info"]["type"][0] == "Markers")
+    recorded = [json.loads(m[0]) for m in markers["time_series"]]
+    assert [m["trial"] for m in recorded if m["event"] == "stimulus_onset"] == sent
     resumed = events_named(out, "round_resumed")
     assert any(e["block"] == "closed_loop" and e["round"] == 1 for e in resumed)
     assert all(e["t_wall"] > t_kill for e in resumed)

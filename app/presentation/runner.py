@@ -60,7 +60,7 @@ from app.presentation.textures import (
 from experiment_protocols import Protocol
 from experiment_protocols.presentation import Block
 from workers.messages import ImageRequest
-from workers.session_store import SessionStore
+from workers.session_store import EVENTS_FILE, EventTail, SessionStore
 
 logger = logging.getLogger("eegs.presentation")
 
@@ -670,11 +670,15 @@ def _next_trial_id(store: SessionStore) -> int:
     return top + 1
 
 
-def _wait_for_recording(win, store: SessionStore, timeout: float) -> bool:
-    """Keep flipping the idle screen until the session's recorder runs (no marker lost)."""
+def _wait_for_recording(win, events: EventTail, timeout: float) -> bool:
+    """Keep flipping the idle screen until the session's recorder runs (no marker lost).
+
+    ``events`` was opened before the marker stream existed, so only a recording
+    started for this run counts (a resumed session has older ones).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(e["event"] == "recording_started" for e in store.events()):
+        if any(e["event"] == "recording_started" for e in events.new()):
             return True
         for _ in range(6):
             win.flip()
@@ -694,6 +698,8 @@ def run(config: PresentConfig) -> dict[str, Any]:
     store = SessionStore(config.session_dir)
     progress = read_progress(store) if config.resume else None
     store.open(role="presentation", protocol=protocol)
+    new_events = EventTail(store.root / EVENTS_FILE)
+    new_events.new()  # from here on: what this run's processes write
     log = EventWriter(store)
     loader = ImageLoader()
     client = None
@@ -752,7 +758,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             logger.warning("nobody reads the marker stream '%s' yet", protocol.streams.markers)
             log("markers_unheard", timeout_s=protocol.streams.connect_timeout_s)
         if config.wait_recording_s > 0 and not _wait_for_recording(
-            win, store, config.wait_recording_s
+            win, new_events, config.wait_recording_s
         ):
             log("recording_not_started", timeout_s=config.wait_recording_s)
         runner.run()
