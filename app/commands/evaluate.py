@@ -403,8 +403,16 @@ def write_table(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> None
     (out / "table1.md").write_text("\n".join(lines) + "\n")
 
 
-def plot_confusions(records: list[dict[str, Any]], out: Path) -> list[Path]:
-    """One confusion matrix per (dataset, classifier, scheme), summed over folds."""
+def plot_confusions(
+    records: list[dict[str, Any]],
+    out: Path,
+    class_names: dict[str, tuple[str, str]] | None = None,
+) -> list[Path]:
+    """One confusion matrix per (dataset, classifier, scheme), summed over folds.
+
+    ``class_names`` maps a dataset to the names of its classes 0 and 1 when they are not
+    sadness and amusement (e.g. low and high arousal).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -425,7 +433,7 @@ def plot_confusions(records: list[dict[str, Any]], out: Path) -> list[Path]:
         yp = np.concatenate([r["y_pred"] for r in sel])
         cm = confusion_matrix(yt, yp, labels=[0, 1], normalize="true")
         fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=120)
-        names = [n.capitalize() for n in CLASS_NAMES]
+        names = [n.capitalize() for n in (class_names or {}).get(dataset, CLASS_NAMES)]
         ConfusionMatrixDisplay(cm, display_labels=names).plot(
             ax=ax, cmap="Blues", values_format=".2f", colorbar=False
         )
