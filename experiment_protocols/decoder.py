@@ -25,6 +25,13 @@ class AtmsFc(_Section):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(1e-3, ge=0)
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Inner validation share of the training data; keeps the best pass.",
+    )
+    patience: int = Field(0, ge=0, description="Stop after this many passes without gain.")
 
 
 class EegNet(_Section):
@@ -40,6 +47,13 @@ class EegNet(_Section):
     kernel_length_128hz: int = Field(
         64, ge=2, description="Temporal kernel at 128 Hz; scaled to the data's rate."
     )
+    val_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Inner validation share of the training data; keeps the best pass.",
+    )
+    patience: int = Field(0, ge=0, description="Stop after this many passes without gain.")
 
 
 class Evaluation(_Section):

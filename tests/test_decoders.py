@@ -281,6 +281,22 @@ def test_classifier_input_errors(fitted, tmp_path):
         load_classifier(tmp_path / "enc.safetensors")
 
 
+def test_inner_validation_keeps_the_best_pass_and_never_sees_other_data():
+    """val_fraction holds out part of the training data and restores the best pass."""
+    X, y = _labelled(60, amp=8.0)
+    Xt, yt = _labelled(40, amp=8.0, seed=1)
+    s = AtmsFcSettings(epochs=80, batch_size=16, val_fraction=0.2, patience=10)
+    clf = AtmsFcClassifier(17, 250, 250.0, s, seed=0).fit(X, y)
+    info = clf.train_info
+    assert info["n_validation"] == 12  # 20 % of each class of the 60 training epochs
+    assert 1 <= info["best_pass"] <= info["passes"] <= 80
+    assert float((clf.predict(Xt) == yt).mean()) >= 0.6
+    again = AtmsFcClassifier(17, 250, 250.0, s, seed=0).fit(X, y)  # seeded: reproducible
+    assert np.array_equal(again.predict_proba(Xt), clf.predict_proba(Xt))
+    off = AtmsFcClassifier(17, 250, 250.0, AtmsFcSettings(epochs=3), seed=0).fit(X, y)
+    assert off.train_info == {"passes": 3, "best_pass": 3, "n_validation": 0}
+
+
 def test_make_classifier_loads_the_protocol_encoder(tmp_path):
     from experiment_protocols import load_protocol
 

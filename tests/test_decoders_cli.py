@@ -278,6 +278,29 @@ def test_both_classifiers_decode_brain_model_valence():
     assert shuffled["eegnet"]["mean"] < 0.65, shuffled
 
 
+def test_brain_model_set_labellings():
+    """extremes: balanced classes from the two tails of the pool; median: a split of n."""
+    from app.bench.decoders import brain_model_set
+
+    X, y, info = brain_model_set(20, subject=0, snr=None, labels="extremes", pool=60)
+    assert X.shape == (20, 17, 250)
+    assert np.bincount(y).tolist() == [10, 10]
+    assert info["labelling"] == "extremes"
+    assert info["pool"] == 60
+    assert info["sadness_max_valence"] < info["pool_median_valence"]
+    assert info["pool_median_valence"] < info["amusement_min_valence"]
+    assert not np.array_equal(y, np.sort(y))  # shuffled presentation order
+    _, ym, med = brain_model_set(20, subject=0, snr=None, labels="median")
+    assert np.bincount(ym).tolist() == [10, 10]
+    assert med["pool"] == 20
+    assert med["sadness_max_valence"] <= med["amusement_min_valence"]
+    # the tails of a larger pool are further apart than the halves of the set itself
+    gap = info["valence_mean"]["amusement"] - info["valence_mean"]["sadness"]
+    assert gap > med["valence_mean"]["amusement"] - med["valence_mean"]["sadness"]
+    with pytest.raises(ValueError, match="labels must be one of"):
+        brain_model_set(20, subject=0, snr=None, labels="top")
+
+
 def test_bench_decoders_runs(tmp_path):
     res = run_eegs(
         "bench",
@@ -299,3 +322,4 @@ def test_bench_decoders_runs(tmp_path):
     assert set(out["calibration_fit_s"]) == set(out["score_ms"]) == {"atms_fc", "eegnet"}
     assert all(v > 0 for v in out["score_ms"].values())
     assert "random-init" in out["encoder"]
+    assert out["calibration_data"]["labelling"] == "extremes"

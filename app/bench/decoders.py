@@ -7,9 +7,14 @@
   (1000 training images x 4 repetitions of 17 x 250, each EEG trial a noisy linear
   function of its 1024-d embedding, per-sample SNR --retrieval-snr) within a
   wall-clock budget; top-1 on 200 held-out images, repetitions averaged (chance 0.5 %).
-- brain_model_f1_avg: 100 procedural images labelled by the brain model's oracle
-  valence (top 50 = amusement, bottom 50 = sadness), one epoch each, stratified
-  k-fold repeated with seeds; macro F1 (mean of F1-Amuse and F1-Sad) over folds.
+- brain_model_f1_avg: 100 procedural images labelled by the brain model's hidden
+  (oracle) valence, one epoch each, stratified k-fold repeated with seeds; macro F1
+  (mean of F1-Amuse and F1-Sad) over folds. --labels says how the images are labelled:
+  "extremes" (default) builds the set like a labelled affective set (ArtPhoto, EmoSet),
+  whose images were chosen because they clearly evoke one emotion: of --pool candidate
+  images the 50 of highest valence are amusement and the 50 of lowest sadness.
+  "median" splits 100 images at their median valence, so most lie near neutral.
+  The headline figure uses --labels; brain_model_f1.by_labelling gives both (first SNR).
 
 ATM-S-FC uses a randomly initialised frozen encoder unless the protocol names a
 checkpoint: it is then a random-feature model (no pretrained ATM-S weights ship).
@@ -29,6 +34,8 @@ from typing import Any
 import numpy as np
 
 KINDS = ("atms_fc", "eegnet")
+LABELLINGS = ("extremes", "median")
+"""How the calibration images are labelled (see :func:`brain_model_set`)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +50,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--subject", type=int, default=0, help="brain-model subject seed")
     p.add_argument("--n-epochs", type=int, default=100, help="calibration epochs")
+    p.add_argument(
+        "--labels",
+        choices=LABELLINGS,
+        default="extremes",
+        help="labelling of the F1 set: valence extremes of --pool images (as a labelled "
+        "affective set is built) or a median split of --n-epochs images",
+    )
+    p.add_argument("--pool", type=int, default=300, help="candidate images for --labels extremes")
+    p.add_argument(
+        "--single-labelling",
+        action="store_true",
+        help="measure F1 only with --labels (skip the other labelling's figure)",
+    )
     p.add_argument("--folds", type=int, default=None, help="decoder.evaluation.folds")
     p.add_argument("--seeds", default=None, help="comma-separated (decoder.evaluation.seeds)")
     p.add_argument(
@@ -59,32 +79,76 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-f1", action="store_true")
 
 
-def brain_model_set(n: int, subject: int, snr: float | None, seed: int = 0):
-    """(X (n, 17, 250) µV, y, info): n procedural images, oracle-valence median split."""
+def brain_model_set(
+    n: int,
+    subject: int,
+    snr: float | None,
+    seed: int = 0,
+    *,
+    labels: str = "extremes",
+    pool: int = 300,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(X (n, 17, 250) µV, y, info): n labelled procedural images, one epoch each.
+
+    ``labels="extremes"`` builds the set the way a labelled affective set (ArtPhoto,
+    EmoSet) is built: images are picked because they clearly evoke one emotion, so of
+    ``pool`` candidate images the n/2 of highest oracle valence are amusement (1) and
+    the n/2 of lowest are sadness (0). ``labels="median"`` renders n images and splits
+    them at the median valence: most lie near neutral, a much harder, less realistic set.
+    The epochs are simulated in a shuffled presentation order and baseline-corrected.
+    """
     from models.backends.procedural import ProceduralRenderer, sample_parameters
     from models.brain_response import ATM_CHANNELS, DEFAULT_SNR, BrainModel
     from models.classifiers import crop_window
 
+    if labels not in LABELLINGS:
+        raise ValueError(f"labels must be one of {LABELLINGS}; got {labels!r}")
+    n_draw = n if labels == "median" else max(int(pool), n)
     snr = DEFAULT_SNR if snr is None else snr
     rng = np.random.default_rng([subject, seed])
-    rgb = ProceduralRenderer(128).render(sample_parameters(n, rng), rng.integers(0, 2**31, n))
+    params = sample_parameters(n_draw, rng)
+    rgb = ProceduralRenderer(128).render(params, rng.integers(0, 2**31, n_draw))
     images = list((rgb * 255 + 0.5).astype(np.uint8))
     model = BrainModel(subject, sfreq=250.0, ch_names=list(ATM_CHANNELS), snr=snr)
     valence = np.array([model.affect(im)[0] for im in images])
-    y = np.zeros(n, int)
-    y[np.argsort(valence)[n // 2 :]] = 1  # top half = amusement (1)
+    order = np.argsort(valence, kind="stable")
+    if labels == "median":
+        chosen = np.arange(n)
+        y = np.zeros(n, int)
+        y[order[n // 2 :]] = 1  # top half = amusement (1)
+        desc = "oracle valence, median split of the images: top half = amusement"
+    else:
+        n_sad = n // 2
+        chosen = np.concatenate([order[:n_sad], order[n_draw - (n - n_sad) :]])
+        y = np.r_[np.zeros(n_sad, int), np.ones(n - n_sad, int)]
+        shuffle = rng.permutation(n)  # presentation order
+        chosen, y = chosen[shuffle], y[shuffle]
+        desc = (
+            f"oracle valence extremes of a pool of {n_draw} images: "
+            f"{n - n_sad} highest = amusement, {n_sad} lowest = sadness"
+        )
     tmin = -0.2
-    epochs = model.simulate_epochs(images, tmin=tmin, tmax=1.0, seed=seed)
+    epochs = model.simulate_epochs([images[i] for i in chosen], tmin=tmin, tmax=1.0, seed=seed)
     n_base = int(round(-tmin * model.sfreq))
     epochs = epochs - epochs[:, :, : n_base + 1].mean(axis=2, keepdims=True)
     X = crop_window(epochs, model.sfreq, tmin, (0.0, 1.0)).astype(np.float32)
+    v = valence[chosen]
     info = {
         "subject": subject,
         "snr": snr,
         "channels": len(ATM_CHANNELS),
         "sfreq": 250.0,
         "n_epochs": n,
-        "labels": "oracle valence, top half = amusement",
+        "labelling": labels,
+        "pool": n_draw,
+        "labels": desc,
+        "valence_mean": {
+            "sadness": round(float(v[y == 0].mean()), 4),
+            "amusement": round(float(v[y == 1].mean()), 4),
+        },
+        "sadness_max_valence": round(float(v[y == 0].max()), 4),
+        "amusement_min_valence": round(float(v[y == 1].min()), 4),
+        "pool_median_valence": round(float(np.median(valence)), 4),
     }
     return X, y, info
 
@@ -204,7 +268,9 @@ def run(args: argparse.Namespace) -> dict:
         "torch_threads": torch.get_num_threads(),
         "encoder": dec.encoder_checkpoint or "random-init (ATM-S-FC is a random-feature model)",
     }
-    X, y, info = brain_model_set(args.n_epochs, args.subject, snrs[0])
+    X, y, info = brain_model_set(
+        args.n_epochs, args.subject, snrs[0], labels=args.labels, pool=args.pool
+    )
     fit_s, score_med, score_p95 = _timings(X, y, settings, args.score_repeats)
     result.update(
         calibration_fit_s=fit_s, score_ms=score_med, score_ms_p95=score_p95, calibration_data=info
@@ -219,13 +285,35 @@ def run(args: argparse.Namespace) -> dict:
             Xs, ys, _ = (
                 (X, y, info)
                 if snr == snrs[0]
-                else brain_model_set(args.n_epochs, args.subject, snr)
+                else brain_model_set(
+                    args.n_epochs, args.subject, snr, labels=args.labels, pool=args.pool
+                )
             )
             by_snr[str(snr)] = _f1(Xs, ys, dec)
         first = by_snr[str(snrs[0])]
+        by_labelling = {args.labels: {"data": info, "f1": first}}
+        if not args.single_labelling:
+            for other in LABELLINGS:
+                if other != args.labels:
+                    Xo, yo, io = brain_model_set(
+                        args.n_epochs, args.subject, snrs[0], labels=other, pool=args.pool
+                    )
+                    by_labelling[other] = {"data": io, "f1": _f1(Xo, yo, dec)}
         result["brain_model_f1_avg"] = {k: first[k]["mean"] for k in KINDS}
         result["brain_model_f1"] = {
+            "labelling": args.labels,
+            "subject": args.subject,
             "snr": by_snr,
+            "by_labelling": {
+                lab: {
+                    "snr": snrs[0],
+                    "f1_avg": {k: v["f1"][k]["mean"] for k in KINDS},
+                    "f1": v["f1"],
+                    "labels": v["data"]["labels"],
+                    "valence_mean": v["data"]["valence_mean"],
+                }
+                for lab, v in by_labelling.items()
+            },
             "protocol": f"stratified {dec.evaluation.folds}-fold x seeds {dec.evaluation.seeds}",
             "default_snr": DEFAULT_SNR,
         }
