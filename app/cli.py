@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(f"app.commands.{name}")
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.__doc__)
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _polls_stop=getattr(mod, "POLLS_STOP", False))
     return parser
 
 
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    shutdown.install()
+    shutdown.install(polls_stop=args._polls_stop)
     try:
         return int(args._run(args) or 0)
     except UsageError as err:

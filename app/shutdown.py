@@ -1,4 +1,8 @@
-"""Clean shutdown on SIGTERM/SIGINT: long-running commands poll :data:`STOP`."""
+"""Clean shutdown on SIGTERM/SIGINT.
+
+Commands that poll :data:`STOP` (a module attribute ``POLLS_STOP = True``) finish what
+they are doing and stop; every other command is interrupted at once, as by Ctrl-C.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,11 @@ def _request_stop(signum, frame) -> None:
     STOP.set()
 
 
-def install() -> None:
-    """Route SIGTERM and SIGINT to :data:`STOP` (main thread only)."""
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def install(polls_stop: bool = True) -> None:
+    """Route SIGTERM and SIGINT to :data:`STOP`, or to KeyboardInterrupt (main thread)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _request_stop)
+        signal.signal(sig, _request_stop if polls_stop else _interrupt)

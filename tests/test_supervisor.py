@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 from conftest import EEGLAB_SET
 
@@ -37,3 +41,12 @@ def test_stop_all_terminates_running_children(tmp_path, stream_name):
     stopped = [e for e in store.events() if e["event"] == "child_stopped"]
     assert stopped[0]["name"] == "replay"
     store.close()
+
+
+def test_one_sigterm_stops_a_command_that_does_not_poll_stop(processes):
+    # `eegs bench decoders` runs for minutes and never looks at app.shutdown.STOP
+    proc = processes.eegs("bench", "decoders", "--skip-retrieval")
+    time.sleep(8)  # past the imports: the signal handlers are installed
+    assert proc.poll() is None
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(20) == 130

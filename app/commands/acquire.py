@@ -16,6 +16,7 @@ from experiment_protocols import load_protocol
 
 NAME = "acquire"
 HELP = "epoch live EEG at each stimulus marker"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from app.commands._common import add_protocol_argument, protocol_from_args
 
 NAME = "brain-model"
 HELP = "simulated participant: LSL EEG that reacts to the images shown"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

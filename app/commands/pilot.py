@@ -13,6 +13,7 @@ from pathlib import Path
 
 NAME = "pilot"
 HELP = "full closed-loop pilot against the brain model (CPU)"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

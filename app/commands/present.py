@@ -20,6 +20,7 @@ from app.commands._common import add_protocol_argument, protocol_from_args
 
 NAME = "present"
 HELP = "run the protocol's trials on the participant's screen (PsychoPy)"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 NAME = "replay"
 HELP = "stream a recorded file as live LSL EEG + markers"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 NAME = "reproduce-table1"
 HELP = "the poster's Table 1 on the brain model: baseline vs EEGS-generated set"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def _int_list(text: str) -> list[int]:

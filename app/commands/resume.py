@@ -15,6 +15,7 @@ from pathlib import Path
 
 NAME = "resume"
 HELP = "continue an interrupted session from where it stopped"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 NAME = "run"
 HELP = "closed-loop session with an amplifier (or --source replay:FILE)"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

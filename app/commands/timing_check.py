@@ -22,6 +22,7 @@ from app.commands._common import add_protocol_argument, protocol_from_args
 
 NAME = "timing-check"
 HELP = "photodiode check of the marker-to-light delay (and its correction)"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from app.commands._common import add_protocol_argument, protocol_from_args
 
 NAME = "worker"
 HELP = "run the generation worker (rewards + next images over ZeroMQ)"
+POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
