@@ -432,6 +432,8 @@ class EegNetClassifier(EmotionClassifier):
 
         self.settings = s = settings or EegNetSettings()
         self.kernel_length = scaled_kernel_length(s.kernel_length_128hz, self.sfreq)
+        # the separable conv (16 samples after 4x pooling = 0.5 s at 128 Hz) scales too
+        self.depthwise_kernel_length = scaled_kernel_length(16, self.sfreq)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.net = EEGNet(
@@ -440,6 +442,7 @@ class EegNetClassifier(EmotionClassifier):
                 n_times=self.n_times,
                 sfreq=self.sfreq,
                 kernel_length=self.kernel_length,
+                depthwise_kernel_length=self.depthwise_kernel_length,
                 F1=s.f1,
                 D=s.depth,
                 drop_prob=s.dropout,
