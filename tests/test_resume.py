@@ -123,3 +123,8 @@ def test_worker_killed_mid_round_then_resumed(tmp_path, processes):
     assert res.returncode == 0, res.stderr[-3000:]
     vhdr = sorted(p.name for p in (tmp_path / "bids").rglob("*_eeg.vhdr"))
     assert [name.split("_run-")[1][:1] for name in vhdr] == ["1", "2"]
+
+    # a completed session has nothing left to resume
+    res = run_eegs("resume", str(out), "--headless")
+    assert res.returncode == 2
+    assert "nothing to resume" in res.stderr
