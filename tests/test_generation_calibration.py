@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from conftest import Processes
@@ -64,9 +66,23 @@ def _epoch(trial: int, marker: dict, amused: bool) -> tuple[EpochMessage, np.nda
     return msg, x
 
 
-def test_calibration_decoder_is_fitted_then_rewards(tmp_path, free_port):
+_BLOCKS = """
+[[presentation.blocks]]
+kind = "calibration"
+n_trials = 16
+[[presentation.blocks]]
+kind = "closed_loop"
+source = "generator"
+n_trials = 4
+"""
+
+
+@pytest.mark.parametrize("trigger", ["first_request", "calibration_complete"])
+def test_calibration_decoder_is_fitted_then_rewards(tmp_path, free_port, trigger):
+    # the protocol's calibration block has 40 trials by default (only 16 come: the fit
+    # waits for the loop's first request), or exactly the 16 that come (fitted at once)
     protocol = tmp_path / "protocol.toml"
-    protocol.write_text(_PROTOCOL)
+    protocol.write_text(_PROTOCOL + (_BLOCKS if trigger == "calibration_complete" else ""))
     session = tmp_path / "session"
     endpoint = f"tcp://127.0.0.1:{free_port}"
     procs = Processes()
@@ -87,12 +103,17 @@ def test_calibration_decoder_is_fitted_then_rewards(tmp_path, free_port):
             assert isinstance(reply, RewardReply)
             assert not reply.used
             assert "calibration" in reply.reason
-        assert not (session / DECODER_FILE).exists()  # no fit before the loop starts
+        if trigger == "first_request":
+            time.sleep(1.0)
+            assert not (session / DECODER_FILE).exists()  # no fit before the loop starts
+        else:  # fitted as soon as the calibration block is complete
+            wait_until(lambda: events_named(session, "decoder_fitted"), timeout=120)
+            assert not events_named(session, "image_request")
         batch, _ = client.request(
             ImageRequest(session="s", block="closed_loop", round=0, n_images=4), timeout_s=60
         )
         assert isinstance(batch, ImageBatch)
-        # an epoch of the first round before the decoder is ready waits for it
+        # an epoch of the first round before the decoder is ready waits for it (if any)
         first = batch.images[0].image_id
         msg, x = _epoch(100, {"block": "closed_loop", "image": f"/x/{first}.png"}, True)
         client.request(msg, (x,), timeout_s=30)

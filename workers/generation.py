@@ -221,7 +221,11 @@ class GenerationService:
         self._calibration = reward_fn if isinstance(reward_fn, CalibratedDecoderReward) else None
         self._parked: list[tuple[EpochMessage, list[np.ndarray]]] = []
         self._loop_started = False  # an image request came: calibration is over
-        self._decoder_fit_queued = False
+        self._decoder_fit: threading.Thread | None = None
+        # the calibration block's size: the decoder is fitted as soon as it is all in
+        self._n_calibration = sum(
+            b.n_trials * b.n_rounds for b in protocol.presentation.blocks if b.kind == "calibration"
+        )
 
     # -- logging ---------------------------------------------------------------------
     def _log(self, event: str, **fields: Any) -> None:
@@ -351,22 +355,36 @@ class GenerationService:
                 return self._error("reward_failed", f"trial {msg.trial_id}: {err}")
             reason = "calibration epoch: kept to fit the decoder"
             self._log("calibration_epoch", trial_id=msg.trial_id, label=cal.labels[label])
+            if len(cal.y) >= self._n_calibration > 0 and cal.can_fit():
+                self._start_decoder_fit(cal)
         else:
             reason = "waiting for the calibration decoder"
-            with self._obs_lock:
-                self._parked.append((msg, arrays))
+            with self._obs_lock:  # atomic with the fit thread's hand-over of parked epochs
+                parked = not cal.ready
+                if parked:
+                    self._parked.append((msg, arrays))
+            if not parked:  # the decoder became ready meanwhile
+                return self.score_epoch(msg, arrays)
             self._log("epoch_parked", trial_id=msg.trial_id, reason=reason)
         return encode(RewardReply(trial_id=msg.trial_id, reward=0.0, used=False, reason=reason))
 
     def maybe_fit_decoder(self) -> None:
-        """Fit the calibration decoder in idle time once the closed loop has begun."""
+        """Fit the calibration decoder once the closed loop has begun, if not done yet."""
         cal = self._calibration
-        if cal is None or self._decoder_fit_queued or self._job is not None:
+        if cal is not None and self._loop_started and cal.can_fit():
+            self._start_decoder_fit(cal)
+
+    def _start_decoder_fit(self, cal: CalibratedDecoderReward) -> None:
+        """Fit in a thread of its own, so that round 0's images never wait for it."""
+        if self._decoder_fit is not None:
             return
-        if not (self._loop_started and cal.can_fit()):
-            return
-        self._decoder_fit_queued = True
-        self._executor.submit(self._fit_decoder, cal)
+        self._decoder_fit = threading.Thread(
+            target=self._fit_decoder, args=(cal,), name="decoder-fit", daemon=True
+        )
+        self._decoder_fit.start()
+
+    def _fitting_decoder(self) -> bool:
+        return self._decoder_fit is not None and self._decoder_fit.is_alive()
 
     def _fit_decoder(self, cal: CalibratedDecoderReward) -> None:
         try:
@@ -485,6 +503,10 @@ class GenerationService:
             waiting = set(job.request.trials) - self.trials_scored
             if waiting and now < job.wait_until:
                 return None
+            if self._fitting_decoder() and now < job.t_received + 0.5 * (
+                job.deadline - job.t_received
+            ):
+                return None  # the previous round's rewards come with the decoder
             if waiting:
                 self._log("rewards_missing", round=job.request.round, trials=sorted(waiting))
             job.started, job.t_started = True, now
