@@ -232,19 +232,11 @@ def _split_validation(y: torch.Tensor, fraction: float) -> tuple[torch.Tensor, t
 
 
 def _train(
-    net: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    weight_decay: float,
-    val_fraction: float = 0.0,
-    patience: int = 0,
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, s: AtmsFcSettings | EegNetSettings
 ) -> dict[str, Any]:
     """Mini-batch AdamW on class-balanced cross-entropy (the torch RNG is seeded).
 
+    ``s`` gives the passes, learning rate, batch size, weight decay and early stopping.
     With ``val_fraction > 0`` a stratified part of the training data is held out
     (inner validation split of the training fold, never its test data) and the weights
     of the pass with the lowest validation loss are kept, since a network memorises
@@ -254,23 +246,23 @@ def _train(
     happened (passes run, best pass, validation size).
     """
     tr, va = (
-        _split_validation(y, val_fraction)
-        if val_fraction > 0
+        _split_validation(y, s.val_fraction)
+        if s.val_fraction > 0
         else (torch.arange(len(y)), torch.arange(0))
     )
     counts = torch.bincount(y[tr], minlength=2).float()
     loss_fn = nn.CrossEntropyLoss(weight=counts.sum() / (2 * counts.clamp_min(1)))
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     x_tr, y_tr = x[tr], y[tr]
     n = x_tr.shape[0]
     best = (float("inf"), 0, None)  # validation loss, pass, weights
     done = 0
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, s.epochs + 1):
         net.train()
         order = torch.randperm(n)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
+        for i in range(0, n, s.batch_size):
+            idx = order[i : i + s.batch_size]
             if idx.numel() < 2:  # BatchNorm cannot train on one example
                 continue
             opt.zero_grad(set_to_none=True)
@@ -283,7 +275,7 @@ def _train(
                 loss = float(loss_fn(net(x[va]), y[va]))
             if loss < best[0]:
                 best = (loss, epoch, {k: v.detach().clone() for k, v in net.state_dict().items()})
-            elif patience and epoch - best[1] >= patience:
+            elif s.patience and epoch - best[1] >= s.patience:
                 break
     if best[2] is not None:
         net.load_state_dict(best[2])
@@ -374,18 +366,7 @@ class AtmsFcClassifier(EmotionClassifier):
         f = self.features(x)
         self.head.feat_mean.copy_(f.mean(0))
         self.head.feat_std.copy_(f.std(0).clamp_min(1e-6))
-        s = self.settings
-        self.train_info = _train(
-            self.head,
-            f,
-            y,
-            epochs=s.epochs,
-            lr=s.lr,
-            batch_size=s.batch_size,
-            weight_decay=s.weight_decay,
-            val_fraction=s.val_fraction,
-            patience=s.patience,
-        )
+        self.train_info = _train(self.head, f, y, self.settings)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         self.head.eval()
@@ -449,18 +430,7 @@ class EegNetClassifier(EmotionClassifier):
             ).eval()
 
     def _fit(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        s = self.settings
-        self.train_info = _train(
-            self.net,
-            x,
-            y,
-            epochs=s.epochs,
-            lr=s.lr,
-            batch_size=s.batch_size,
-            weight_decay=s.weight_decay,
-            val_fraction=s.val_fraction,
-            patience=s.patience,
-        )
+        self.train_info = _train(self.net, x, y, self.settings)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         self.net.eval()
