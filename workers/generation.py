@@ -371,7 +371,9 @@ class GenerationService:
     def maybe_fit_decoder(self) -> None:
         """Fit the calibration decoder once the closed loop has begun, if not done yet."""
         cal = self._calibration
-        if cal is not None and self._loop_started and cal.can_fit():
+        if cal is None or self._decoder_fit is not None or not self._loop_started:
+            return  # checked on every pass of the serving loop: cheapest tests first
+        if cal.can_fit():
             self._start_decoder_fit(cal)
 
     def _start_decoder_fit(self, cal: CalibratedDecoderReward) -> None:
