@@ -65,6 +65,7 @@ def check_streams(protocol: Protocol, timeout: float) -> list[Finding]:
         out.append(Finding("channels", FAIL, f"montage channels {missing} not in {renamed}"))
     else:
         out.append(Finding("channels", OK, f"{len(pre.montage) or len(names)} channels used"))
+    out += _reward_channels(protocol, renamed)
     markers = pylsl.resolve_byprop("name", s.markers, 1, 0.5)
     out.append(
         Finding("marker stream", OK, f"'{s.markers}' visible")
@@ -76,6 +77,30 @@ def check_streams(protocol: Protocol, timeout: float) -> list[Finding]:
         )
     )
     return out
+
+
+def _reward_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
+    """The training-free rewards read named channels: at least one (pair) must be there."""
+    r = protocol.generation.reward
+    have = set(names)
+    if r.mode == "lpp":
+        found = [ch for ch in r.lpp_channels if ch in have]
+        wanted = f"LPP channels {r.lpp_channels}"
+    elif r.mode == "asymmetry":
+        found = [f"{a}/{b}" for a, b in r.asymmetry_pairs if a in have and b in have]
+        wanted = f"frontal pairs {[list(p) for p in r.asymmetry_pairs]}"
+    else:
+        return []
+    if not found:
+        return [
+            Finding(
+                "reward channels",
+                FAIL,
+                f"reward '{r.mode}' needs one of the {wanted}; none is in the stream "
+                "(rename them in preprocessing.rename, or set the reward's channels)",
+            )
+        ]
+    return [Finding("reward channels", OK, f"reward '{r.mode}' reads {found}")]
 
 
 def _channel_labels(inlet) -> list[str]:

@@ -55,7 +55,7 @@ class SessionConfig:
     headless: bool = False
     source: str = "brain-model"  # brain-model | amplifier | replay:FILE
     worker: str | None = None  # an existing worker's endpoint instead of starting one
-    reward: str | None = None  # "lpp" | "affective" (decoder fitted on the calibration block)
+    reward: str | None = None  # "lpp" | "asymmetry" | "affective" (calibration-block decoder)
     timeout_s: float = 1800.0
 
 

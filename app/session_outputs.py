@@ -105,11 +105,6 @@ def _round_ready_latency(events: list[dict], loop: list[Trial]) -> list[float]:
     return out
 
 
-def oracle_target(protocol: Protocol) -> str:
-    """Which hidden affect the reward chases: arousal for the LPP, else valence."""
-    return "arousal" if protocol.generation.reward.mode == "lpp" else "valence"
-
-
 def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, Any]:
     """The figures of a session (``summary.json``)."""
     trials, events = collect_trials(session)
@@ -145,8 +140,8 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
 
         model = BrainModel(protocol.brain_model.subject_seed)
         affect = {t.trial: model.affect(t.image) for t in trials if t.image.exists()}
-        key = 0 if oracle_target(protocol) == "valence" else 1
-        summary["oracle_target"] = oracle_target(protocol)
+        key = 0 if protocol.generation.reward.oracle == "valence" else 1
+        summary["oracle_target"] = protocol.generation.reward.oracle
         summary["oracle_affect_by_round"] = _by_round(
             loop, lambda t: affect[t.trial][key] if t.trial in affect else None
         )
@@ -179,9 +174,7 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
         if t.block == "closed_loop" and t.reward is not None and not t.bad and t.image.exists()
     ]
     mode = protocol.generation.reward.mode
-    target = {"lpp": "arousal", "affective": protocol.generation.reward.target_class}.get(
-        mode, "target"
-    )
+    target = protocol.generation.reward.chases
     out = session / DATASET_DIR
     if out.exists():
         shutil.rmtree(out)

@@ -36,7 +36,8 @@ EEGS-generated set. Here the subject is the simulated brain model
 
 What the classes mean differs between the sets and is written in every output: with the
 LPP reward the EEGS classes are high vs low *arousal* of that subject's EEG response,
-not amusement vs sadness; with ``--reward affective`` a decoder fitted on the
+not amusement vs sadness; with ``--reward asymmetry`` they are high vs low frontal
+valence index; with ``--reward affective`` a decoder fitted on the
 calibration block (normative labels) makes the reward, and the classes are high vs low
 decoded amusement. Without an encoder checkpoint, ATM-S-FC uses a randomly initialised
 frozen ATM-S encoder (a random-feature model), not the poster's pretrained encoder.
@@ -95,7 +96,7 @@ class Config:
     rounds: int
     n_images: int
     kinds: list[str]
-    reward: str  # "lpp" | "affective"
+    reward: str  # "lpp" | "asymmetry" | "affective"
     sessions: list[Path] = field(default_factory=list)
 
 
@@ -315,8 +316,7 @@ def run_loop(
             f"seed {subject}: loop round {r + 1}/{len(sizes)}, {len(batch)} images, "
             f"mean reward {np.mean(rewards[-len(batch) :]):.3f}"
         )
-    mode = g.reward.mode
-    target = {"lpp": "arousal", "affective": g.reward.target_class}.get(mode, "target")
+    mode, target = g.reward.mode, g.reward.chases
     return LoopResult(
         images,
         np.asarray(rewards),
@@ -457,8 +457,8 @@ def run_subject(cfg: Config, subject: int, session: Path | None, encoder) -> dic
     if session is None:
         X_calib = rec.epochs(calib.images, noise_seed(subject, "calibration"))
         prior = None  # affective: the calibration epochs fit the decoder, as in the worker
+        protocol.generation.reward.mode = cfg.reward
         if cfg.reward == "affective":
-            protocol.generation.reward.mode = "affective"
             reward_fn = affective_reward(protocol, rec, calib, X_calib, d)
         else:
             from models.rewards import from_settings

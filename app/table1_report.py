@@ -263,6 +263,12 @@ def notes_for(
             "the subject's EEG response, NOT amusement vs sadness, so its 'F1-Amuse' and "
             "'F1-Sad' columns are the F1 of high_arousal and low_arousal."
         )
+    elif reward == "asymmetry":
+        notes.append(
+            "The asymmetry reward is a training-free frontal valence index (alpha and "
+            "slow-potential asymmetry); the EEGS classes are high vs low index, labelled "
+            f"high_{target} / low_{target}."
+        )
     elif target != "target":
         notes.append(
             f"The affective reward is the probability of '{target}' from a decoder fitted "

@@ -62,9 +62,10 @@ class GP(_Section):
 class Reward(_Section):
     """How an EEG epoch becomes a reward in [0, 1]."""
 
-    mode: Literal["lpp", "affective", "semantic"] = Field(
+    mode: Literal["lpp", "asymmetry", "affective", "semantic"] = Field(
         "lpp",
-        description="lpp: late-positive-potential index (no training); affective: decoder "
+        description="lpp: late-positive-potential index (arousal, no training); asymmetry: "
+        "frontal alpha + slow-potential asymmetry (valence, no training); affective: decoder "
         "probability of target_class; semantic: cosine to a target EEG embedding.",
     )
     decoder: str = Field(
@@ -81,12 +82,49 @@ class Reward(_Section):
         description="Channels averaged for the LPP; those absent from the epoch are skipped.",
     )
     lpp_scale_uv: float = Field(5.0, gt=0, description="LPP amplitude that maps to 0.73.")
+    asymmetry_pairs: list[tuple[str, str]] = Field(
+        default_factory=lambda: [
+            ("F3", "F4"),
+            ("F5", "F6"),
+            ("F7", "F8"),
+            ("FC3", "FC4"),
+            ("AF3", "AF4"),
+        ],
+        min_length=1,
+        description="(left, right) homologous frontal channels; pairs absent from the epoch "
+        "are skipped.",
+    )
+    asymmetry_band_hz: tuple[float, float] = (8.0, 13.0)
+    asymmetry_window_s: tuple[float, float] = (0.3, 1.0)
+    asymmetry_alpha_scale: float = Field(
+        0.5, gt=0, description="Single-trial spread of ln P(right) - ln P(left) (alpha)."
+    )
+    asymmetry_slow_scale_uv: float = Field(
+        8.0, ge=0, description="Single-trial spread of the left-right slow potential; 0 = off."
+    )
+
+    @property
+    def chases(self) -> str:
+        """What a high reward stands for: arousal (lpp), target_class (asymmetry: the
+        pleasant class; affective), or the semantic target."""
+        return {"lpp": "arousal", "semantic": "target"}.get(self.mode, self.target_class)
+
+    @property
+    def oracle(self) -> str:
+        """The brain model's hidden affect that the reward should raise."""
+        return "arousal" if self.mode == "lpp" else "valence"
 
     @model_validator(mode="after")
     def _check(self) -> Reward:
         lo, hi = self.lpp_window_s
         if not lo < hi:
             raise ValueError(f"lpp_window_s {list(self.lpp_window_s)} needs start < end")
+        lo, hi = self.asymmetry_window_s
+        if not lo < hi:
+            raise ValueError(f"asymmetry_window_s {[lo, hi]} needs start < end")
+        lo, hi = self.asymmetry_band_hz
+        if not 0 < lo < hi:
+            raise ValueError(f"asymmetry_band_hz {[lo, hi]} needs 0 < low < high")
         if self.mode == "semantic" and not self.target_embedding:
             raise ValueError("mode 'semantic' needs target_embedding (a .npy/.safetensors file)")
         return self

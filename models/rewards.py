@@ -14,6 +14,12 @@ callable, so a lab can plug in its own. Three are built in (protocol
   Hajcak et al. 2010: larger for emotionally arousing pictures) over centro-parietal
   channels, squashed by a logistic. It needs no calibration, so the worker runs out of
   the box; it tracks arousal, not valence.
+- ``asymmetry``: a training-free valence index from homologous frontal pairs: alpha
+  asymmetry ln P(right) - ln P(left) (less left-frontal alpha for pleasant pictures;
+  Davidson 1992; Coan & Allen 2004) plus the late frontal slow-potential asymmetry
+  (left minus right), each divided by its typical single-trial spread and squashed by
+  a logistic. Higher means more pleasant, so it chases amusement without a calibration
+  block.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ def as_reward(out: float | Reward) -> Reward:
     return out if isinstance(out, Reward) else Reward(float(out))
 
 
-def _window(epoch: EpochData, window: tuple[float, float]) -> np.ndarray:
+def _span(epoch: EpochData, window: tuple[float, float]) -> slice:
+    """The samples of ``window`` (s) in ``epoch``."""
     start = int(round((window[0] - epoch.tmin) * epoch.sfreq))
     n = int(round((window[1] - window[0]) * epoch.sfreq))
     if start < 0 or start + n > epoch.data.shape[-1]:
@@ -65,7 +72,11 @@ def _window(epoch: EpochData, window: tuple[float, float]) -> np.ndarray:
             f"window {list(window)} s is not inside the epoch "
             f"(tmin {epoch.tmin} s, {epoch.data.shape[-1]} samples at {epoch.sfreq:g} Hz)"
         )
-    return epoch.data[..., start : start + n]
+    return slice(start, start + n)
+
+
+def _window(epoch: EpochData, window: tuple[float, float]) -> np.ndarray:
+    return epoch.data[..., _span(epoch, window)]
 
 
 class LppReward:
@@ -86,6 +97,63 @@ class LppReward:
             )
         amp = float(_window(epoch, self.window_s)[picks].mean())
         return Reward(1.0 / (1.0 + np.exp(-amp / self.scale_uv)), {"lpp_uv": round(amp, 4)})
+
+
+class AsymmetryReward:
+    """Logistic of the frontal alpha asymmetry plus the slow-potential asymmetry."""
+
+    def __init__(
+        self,
+        pairs: Sequence[Sequence[str]],
+        band_hz: tuple[float, float],
+        window_s: tuple[float, float],
+        alpha_scale: float,
+        slow_scale_uv: float,
+    ):
+        self.pairs = [(str(a), str(b)) for a, b in pairs]
+        self.band_hz = tuple(band_hz)
+        self.window_s = tuple(window_s)
+        self.alpha_scale = alpha_scale
+        self.slow_scale_uv = slow_scale_uv
+        self._sos: dict[float, np.ndarray] = {}
+
+    def _band(self, sfreq: float) -> np.ndarray:
+        if sfreq not in self._sos:
+            from scipy.signal import butter
+
+            if self.band_hz[1] >= sfreq / 2:
+                raise RewardError(
+                    f"alpha band {list(self.band_hz)} Hz is not below Nyquist ({sfreq / 2:g} Hz)"
+                )
+            self._sos[sfreq] = butter(4, self.band_hz, btype="band", fs=sfreq, output="sos")
+        return self._sos[sfreq]
+
+    def __call__(self, epoch: EpochData) -> Reward:
+        """Reward of one epoch."""
+        from scipy.signal import sosfiltfilt
+
+        index = {ch: i for i, ch in enumerate(epoch.ch_names)}
+        pairs = [(index[a], index[b]) for a, b in self.pairs if a in index and b in index]
+        if not pairs:
+            raise RewardError(
+                f"none of the frontal pairs {self.pairs} is in the epoch "
+                f"({list(epoch.ch_names)[:8]}...)"
+            )
+        left, right = (list(side) for side in zip(*pairs, strict=True))
+        picks = left + right
+        span = _span(epoch, self.window_s)
+        data = np.asarray(epoch.data, dtype=np.float64)[picks]
+        alpha = sosfiltfilt(self._band(epoch.sfreq), data, axis=-1)[:, span]
+        power = (alpha**2).mean(-1) + 1e-12
+        n = len(pairs)
+        faa = float(np.mean(np.log(power[n:]) - np.log(power[:n])))
+        late = data[:, span].mean(-1)
+        slow = float(np.mean(late[:n] - late[n:]))
+        drive = faa / self.alpha_scale + (slow / self.slow_scale_uv if self.slow_scale_uv else 0.0)
+        return Reward(
+            1.0 / (1.0 + np.exp(-drive)),
+            {"alpha_asymmetry": round(faa, 4), "slow_asymmetry_uv": round(slow, 4)},
+        )
 
 
 class AffectiveReward:
@@ -164,6 +232,14 @@ def from_settings(settings) -> RewardFunction:
     """The reward function the protocol's ``generation.reward`` section names."""
     if settings.mode == "lpp":
         return LppReward(settings.lpp_window_s, settings.lpp_channels, settings.lpp_scale_uv)
+    if settings.mode == "asymmetry":
+        return AsymmetryReward(
+            settings.asymmetry_pairs,
+            settings.asymmetry_band_hz,
+            settings.asymmetry_window_s,
+            settings.asymmetry_alpha_scale,
+            settings.asymmetry_slow_scale_uv,
+        )
     if settings.mode == "affective":
         if not settings.decoder:
             raise RewardError(

@@ -9,7 +9,7 @@ from lsl_source import NoiseSource
 
 
 def test_doctor_passes_then_flags_missing_channels(tmp_path, stream_name):
-    src = NoiseSource(stream_name, ["Fz", "Cz", "Oz"], sfreq=500.0).start()
+    src = NoiseSource(stream_name, ["Fz", "Cz", "Pz"], sfreq=500.0).start()
     try:
         res = run_eegs("doctor", "--eeg", stream_name, "--session", str(tmp_path), "--json")
         findings = {f["check"]: f for f in json.loads(res.stdout)}
@@ -17,15 +17,22 @@ def test_doctor_passes_then_flags_missing_channels(tmp_path, stream_name):
         assert findings["eeg stream"]["status"] == "ok"
         assert "3 channels, 500 Hz" in findings["eeg stream"]["detail"]
         assert findings["disk"]["status"] in ("ok", "warn")
+        assert findings["reward channels"]["status"] == "ok"  # the LPP reward reads Pz
+        assert "Pz" in findings["reward channels"]["detail"]
 
         proto = tmp_path / "p.toml"
-        proto.write_text('[streams]\nsfreq = 250.0\n[preprocessing]\nmontage = ["Cz", "PO8"]\n')
+        proto.write_text(
+            '[streams]\nsfreq = 250.0\n[preprocessing]\nmontage = ["Cz", "PO8"]\n'
+            '[generation.reward]\nmode = "asymmetry"\n'
+        )
         res = run_eegs("doctor", "--protocol", str(proto), "--eeg", stream_name, "--json")
         findings = {f["check"]: f for f in json.loads(res.stdout)}
         assert res.returncode == 1
         assert findings["channels"]["status"] == "fail"
         assert "PO8" in findings["channels"]["detail"]
         assert findings["sampling rate"]["status"] == "fail"
+        assert findings["reward channels"]["status"] == "fail"  # no F3/F4-like pair
+        assert "frontal pairs" in findings["reward channels"]["detail"]
     finally:
         src.stop()
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from experiment_protocols import ProtocolError, load_protocol
+from experiment_protocols.schema import PROTOCOL_DIR
 from models.backends.pool import ImagePool, PoolBackend
 from models.backends.procedural import ProceduralBackend, procedural_pool
 from models.heuristic import HeuristicGenerator, crossover, softmax
@@ -108,6 +109,39 @@ def test_procedural_backend_is_seeded_and_batch_invariant(backend):
     # the embedding -> image map is an approximate inverse: closer to its target than others
     d = np.linalg.norm(emb[:, None] - E[None], axis=2)
     assert (d.argmin(axis=1) == np.arange(3)).mean() >= 2 / 3
+
+
+def test_procedural_inner_loop_does_not_drift():
+    """render -> embed -> render is a fixed point: 15 passes of a crossover child change
+    nothing, and a small step from an image's embedding changes that image a little."""
+    backend = ProceduralBackend(size=64, fit_samples=256, seed=0)
+    pool = procedural_pool(backend, 32, seed=2)
+    rng = np.random.default_rng(0)
+    kids = np.stack(
+        [crossover(pool.embeddings[i], pool.embeddings[i + 1], rng)[0] for i in range(8)]
+    )
+    seeds = list(range(8))
+    first = backend.generate(kids, seeds)
+    F = backend.embed(first)
+    for _ in range(15):
+        F = backend.embed(backend.generate(F, seeds))
+    last = backend.generate(F, seeds)
+    for a, b in zip(first, last, strict=True):
+        assert np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() < 0.5  # of 255
+    # without anchors (a fresh backend) the same embeddings regress toward the mean
+    fresh = ProceduralBackend(size=64, fit_samples=256, seed=0)
+    drift = [
+        np.abs(np.asarray(a, float) - np.asarray(b, float)).mean()
+        for a, b in zip(first, fresh.generate(F, seeds), strict=True)
+    ]
+    assert np.mean(drift) > 10.0
+    # a small step moves the image a little, in the direction of the step
+    own = backend.embed([pool.image(0)])
+    step = np.zeros_like(own)
+    step[0, :3] = 0.5  # brighter mean red, green and blue (features 0-2)
+    moved = backend.embed(backend.generate(own + step, [5]))
+    assert 0 < (moved - own)[0, :3].mean() < 1.5
+    assert np.linalg.norm(moved - own) < backend.anchor_radius
 
 
 def test_heuristic_rounds_raise_a_pixel_reward(backend, settings):
@@ -249,6 +283,53 @@ def test_rewards_lpp_and_semantic():
     opposite = SemanticReward(Linear(), -data[:, 50:300].mean(1))(epoch)
     assert same.value == pytest.approx(1.0)
     assert opposite.value == pytest.approx(0.0, abs=1e-9)
+
+
+def test_asymmetry_reward_follows_frontal_alpha_and_slow_potential():
+    from models.rewards import AsymmetryReward
+
+    rng = np.random.default_rng(1)
+    sfreq, tmin = 250.0, -0.2
+    t = tmin + np.arange(301) / sfreq
+    alpha = 10.0 * np.sin(2 * np.pi * 10.0 * t)
+    names = ["F3", "F4", "Oz"]
+    reward = AsymmetryReward([("F3", "F4"), ("F7", "F8")], (8.0, 13.0), (0.3, 1.0), 0.5, 8.0)
+
+    def epoch(left_alpha: float, right_alpha: float, slow_uv: float) -> EpochData:
+        data = rng.normal(0, 1, (3, 301))
+        data[0] += left_alpha * alpha
+        data[1] += right_alpha * alpha
+        data[0, t >= 0.3] += slow_uv
+        return EpochData(data, names, sfreq, tmin)
+
+    pleasant = reward(epoch(0.5, 1.0, 0.0))  # less left-frontal alpha
+    unpleasant = reward(epoch(1.0, 0.5, 0.0))
+    assert pleasant.value > 0.75
+    assert unpleasant.value < 0.25
+    assert pleasant.details["alpha_asymmetry"] == pytest.approx(np.log(4.0), abs=0.1)
+    assert reward(epoch(1.0, 1.0, 8.0)).value == pytest.approx(1 / (1 + np.exp(-1)), abs=0.05)
+    with pytest.raises(ValueError, match="frontal pairs"):
+        reward(EpochData(np.zeros((2, 301)), ["Oz", "Pz"], sfreq, tmin))
+    with pytest.raises(ValueError, match="Nyquist"):
+        AsymmetryReward([("F3", "F4")], (8.0, 13.0), (0.3, 1.0), 0.5, 8.0)(
+            EpochData(np.zeros((2, 30)), ["F3", "F4"], 20.0, tmin)
+        )
+
+
+def test_asymmetry_reward_tracks_the_brain_models_hidden_valence():
+    """Single trials of a simulated subject, default SNR: the pilot's reward carries valence."""
+    from models.brain_response import BrainModel
+    from models.rewards import from_settings
+
+    pool = procedural_pool(ProceduralBackend(size=96, fit_samples=256), 80, seed=5)
+    images = [pool.image(i) for i in range(len(pool))]
+    brain = BrainModel(subject_seed=11, sfreq=250.0)
+    X = brain.simulate_epochs(images, seed=3)
+    X -= X[:, :, :50].mean(axis=2, keepdims=True)
+    reward = from_settings(load_protocol(PROTOCOL_DIR / "pilot.toml").generation.reward)
+    r = [reward(EpochData(x, brain.ch_names, brain.sfreq, -0.2)).value for x in X]
+    valence = [brain.affect(im)[0] for im in images]
+    assert np.corrcoef(r, valence)[0, 1] > 0.3
 
 
 def test_affective_reward_uses_a_saved_decoder(tmp_path):

@@ -41,10 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--reward",
-        choices=("lpp", "affective"),
+        choices=("lpp", "asymmetry", "affective"),
         default=None,
-        help="lpp: training-free LPP index; affective: P(amusement) from a decoder the "
-        "worker fits on the calibration block (default: the protocol's)",
+        help="lpp: training-free LPP index (arousal); asymmetry: training-free frontal "
+        "asymmetry (valence); affective: P(amusement) from a decoder the worker fits on "
+        "the calibration block (default: the protocol's)",
     )
 
 

@@ -72,10 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--reward",
-        choices=("lpp", "affective"),
+        choices=("lpp", "asymmetry", "affective"),
         default=None,
-        help="reward of the loop: lpp (training-free, arousal) or affective (a decoder "
-        "fitted on the calibration block; amusement); default: the protocol's",
+        help="reward of the loop: lpp (training-free, arousal), asymmetry (training-free, "
+        "valence) or affective (a decoder fitted on the calibration block; amusement); "
+        "default: the protocol's",
     )
     p.add_argument(
         "--classifiers",
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         reward=args.reward or protocol.generation.reward.mode,
         sessions=list(args.sessions or []),
     )
-    if cfg.reward not in ("lpp", "affective"):
+    if cfg.reward not in ("lpp", "asymmetry", "affective"):
         raise InputError(
             f"the protocol's reward mode {cfg.reward!r} cannot run offline; use --reward"
         )

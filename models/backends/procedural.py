@@ -13,11 +13,20 @@ and luminance histograms, radial spectrum, edge orientation energy, centre-surro
 contrast, symmetry, a coarse luminance/saturation layout), z-scored with statistics of
 random renders. ``generate`` goes back from an embedding to parameters with a ridge
 regression fitted once on random renders: an approximate inverse, as IP-Adapter is for
-CLIP embeddings. Everything this backend produces is labelled ``procedural``.
+CLIP embeddings. That inverse alone regresses to the mean and clips, so the generator's
+render -> embed -> step loop drifts: 15 inner steps of it end in black-on-white,
+high-contrast images whatever the reward. Anchors stop the drift: every image this
+backend rendered and then embedded is remembered with its parameters, and an embedding
+closer to one of them than the inverse's typical error is generated as that image's
+parameters plus the linear map of the difference. An inner step then changes the image
+by the step only, and an image's own embedding gives the image back.
+
+Everything this backend produces is labelled ``procedural``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -236,7 +245,13 @@ class ProceduralBackend(Backend):
     name = "procedural"
 
     def __init__(
-        self, size: int = 256, fit_samples: int = 2048, ridge_alpha: float = 1.0, seed: int = 0
+        self,
+        size: int = 256,
+        fit_samples: int = 2048,
+        ridge_alpha: float = 1.0,
+        seed: int = 0,
+        *,
+        anchors: int = 512,
     ) -> None:
         self.size = size
         self.renderer = ProceduralRenderer(size)
@@ -259,6 +274,14 @@ class ProceduralBackend(Backend):
         gram = design.T @ design + ridge_alpha * np.diag([1.0] * z.shape[1] + [0.0])
         self._W = np.linalg.solve(gram, design.T @ targets)
         self.embed_dim = z.shape[1]
+        self._max_anchors = anchors
+        self._anchors: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        # typical embedding error of the absolute inverse: a closer anchor is a better start
+        n = min(64, fit_samples)
+        back = self._fit_renderer.render(_params_from_targets(design[:n] @ self._W), seeds[:n])
+        back = (image_features(back) - self._loc) / self._scale
+        self.anchor_radius = float(np.median(np.linalg.norm(back - z[:n], axis=1)))
 
     # -- parameters <-> images <-> embeddings ------------------------------------------
     def render(self, params: np.ndarray, seeds: Sequence[int]) -> list[Image.Image]:
@@ -267,13 +290,30 @@ class ProceduralBackend(Backend):
         return [Image.fromarray((a * 255 + 0.5).astype(np.uint8)) for a in rgb]
 
     def params_for(self, embeddings: np.ndarray) -> np.ndarray:
-        """Parameters whose render should have these embeddings (the ridge inverse)."""
+        """Parameters whose render should have these embeddings.
+
+        The nearest anchor's, moved by the linear map of the difference, else the ridge
+        inverse's.
+        """
         e = np.atleast_2d(np.asarray(embeddings, dtype=np.float64))
         design = np.concatenate([e, np.ones((e.shape[0], 1))], 1)
-        return _params_from_targets(design @ self._W)
+        t = design @ self._W
+        with self._lock:
+            anchors = list(self._anchors.values())
+        if anchors:
+            F = np.stack([a[0] for a in anchors])
+            d = np.linalg.norm(e[:, None] - F[None], axis=2)
+            near = d.argmin(axis=1)
+            for i, j in enumerate(near):
+                if d[i, j] < self.anchor_radius:
+                    t[i] = anchors[j][1] + (e[i] - F[j]) @ self._W[:-1]
+        return _params_from_targets(t)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Z-scored low-level features of each image, float32 (n, 63)."""
+        """Z-scored low-level features of each image, float32 (n, 63).
+
+        Images this backend rendered (``info["eegs_params"]``) become anchors.
+        """
         arrs = []
         for im in images:
             im = im.convert("RGB")
@@ -281,10 +321,21 @@ class ProceduralBackend(Backend):
                 im = im.resize((_FEATURE_RES, _FEATURE_RES), Image.Resampling.BOX)
             arrs.append(np.asarray(im, dtype=np.float64) / 255.0)
         raw = image_features(np.stack(arrs))
-        return ((raw - self._loc) / self._scale).astype(np.float32)
+        z = ((raw - self._loc) / self._scale).astype(np.float32)
+        with self._lock:
+            for im, e in zip(images, z, strict=True):
+                params = im.info.get("eegs_params")
+                if params is None or len(params) != N_PARAMS:
+                    continue
+                key = e.tobytes()
+                self._anchors[key] = (e.astype(np.float64), _param_targets(np.asarray([params]))[0])
+                self._anchors.move_to_end(key)
+                if len(self._anchors) > self._max_anchors:
+                    self._anchors.popitem(last=False)
+        return z
 
     def generate(self, embeddings: np.ndarray, seeds: Sequence[int]) -> list[Image.Image]:
-        """Render the parameters that the ridge map assigns to each embedding."""
+        """Render the parameters :meth:`params_for` finds for each embedding."""
         if len(seeds) != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {len(seeds)} seeds")
         params = self.params_for(embeddings)
