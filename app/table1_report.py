@@ -265,8 +265,8 @@ def notes_for(
         )
     elif reward == "asymmetry":
         notes.append(
-            "The asymmetry reward is a training-free frontal valence index (alpha and "
-            "slow-potential asymmetry); the EEGS classes are high vs low index, labelled "
+            "The asymmetry reward is a training-free frontal valence index (frontal alpha "
+            "asymmetry); the EEGS classes are high vs low index, labelled "
             f"high_{target} / low_{target}."
         )
     elif target != "target":

@@ -65,7 +65,7 @@ class Reward(_Section):
     mode: Literal["lpp", "asymmetry", "affective", "semantic"] = Field(
         "lpp",
         description="lpp: late-positive-potential index (arousal, no training); asymmetry: "
-        "frontal alpha + slow-potential asymmetry (valence, no training); affective: decoder "
+        "frontal alpha asymmetry (valence, no training); affective: decoder "
         "probability of target_class; semantic: cosine to a target EEG embedding.",
     )
     decoder: str = Field(
@@ -99,14 +99,14 @@ class Reward(_Section):
     asymmetry_alpha_scale: float = Field(
         0.5, gt=0, description="Single-trial spread of ln P(right) - ln P(left) (alpha)."
     )
-    asymmetry_slow_scale_uv: float = Field(
-        8.0, ge=0, description="Single-trial spread of the left-right slow potential; 0 = off."
-    )
 
     @property
     def chases(self) -> str:
-        """What a high reward stands for: arousal (lpp), target_class (asymmetry: the
-        pleasant class; affective), or the semantic target."""
+        """What a high reward stands for.
+
+        Arousal (lpp), target_class (asymmetry: the pleasant class; affective), or the
+        semantic target.
+        """
         return {"lpp": "arousal", "semantic": "target"}.get(self.mode, self.target_class)
 
     @property

@@ -14,12 +14,12 @@ callable, so a lab can plug in its own. Three are built in (protocol
   Hajcak et al. 2010: larger for emotionally arousing pictures) over centro-parietal
   channels, squashed by a logistic. It needs no calibration, so the worker runs out of
   the box; it tracks arousal, not valence.
-- ``asymmetry``: a training-free valence index from homologous frontal pairs: alpha
-  asymmetry ln P(right) - ln P(left) (less left-frontal alpha for pleasant pictures;
-  Davidson 1992; Coan & Allen 2004) plus the late frontal slow-potential asymmetry
-  (left minus right), each divided by its typical single-trial spread and squashed by
-  a logistic. Higher means more pleasant, so it chases amusement without a calibration
-  block.
+- ``asymmetry``: a training-free valence index, the frontal alpha asymmetry
+  ln P(right) - ln P(left) over homologous frontal pairs after the stimulus (less
+  left-frontal alpha for pleasant pictures; Davidson 1992; Coan & Allen 2004), divided
+  by its typical single-trial spread and squashed by a logistic. Higher means more
+  pleasant, so it chases amusement without a calibration block. It reads induced
+  power, not the slow frontal potential, which the acquisition's high-pass distorts.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LppReward:
 
 
 class AsymmetryReward:
-    """Logistic of the frontal alpha asymmetry plus the slow-potential asymmetry."""
+    """Logistic of the frontal alpha asymmetry (right minus left log alpha power)."""
 
     def __init__(
         self,
@@ -108,13 +108,11 @@ class AsymmetryReward:
         band_hz: tuple[float, float],
         window_s: tuple[float, float],
         alpha_scale: float,
-        slow_scale_uv: float,
     ):
         self.pairs = [(str(a), str(b)) for a, b in pairs]
         self.band_hz = tuple(band_hz)
         self.window_s = tuple(window_s)
         self.alpha_scale = alpha_scale
-        self.slow_scale_uv = slow_scale_uv
         self._sos: dict[float, np.ndarray] = {}
 
     def _band(self, sfreq: float) -> np.ndarray:
@@ -147,12 +145,8 @@ class AsymmetryReward:
         power = (alpha**2).mean(-1) + 1e-12
         n = len(pairs)
         faa = float(np.mean(np.log(power[n:]) - np.log(power[:n])))
-        late = data[:, span].mean(-1)
-        slow = float(np.mean(late[:n] - late[n:]))
-        drive = faa / self.alpha_scale + (slow / self.slow_scale_uv if self.slow_scale_uv else 0.0)
         return Reward(
-            1.0 / (1.0 + np.exp(-drive)),
-            {"alpha_asymmetry": round(faa, 4), "slow_asymmetry_uv": round(slow, 4)},
+            1.0 / (1.0 + np.exp(-faa / self.alpha_scale)), {"alpha_asymmetry": round(faa, 4)}
         )
 
 
@@ -238,7 +232,6 @@ def from_settings(settings) -> RewardFunction:
             settings.asymmetry_band_hz,
             settings.asymmetry_window_s,
             settings.asymmetry_alpha_scale,
-            settings.asymmetry_slow_scale_uv,
         )
     if settings.mode == "affective":
         if not settings.decoder:

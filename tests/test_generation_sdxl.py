@@ -52,61 +52,12 @@ def _ip_adapter_state_dict(unet, seed: int = 0) -> dict:
 
 
 def _tiny_backend(scale: float = 0.5, steps: int = 2) -> SDXLBackend:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + 32 pooled text
-        cross_attention_dim=64,
-        norm_num_groups=1,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[16, 32],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-    )
-    encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            projection_dim=EMBED_DIM,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-            image_size=32,
-            patch_size=8,
-        )
-    )
-    g = torch.Generator().manual_seed(1)
-    return SDXLBackend.assemble(
-        unet=unet,
-        vae=vae,
-        image_encoder=encoder,
-        image_processor=CLIPImageProcessor(size=32, crop_size=32),
-        ip_adapter_state_dict=_ip_adapter_state_dict(unet),
-        prompt_embeds=torch.randn(1, 77, 64, generator=g),
-        pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+    """The shared tiny pipeline, with the IP-Adapter state dict this test builds."""
+    return SDXLBackend.tiny_random(
+        embed_dim=EMBED_DIM,
         steps=steps,
-        width=32,
-        height=32,
         ip_adapter_scale=scale,
-        model_ids={"weights": "tiny random test pipeline"},
+        ip_adapter_for=_ip_adapter_state_dict,
     )
 
 

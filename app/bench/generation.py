@@ -60,69 +60,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # -- backends -------------------------------------------------------------------------------
-def tiny_sdxl_backend(seed: int = 0, size: int = 64, steps: int = 4):
-    """A tiny randomly initialised SDXL pipeline through :meth:`SDXLBackend.assemble`."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from models.backends.sdxl import SDXLBackend, random_ip_adapter_state_dict
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64,
-        norm_num_groups=1,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        sample_size=128,
-    )
-    encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            intermediate_size=37,
-            patch_size=8,
-        )
-    )
-    gen = torch.Generator().manual_seed(seed)
-    return SDXLBackend.assemble(
-        unet=unet,
-        vae=vae,
-        image_encoder=encoder,
-        image_processor=CLIPImageProcessor(size=32, crop_size=32),
-        ip_adapter_state_dict=random_ip_adapter_state_dict(unet, 32, gen),
-        prompt_embeds=torch.randn(1, 77, 64, generator=gen),
-        pooled_prompt_embeds=torch.randn(1, 32, generator=gen),
-        steps=steps,
-        width=size,
-        height=size,
-        ip_adapter_scale=0.5,
-        model_ids={"weights": "tiny random SDXL (CPU test pipeline)"},
-    )
-
-
 def _image_folder(root: Path, n: int, size: int) -> Path:
     """A folder of ``n`` procedural PNGs, used as the stimulus pool of an SDXL backend."""
     from models.backends.procedural import ProceduralRenderer, sample_parameters
@@ -394,12 +331,12 @@ def _build(name: str, args, protocol, tmp: Path):
         p = g.procedural
         backend = ProceduralBackend(p.size, p.fit_samples, p.ridge_alpha, seed=g.seed)
         return backend, procedural_pool(backend, p.pool_size, seed=g.seed)
+    from models.backends.sdxl import SDXLBackend
+
     if name == "sdxl-tiny":
-        backend = tiny_sdxl_backend(steps=args.steps)
+        backend = SDXLBackend.tiny_random(channels=(32, 64), layers=2, size=64, steps=args.steps)
         folder = _image_folder(tmp, 32, 64)
     elif name == "sdxl":
-        from models.backends.sdxl import SDXLBackend
-
         g.sdxl.width = g.sdxl.height = args.size
         if args.random_weights:
             backend = SDXLBackend.random_full_size(g.sdxl, args.device, g.dtype, g.compile)

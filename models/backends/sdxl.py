@@ -18,7 +18,7 @@ pipeline all go through it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +406,86 @@ class SDXLBackend(Backend):
             dtype=dt,
             compile=compile,
             model_ids={"weights": "random-weights (timing only)", "unet": "sdxl-full-size-config"},
+        )
+
+    @classmethod
+    def tiny_random(
+        cls,
+        *,
+        channels: tuple[int, int] = (16, 32),
+        layers: int = 1,
+        embed_dim: int = 32,
+        size: int = 32,
+        steps: int = 2,
+        ip_adapter_scale: float = 0.5,
+        ip_adapter_for: Callable[[Any], dict] | None = None,
+        seed: int = 0,
+    ) -> SDXLBackend:
+        """A tiny randomly initialised SDXL pipeline (CPU tests and benchmarks).
+
+        The same SDXL UNet/VAE/ViT classes and the same :meth:`assemble` path as the real
+        weights, at toy widths. ``ip_adapter_for(unet)`` gives the IP-Adapter state dict
+        (h94 file layout); by default random weights.
+        """
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=channels,
+            layers_per_block=layers,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, layers),
+            projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + 32 pooled text
+            cross_attention_dim=64,
+            norm_num_groups=1,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=list(channels),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=["DownEncoderBlock2D"] * 2,
+            up_block_types=["UpDecoderBlock2D"] * 2,
+            latent_channels=4,
+            norm_num_groups=8,
+        )
+        encoder = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=32,
+                projection_dim=embed_dim,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=37,
+                image_size=32,
+                patch_size=8,
+            )
+        )
+        gen = torch.Generator().manual_seed(seed + 1)
+        if ip_adapter_for is None:
+            ip_adapter = random_ip_adapter_state_dict(unet, embed_dim, gen)
+        else:
+            ip_adapter = ip_adapter_for(unet)
+        return cls.assemble(
+            unet=unet,
+            vae=vae,
+            image_encoder=encoder,
+            image_processor=CLIPImageProcessor(size=32, crop_size=32),
+            ip_adapter_state_dict=ip_adapter,
+            prompt_embeds=torch.randn(1, 77, 64, generator=gen),
+            pooled_prompt_embeds=torch.randn(1, 32, generator=gen),
+            steps=steps,
+            width=size,
+            height=size,
+            ip_adapter_scale=ip_adapter_scale,
+            model_ids={"weights": "tiny random SDXL (CPU test pipeline)"},
         )
 
     # -- the interface ---------------------------------------------------------------
