@@ -163,8 +163,9 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
 
     Every closed-loop image with a reward from a clean epoch goes in. Its class is
     ``high_<target>`` when its reward is at or above the median reward of those images,
-    else ``low_<target>`` (target: the protocol's ``target_class`` for the decoder
-    reward, ``arousal`` for the LPP, ``target`` for the semantic reward); the reward,
+    else ``low_<target>`` (target: ``generation.reward.chases``: the protocol's
+    ``target_class`` for the decoder and asymmetry rewards, ``arousal`` for the LPP,
+    ``target`` for the semantic reward); the reward,
     decoder probabilities, round, parents and self-report ratings are kept beside it.
     """
     trials, _ = collect_trials(session)
