@@ -1,6 +1,9 @@
 """The heuristic generator: evolves image embeddings towards higher EEG reward.
 
-ARCHITECTURE.md section 3, after the lab prototype. Each round:
+ARCHITECTURE.md section 3, after the lab prototype. Round 0 is a random sample of the
+stimulus pool, even when earlier rewards exist (a calibration block's: they go into the
+GP and may be parents from round 1 on), so that the loop's gain is measured from it.
+Each later round:
 
 1. parents: sample ``n_parents`` shown images without replacement, with probability
    softmax(reward / temperature);
@@ -307,7 +310,9 @@ class HeuristicGenerator:
         should_stop: Callable[[], bool] = lambda: False,
         n_images: int | None = None,
     ) -> list[Candidate]:
-        """The next batch: random pool images until two rewards exist, then a full round.
+        """The next batch: random pool images in round 0, then full rounds.
+
+        Round 0 (and any round before two rewards exist) samples the pool at random.
 
         ``on_ready(k, candidates)`` is called whenever the set of finished images grows:
         with the exploration images first (k = 0), then after each inner step k with
@@ -318,7 +323,7 @@ class HeuristicGenerator:
         self.timing = RoundTiming()
         if self.rewards:
             self.best_by_round.append(max(self.rewards))
-        if self.n_observations < 2:
+        if self.round == 0 or self.n_observations < 2:
             batch = self.initial_batch(n_images)
             self.round += 1
             on_ready(0, batch)

@@ -186,6 +186,8 @@ def test_deadline_stops_refinement_early(backend, settings):
     gen = HeuristicGenerator(settings.heuristic, settings.gp, backend, pool, seed=2)
     for i in range(6):
         gen.observe(f"o{i}", pool.embeddings[i], i / 6)
+    first = gen.next_round()  # round 0 samples the pool even with rewards in
+    assert {c.kind for c in first} == {"initial"}
     calls = []
     batch = gen.next_round(
         on_ready=lambda k, c: calls.append(k), should_stop=lambda: len(calls) >= 2
