@@ -69,14 +69,15 @@ def test_writes_table1_beside_the_poster(table1):
         assert got == poster
         assert r["f1_avg_by_seed"].startswith(f"sim-{SEED}:")
     assert {r["poster_dataset"] for r in rows} == {"ArtPhoto", "EEGS (Ours)"}
-    assert (rows[2]["class1"], rows[2]["class0"]) == ("high_arousal", "low_arousal")
+    # the pilot's asymmetry reward chases amusement: the EEGS classes are named after it
+    assert (rows[2]["class1"], rows[2]["class0"]) == ("high_amusement", "low_amusement")
     assert (rows[0]["class1"], rows[0]["class0"]) == ("amusement", "sadness")
 
     md = (out / "table1.md").read_text()
     assert "| Dataset | Classes (1 vs 0) | Classifier | F1-Amuse ↑ | F1-Sad ↑ | F1-avg ↑" in md
     assert "**Verdict.** Figure" in md
     assert "randomly initialised frozen ATM-S encoder" in md
-    assert "NOT amusement vs sadness" in md  # the LPP classes are arousal, said plainly
+    assert "training-free frontal valence index" in md  # what the EEGS classes are, said
     assert "Oracle check" in md
     result = json.loads((out / "table1.json").read_text())
     assert result["verdict"]["sentence"] in md
@@ -139,7 +140,7 @@ def test_recordings_are_fresh_and_readable_by_evaluate(table1, tmp_path):
     median = np.median(loop["reward"])
     for image, y in zip(eegs["image"].tolist(), eegs["y"], strict=True):
         assert y == int(reward[image] >= median)
-        assert image.split("/")[-2] == ("high_arousal" if y else "low_arousal")
+        assert image.split("/")[-2] == ("high_amusement" if y else "low_amusement")
         assert (out / image).is_file()
     for image in base["image"].tolist():
         assert (out / image).is_file()
