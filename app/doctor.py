@@ -81,16 +81,16 @@ def check_streams(protocol: Protocol, timeout: float) -> list[Finding]:
 
 def _reward_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
     """The training-free rewards read named channels: at least one (pair) must be there."""
+    from models.rewards import from_settings
+
     r = protocol.generation.reward
-    have = set(names)
     if r.mode == "lpp":
-        found = [ch for ch in r.lpp_channels if ch in have]
         wanted = f"LPP channels {r.lpp_channels}"
     elif r.mode == "asymmetry":
-        found = [f"{a}/{b}" for a, b in r.asymmetry_pairs if a in have and b in have]
         wanted = f"frontal pairs {[list(p) for p in r.asymmetry_pairs]}"
     else:
-        return []
+        return []  # decoder and encoder rewards: their channel checks are at load time
+    found = from_settings(r).reads(names)
     if not found:
         return [
             Finding(

@@ -87,13 +87,17 @@ class LppReward:
         self.channels = list(channels)
         self.scale_uv = scale_uv
 
+    def reads(self, ch_names: Sequence[str]) -> list[str]:
+        """The channels of ``ch_names`` this reward averages."""
+        return [ch for ch in ch_names if ch in self.channels]
+
     def __call__(self, epoch: EpochData) -> Reward:
         """Reward of one epoch."""
-        picks = [i for i, ch in enumerate(epoch.ch_names) if ch in self.channels]
+        names = list(epoch.ch_names)
+        picks = [names.index(ch) for ch in self.reads(names)]
         if not picks:
             raise RewardError(
-                f"none of the LPP channels {self.channels} is in the epoch "
-                f"({list(epoch.ch_names)[:8]}...)"
+                f"none of the LPP channels {self.channels} is in the epoch ({names[:8]}...)"
             )
         amp = float(_window(epoch, self.window_s)[picks].mean())
         return Reward(1.0 / (1.0 + np.exp(-amp / self.scale_uv)), {"lpp_uv": round(amp, 4)})
@@ -126,24 +130,31 @@ class AsymmetryReward:
             self._sos[sfreq] = butter(4, self.band_hz, btype="band", fs=sfreq, output="sos")
         return self._sos[sfreq]
 
+    def reads(self, ch_names: Sequence[str]) -> list[str]:
+        """The channels of ``ch_names`` this reward reads.
+
+        The left channels of the complete pairs, then their right channels in the same
+        order.
+        """
+        have = set(ch_names)
+        pairs = [(a, b) for a, b in self.pairs if a in have and b in have]
+        return [a for a, _ in pairs] + [b for _, b in pairs]
+
     def __call__(self, epoch: EpochData) -> Reward:
         """Reward of one epoch."""
         from scipy.signal import sosfiltfilt
 
-        index = {ch: i for i, ch in enumerate(epoch.ch_names)}
-        pairs = [(index[a], index[b]) for a, b in self.pairs if a in index and b in index]
-        if not pairs:
+        names = list(epoch.ch_names)
+        picks = [names.index(ch) for ch in self.reads(names)]
+        if not picks:
             raise RewardError(
-                f"none of the frontal pairs {self.pairs} is in the epoch "
-                f"({list(epoch.ch_names)[:8]}...)"
+                f"none of the frontal pairs {self.pairs} is in the epoch ({names[:8]}...)"
             )
-        left, right = (list(side) for side in zip(*pairs, strict=True))
-        picks = left + right
         span = _span(epoch, self.window_s)
         data = np.asarray(epoch.data, dtype=np.float64)[picks]
         alpha = sosfiltfilt(self._band(epoch.sfreq), data, axis=-1)[:, span]
         power = (alpha**2).mean(-1) + 1e-12
-        n = len(pairs)
+        n = len(picks) // 2
         faa = float(np.mean(np.log(power[n:]) - np.log(power[:n])))
         return Reward(
             1.0 / (1.0 + np.exp(-faa / self.alpha_scale)), {"alpha_asymmetry": round(faa, 4)}
