@@ -7,15 +7,40 @@ from pathlib import Path
 
 from experiment_protocols import Protocol, load_protocol
 
+#: Rewards the closed loop can run without extra files (``semantic`` needs a target).
+LOOP_REWARDS = ("lpp", "asymmetry", "affective")
 
-def add_protocol_argument(parser: argparse.ArgumentParser) -> None:
-    """``--protocol FILE`` (default: the shipped default protocol)."""
+
+def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "default.toml") -> None:
+    """``--protocol FILE`` (``default``: the shipped protocol the command falls back to)."""
     parser.add_argument(
         "--protocol",
         type=Path,
         default=None,
         metavar="FILE",
-        help="protocol TOML file (default: experiment_protocols/default.toml)",
+        help=f"protocol TOML file (default: experiment_protocols/{default})",
+    )
+
+
+def add_reward_argument(parser: argparse.ArgumentParser) -> None:
+    """``--reward MODE``: which reward drives the closed loop (default: the protocol's)."""
+    parser.add_argument(
+        "--reward",
+        choices=LOOP_REWARDS,
+        default=None,
+        help="reward of the loop: lpp (training-free LPP index, arousal), asymmetry "
+        "(training-free frontal alpha asymmetry, valence) or affective (P(amusement) from a "
+        "decoder fitted on the calibration block); default: the protocol's",
+    )
+
+
+def add_classifiers_argument(parser: argparse.ArgumentParser) -> None:
+    """``--classifiers LIST``: the decoders to cross-validate."""
+    parser.add_argument(
+        "--classifiers",
+        default="atms_fc,eegnet",
+        metavar="LIST",
+        help="comma-separated classifier kinds (default: atms_fc,eegnet)",
     )
 
 

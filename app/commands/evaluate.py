@@ -26,7 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from app.commands._common import add_protocol_argument, protocol_from_args
+from app.commands._common import (
+    add_classifiers_argument,
+    add_protocol_argument,
+    protocol_from_args,
+)
 
 NAME = "evaluate"
 HELP = "cross-validate the emotion decoders and write Table 1"
@@ -48,12 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(repeat for each dataset)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    p.add_argument(
-        "--classifiers",
-        default="atms_fc,eegnet",
-        metavar="LIST",
-        help="comma-separated classifier kinds (default: atms_fc,eegnet)",
-    )
+    add_classifiers_argument(p)
     p.add_argument(
         "--encoder", metavar="FILE", help="ATM-S checkpoint (decoder.encoder_checkpoint)"
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.commands._common import add_protocol_argument, add_reward_argument
+
 NAME = "pilot"
 HELP = "full closed-loop pilot against the brain model (CPU)"
 POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
@@ -19,13 +21,7 @@ POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options."""
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="session directory")
-    p.add_argument(
-        "--protocol",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="protocol (default: experiment_protocols/pilot.toml)",
-    )
+    add_protocol_argument(p, "pilot.toml")
     p.add_argument(
         "--rounds",
         type=int,
@@ -39,14 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--headless", action="store_true", help="run the presentation on a virtual display (Xvfb)"
     )
-    p.add_argument(
-        "--reward",
-        choices=("lpp", "asymmetry", "affective"),
-        default=None,
-        help="lpp: training-free LPP index (arousal); asymmetry: training-free frontal "
-        "asymmetry (valence); affective: P(amusement) from a decoder the worker fits on "
-        "the calibration block (default: the protocol's)",
-    )
+    add_reward_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

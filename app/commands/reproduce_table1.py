@@ -16,6 +16,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.commands._common import (
+    LOOP_REWARDS,
+    add_classifiers_argument,
+    add_protocol_argument,
+    add_reward_argument,
+)
+
 NAME = "reproduce-table1"
 HELP = "the poster's Table 1 on the brain model: baseline vs EEGS-generated set"
 POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
@@ -34,13 +41,7 @@ def _int_list(text: str) -> list[int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options."""
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    p.add_argument(
-        "--protocol",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="protocol (default: experiment_protocols/pilot.toml)",
-    )
+    add_protocol_argument(p, "pilot.toml")
     p.add_argument(
         "--seeds",
         type=_int_list,
@@ -70,20 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="images per set and subject, even (default: rounds x the block's images per round)",
     )
-    p.add_argument(
-        "--reward",
-        choices=("lpp", "asymmetry", "affective"),
-        default=None,
-        help="reward of the loop: lpp (training-free, arousal), asymmetry (training-free, "
-        "valence) or affective (a decoder fitted on the calibration block; amusement); "
-        "default: the protocol's",
-    )
-    p.add_argument(
-        "--classifiers",
-        default="atms_fc,eegnet",
-        metavar="LIST",
-        help="comma-separated classifier kinds (default: atms_fc,eegnet)",
-    )
+    add_reward_argument(p)
+    add_classifiers_argument(p)
     p.add_argument(
         "--epochs", type=int, default=50, metavar="N", help="training epochs per fit (default 50)"
     )
@@ -162,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         reward=args.reward or protocol.generation.reward.mode,
         sessions=list(args.sessions or []),
     )
-    if cfg.reward not in ("lpp", "asymmetry", "affective"):
+    if cfg.reward not in LOOP_REWARDS:
         raise InputError(
             f"the protocol's reward mode {cfg.reward!r} cannot run offline; use --reward"
         )
