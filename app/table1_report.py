@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from app.commands.evaluate import F1_COLUMNS
+
 # The poster's Table 1: (F1-Amuse, F1-Sad, F1-avg).
 POSTER_TABLE1: dict[str, dict[str, tuple[float, float, float]]] = {
     "ArtPhoto": {"ATM-S-FC": (0.58, 0.76, 0.69), "EEGNetv4": (0.44, 0.79, 0.66)},
@@ -110,15 +112,7 @@ TABLE_COLUMNS = [
     "class0",
     "n_seeds",
     "n_folds",
-    "F1-Amuse",
-    "F1-Sad",
-    "F1-avg",
-    "f1_amuse_mean",
-    "f1_amuse_sd",
-    "f1_sad_mean",
-    "f1_sad_sd",
-    "f1_avg_mean",
-    "f1_avg_sd",
+    *F1_COLUMNS,
     "f1_avg_by_seed",
     "poster_dataset",
     "poster_f1_amuse",

@@ -329,6 +329,20 @@ def cross_validate(
 
 
 # -- the table -----------------------------------------------------------------------------
+#: The F1 columns :func:`summarise` fills in every row (CSV order).
+F1_COLUMNS = [
+    "F1-Amuse",
+    "F1-Sad",
+    "F1-avg",
+    "f1_amuse_mean",
+    "f1_amuse_sd",
+    "f1_sad_mean",
+    "f1_sad_sd",
+    "f1_avg_mean",
+    "f1_avg_sd",
+]
+
+
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, classifier, scheme): mean and SD (ddof=1) over folds."""
     from models.classifiers import DISPLAY_NAMES
@@ -358,22 +372,7 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-TABLE_COLUMNS = [
-    "dataset",
-    "classifier",
-    "scheme",
-    "n_subjects",
-    "n_folds",
-    "F1-Amuse",
-    "F1-Sad",
-    "F1-avg",
-    "f1_amuse_mean",
-    "f1_amuse_sd",
-    "f1_sad_mean",
-    "f1_sad_sd",
-    "f1_avg_mean",
-    "f1_avg_sd",
-]
+TABLE_COLUMNS = ["dataset", "classifier", "scheme", "n_subjects", "n_folds", *F1_COLUMNS]
 
 
 def write_table(rows: list[dict[str, Any]], out: Path, notes: list[str]) -> None:
