@@ -16,15 +16,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class AtmsFc(_Section):
-    """ATM-S-FC: frozen ATM-S features, trainable MLP 1024 -> 512 -> 256 -> 2."""
+class _EarlyStopping(_Section):
+    """Early stopping, the same for both classifiers (off by default)."""
 
-    hidden: list[int] = Field(default_factory=lambda: [512, 256], min_length=1)
-    dropout: float = Field(0.5, ge=0, lt=1)
-    epochs: int = Field(150, ge=1, description="Passes over the calibration epochs.")
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(32, ge=1)
-    weight_decay: float = Field(1e-3, ge=0)
     val_fraction: float = Field(
         0.0,
         ge=0,
@@ -34,7 +28,18 @@ class AtmsFc(_Section):
     patience: int = Field(0, ge=0, description="Stop after this many passes without gain.")
 
 
-class EegNet(_Section):
+class AtmsFc(_EarlyStopping):
+    """ATM-S-FC: frozen ATM-S features, trainable MLP 1024 -> 512 -> 256 -> 2."""
+
+    hidden: list[int] = Field(default_factory=lambda: [512, 256], min_length=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    epochs: int = Field(150, ge=1, description="Passes over the calibration epochs.")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    weight_decay: float = Field(1e-3, ge=0)
+
+
+class EegNet(_EarlyStopping):
     """EEGNet (braindecode ``EEGNet``), trained end to end."""
 
     epochs: int = Field(150, ge=1)
@@ -47,13 +52,6 @@ class EegNet(_Section):
     kernel_length_128hz: int = Field(
         64, ge=2, description="Temporal kernel at 128 Hz; scaled to the data's rate."
     )
-    val_fraction: float = Field(
-        0.0,
-        ge=0,
-        lt=0.5,
-        description="Inner validation share of the training data; keeps the best pass.",
-    )
-    patience: int = Field(0, ge=0, description="Stop after this many passes without gain.")
 
 
 class Evaluation(_Section):
