@@ -66,6 +66,7 @@ def check_streams(protocol: Protocol, timeout: float) -> list[Finding]:
     else:
         out.append(Finding("channels", OK, f"{len(pre.montage) or len(names)} channels used"))
     out += _reward_channels(protocol, renamed)
+    out += _decoder_channels(protocol, list(pre.montage) or renamed)
     markers = pylsl.resolve_byprop("name", s.markers, 1, 0.5)
     out.append(
         Finding("marker stream", OK, f"'{s.markers}' visible")
@@ -101,6 +102,20 @@ def _reward_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
             )
         ]
     return [Finding("reward channels", OK, f"reward '{r.mode}' reads {found}")]
+
+
+def _decoder_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
+    """decoder.channels must all reach the epochs, or the calibration decoder cannot fit."""
+    from models.classifiers import ClassifierError, channel_picks
+
+    wanted = protocol.decoder.channels
+    if not wanted:
+        return []
+    try:
+        channel_picks(names, wanted)
+    except ClassifierError as err:
+        return [Finding("decoder channels", FAIL, str(err))]
+    return [Finding("decoder channels", OK, f"the decoders read {len(wanted)} channels")]
 
 
 def _channel_labels(inlet) -> list[str]:

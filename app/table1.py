@@ -25,8 +25,9 @@ EEGS-generated set. Here the subject is the simulated brain model
    fresh EEG is simulated with new noise seeds (never the loop's epochs: their noise
    made the EEGS labels, reusing it would leak the labels into the test). The epochs
    are saved as ``seed-S/<set>.npz`` (X, y, subject, sfreq, tmin, ch_names, image,
-   label_names), which ``eegs evaluate`` reads too. The decoders get the 17
-   occipito-parietal ATM-S channels, 0-1 s.
+   label_names), which ``eegs evaluate`` reads too. The decoders get the protocol's
+   ``decoder.channels`` (every channel of the brain model when empty, the default),
+   0-1 s.
 4. **Evaluation**: :func:`app.commands.evaluate.cross_validate` (stratified k-fold within
    subject, the protocol's ``decoder`` settings; training epochs and CV seeds set here).
 5. **Table**: rows dataset x classifier, F1 of class 1 ("F1-Amuse"), of class 0
@@ -146,17 +147,16 @@ class Recorder:
     """One simulated subject's EEG, epoched and baseline-corrected like ``eegs acquire``."""
 
     def __init__(self, protocol: Protocol) -> None:
-        from models.brain_response import ATM_CHANNELS
+        from models.classifiers import channel_picks
         from workers.brain_model import build_model
 
         self.brain = build_model(protocol.brain_model)
         self.tmin, self.tmax = protocol.epochs.tmin, protocol.epochs.tmax
         self.baseline = protocol.epochs.baseline
         self.sfreq = self.brain.sfreq
-        names = self.brain.ch_names
-        atm = [ch for ch in ATM_CHANNELS if ch in names]
-        self.picks = [names.index(ch) for ch in atm] if len(atm) == len(ATM_CHANNELS) else None
-        self.decoder_channels = atm if self.picks is not None else list(names)
+        names = list(self.brain.ch_names)
+        self.picks = channel_picks(names, protocol.decoder.channels)
+        self.decoder_channels = [names[i] for i in self.picks]
 
     def epochs(self, images: list, seed: int) -> np.ndarray:
         """(n, all channels, times) µV, one continuous simulated stream, baseline removed."""
@@ -169,8 +169,8 @@ class Recorder:
         return X.astype(np.float32)
 
     def decoder_view(self, X: np.ndarray) -> np.ndarray:
-        """The channels the decoders get (the 17 ATM-S channels when present)."""
-        return X if self.picks is None else X[:, self.picks]
+        """The channels the decoders get (``decoder.channels``; all when it is empty)."""
+        return X[:, self.picks]
 
 
 def record_set(
@@ -253,17 +253,11 @@ def affective_reward(
     reward = CalibratedDecoderReward(
         protocol.decoder, protocol.generation.reward.target_class, out, min_per_class=1
     )
-    names = rec.decoder_channels
-    for x, y in zip(rec.decoder_view(X_calib), calib.y, strict=True):
+    names = list(rec.brain.ch_names)
+    for x, y in zip(X_calib, calib.y, strict=True):
         reward.add(EpochData(x, names, rec.sfreq, rec.tmin), int(y))  # 1 = amusement
     reward.fit()
-    picks = rec.picks
-
-    def on_epoch(ep: EpochData):
-        data = ep.data if picks is None else ep.data[picks]
-        return reward(EpochData(data, names, ep.sfreq, ep.tmin))
-
-    return on_epoch
+    return reward
 
 
 def run_loop(
@@ -511,7 +505,6 @@ def reproduce(cfg: Config) -> dict[str, Any]:
 
     from app.commands.evaluate import plot_confusions
     from models.atms import load_atms
-    from models.brain_response import ATM_CHANNELS
     from workers.session_store import atomic_write_json
 
     t0 = time.perf_counter()
@@ -519,11 +512,12 @@ def reproduce(cfg: Config) -> dict[str, Any]:
     dec.evaluation.leave_one_subject_out = False  # each subject's labels are personal
     if dec.threads:
         torch.set_num_threads(dec.threads)
+    channels = Recorder(cfg.protocol).decoder_channels
     encoder = None
     if "atms_fc" in cfg.kinds and dec.encoder_checkpoint:
         sfreq = cfg.protocol.preprocessing.resample_hz or cfg.protocol.brain_model.sfreq
         n_times = int(round((dec.window_s[1] - dec.window_s[0]) * sfreq))
-        encoder = load_atms(dec.encoder_checkpoint, n_channels=len(ATM_CHANNELS), n_times=n_times)
+        encoder = load_atms(dec.encoder_checkpoint, n_channels=len(channels), n_times=n_times)
     cfg.out.mkdir(parents=True, exist_ok=True)
     jobs = [(s, None) for s in cfg.seeds] if not cfg.sessions else [(0, p) for p in cfg.sessions]
     subjects, records = [], []
@@ -559,7 +553,7 @@ def reproduce(cfg: Config) -> dict[str, Any]:
             }
             for d, by in POSTER_TABLE1.items()
         },
-        "notes": notes_for(cfg.sessions, cfg.rounds, cfg.reward, classes, enc_source),
+        "notes": notes_for(cfg.sessions, cfg.rounds, cfg.reward, classes, enc_source, channels),
     }
     train = result["settings"]["train_epochs"]
     result["settings"]["train_epochs"] = (

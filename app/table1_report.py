@@ -225,6 +225,7 @@ def notes_for(
     reward: str,
     classes: dict[str, tuple[str, str]],
     encoder_source: str,
+    channels: list[str],
 ) -> list[str]:
     """Plain statements of what was compared, printed under the table."""
     target = classes[EEGS][1].removeprefix("high_")
@@ -273,7 +274,9 @@ def notes_for(
         "Both sets were shown again to the same simulated subject in a random order and "
         "their EEG recorded fresh (new noise seeds); the loop's own epochs, whose noise "
         "made the EEGS labels, are never used for decoding.",
-        "Decoders: the 17 occipito-parietal ATM-S channels, 0-1 s after onset, "
+        f"Decoders: {len(channels)} channels (decoder.channels: "
+        f"{', '.join(channels) if len(channels) <= 20 else 'all of the brain model'}), "
+        "0-1 s after onset, "
         "baseline-corrected (-0.2-0 s); not band-passed (the live acquisition filters "
         "0.5-40 Hz; these offline epochs are only baseline-corrected).",
         (

@@ -89,6 +89,11 @@ class Decoder(_Section):
         "",
         description="ATM-S weights (.safetensors or the authors' .pth); '' = random init.",
     )
+    channels: list[str] = Field(
+        default_factory=list,
+        description="Channels the decoders read, in this order; [] = every channel of the "
+        "epochs. A 17-channel ATM-S checkpoint needs the 17 occipito-parietal channels.",
+    )
     window_s: tuple[float, float] = Field(
         (0.0, 1.0), description="Part of each epoch given to the decoders (s, marker = 0)."
     )

@@ -93,6 +93,39 @@ def crop_window(
     return data[..., start : start + n]
 
 
+def channel_picks(ch_names: list[str] | None, wanted: list[str] | tuple[str, ...]) -> list[int]:
+    """Indices of the channels the decoders read (``decoder.channels``), in that order.
+
+    ``wanted`` empty keeps every channel. Otherwise each name must be in ``ch_names``
+    (matched without regard to case), so a recording that lacks one fails here, naming
+    what is missing, instead of training on the wrong sensors.
+    """
+    if not wanted:
+        return list(range(len(ch_names or [])))
+    if not ch_names:
+        raise ClassifierError(
+            f"decoder.channels names {len(wanted)} channels but the epochs carry no "
+            "channel names to pick them from"
+        )
+    index = {name.lower(): i for i, name in enumerate(ch_names)}
+    missing = [ch for ch in wanted if ch.lower() not in index]
+    if missing:
+        raise ClassifierError(
+            f"decoder.channels {missing} not in the recording's channels {list(ch_names)}"
+        )
+    return [index[ch.lower()] for ch in wanted]
+
+
+def pick_channels(
+    data: np.ndarray, ch_names: list[str] | None, wanted: list[str] | tuple[str, ...]
+) -> tuple[np.ndarray, list[str] | None]:
+    """``data`` (..., channels, times) and names reduced to :func:`channel_picks`."""
+    if not wanted:
+        return data, ch_names
+    picks = channel_picks(ch_names, wanted)
+    return np.asarray(data)[..., picks, :], [ch_names[i] for i in picks]
+
+
 def scaled_kernel_length(kernel_length_128hz: int, sfreq: float) -> int:
     """EEGNet's temporal kernel (64 samples = 0.5 s at 128 Hz) at another rate."""
     return max(2, int(round(kernel_length_128hz * sfreq / 128.0)))
@@ -343,7 +376,9 @@ class AtmsFcClassifier(EmotionClassifier):
         if (cfg.n_channels, cfg.n_times) != (self.n_channels, self.n_times):
             raise ClassifierError(
                 f"encoder takes {cfg.n_channels} x {cfg.n_times} epochs, the data is "
-                f"{self.n_channels} x {self.n_times}"
+                f"{self.n_channels} x {self.n_times} (set decoder.channels to the "
+                f"{cfg.n_channels} channels the encoder was trained on, and decoder.window_s "
+                "to its epoch length)"
             )
         self.encoder = encoder.eval().requires_grad_(False)
         self.encoder_source = encoder_source or "random-init"

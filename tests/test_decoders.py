@@ -18,9 +18,11 @@ from models.classifiers import (
     ClassifierError,
     EegNetClassifier,
     EegNetSettings,
+    channel_picks,
     crop_window,
     load_classifier,
     make_classifier,
+    pick_channels,
     scaled_kernel_length,
 )
 from models.clip_training import (
@@ -223,6 +225,22 @@ def test_crop_window_and_kernel_scaling():
     assert scaled_kernel_length(64, 128.0) == 64
     assert scaled_kernel_length(64, 250.0) == 125
     assert scaled_kernel_length(64, 500.0) == 250
+
+
+def test_pick_channels_keeps_the_named_channels_in_their_order():
+    x = np.arange(2 * 4 * 3, dtype=float).reshape(2, 4, 3)
+    names = ["Fz", "Cz", "Pz", "Oz"]
+    assert pick_channels(x, names, []) == (x, names)  # [] keeps every channel
+    out, kept = pick_channels(x, names, ["oz", "Fz"])  # any case, the order asked for
+    assert kept == ["Oz", "Fz"]
+    np.testing.assert_array_equal(out, x[:, [3, 0]])
+    np.testing.assert_array_equal(pick_channels(x[0], names, ["Cz"])[0], x[0, [1]])
+    with pytest.raises(ClassifierError, match=r"\['F3', 'F4'\] not in the recording"):
+        pick_channels(x, names, ["Fz", "F3", "F4"])
+    with pytest.raises(ClassifierError, match="carry no channel names"):
+        pick_channels(x, None, ["Fz"])
+    assert channel_picks(names, []) == [0, 1, 2, 3]
+    assert channel_picks(names, ["PZ", "Cz"]) == [2, 1]
 
 
 @pytest.fixture(scope="module")

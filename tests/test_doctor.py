@@ -19,11 +19,12 @@ def test_doctor_passes_then_flags_missing_channels(tmp_path, stream_name):
         assert findings["disk"]["status"] in ("ok", "warn")
         assert findings["reward channels"]["status"] == "ok"  # the LPP reward reads Pz
         assert "Pz" in findings["reward channels"]["detail"]
+        assert "decoder channels" not in findings  # decoder.channels = []: every channel
 
         proto = tmp_path / "p.toml"
         proto.write_text(
             '[streams]\nsfreq = 250.0\n[preprocessing]\nmontage = ["Cz", "PO8"]\n'
-            '[generation.reward]\nmode = "asymmetry"\n'
+            '[generation.reward]\nmode = "asymmetry"\n[decoder]\nchannels = ["Cz", "Oz"]\n'
         )
         res = run_eegs("doctor", "--protocol", str(proto), "--eeg", stream_name, "--json")
         findings = {f["check"]: f for f in json.loads(res.stdout)}
@@ -33,6 +34,8 @@ def test_doctor_passes_then_flags_missing_channels(tmp_path, stream_name):
         assert findings["sampling rate"]["status"] == "fail"
         assert findings["reward channels"]["status"] == "fail"  # no F3/F4-like pair
         assert "frontal pairs" in findings["reward channels"]["detail"]
+        assert findings["decoder channels"]["status"] == "fail"  # Oz: not in the montage
+        assert "['Oz']" in findings["decoder channels"]["detail"]
     finally:
         src.stop()
 

@@ -78,6 +78,7 @@ def test_writes_table1_beside_the_poster(table1):
     assert "**Verdict.** Figure" in md
     assert "randomly initialised frozen ATM-S encoder" in md
     assert "training-free frontal valence index" in md  # what the EEGS classes are, said
+    assert "Decoders: 64 channels (decoder.channels: all of the brain model)" in md
     assert "Oracle check" in md
     result = json.loads((out / "table1.json").read_text())
     assert result["verdict"]["sentence"] in md
@@ -131,6 +132,8 @@ def test_recordings_are_fresh_and_readable_by_evaluate(table1, tmp_path):
     assert int(eegs["noise_seed"]) != int(base["noise_seed"])
     loop_epoch = dict(zip(loop["image"].tolist(), loop["X"], strict=True))
     assert eegs["X"].shape == loop["X"].shape
+    # the decoders read decoder.channels: [] = all 64 channels of the brain model
+    assert eegs["X"].shape[1] == len(eegs["ch_names"]) == len(base["ch_names"]) == 64
     for image, x in zip(eegs["image"].tolist(), eegs["X"], strict=True):
         old = loop_epoch[image]
         assert np.abs(x - old).max() > 1.0  # µV: a different trial, not a copy

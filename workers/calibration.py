@@ -129,10 +129,13 @@ class CalibratedDecoderReward:
         self.classifier = load_classifier(self.path)
 
     def _window(self, epoch: EpochData) -> np.ndarray:
-        from models.classifiers import ClassifierError, crop_window
+        """The decoding window of the decoder's channels (``decoder.channels``)."""
+        from models.classifiers import ClassifierError, crop_window, pick_channels
 
+        s = self.settings
         try:
-            return crop_window(epoch.data, epoch.sfreq, epoch.tmin, tuple(self.settings.window_s))
+            x = crop_window(epoch.data, epoch.sfreq, epoch.tmin, tuple(s.window_s))
+            return pick_channels(x, list(epoch.ch_names), s.channels)[0]
         except ClassifierError as err:
             raise RewardError(str(err)) from None
 

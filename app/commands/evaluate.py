@@ -5,7 +5,8 @@ directories (one subject each; labels from the markers' "label" field) or .npz f
 with arrays ``X`` (epochs x channels x samples, µV), ``y`` (labels) and optionally
 ``subject``, ``sfreq``, ``tmin``. Classes: 0 = sadness, 1 = amusement (names set by
 the protocol's decoder.negative_label / positive_label); epochs with other labels are
-left out. Epochs are cropped to decoder.window_s.
+left out. Epochs are cropped to decoder.window_s and keep decoder.channels (all
+when it is empty).
 
 Protocol: stratified k-fold within each subject (decoder.evaluation.folds), every
 fold repeated for each seed (decoder.evaluation.seeds); with several subjects, also
@@ -124,8 +125,8 @@ def read_session_epochs(path: Path) -> list:
 
 
 def load_labelled(paths: list[Path], decoder) -> LabelledEpochs:
-    """Read session directories and .npz files, label, crop to the decoding window."""
-    from models.classifiers import ClassifierError, crop_window
+    """Read session directories and .npz files; label, crop, keep ``decoder.channels``."""
+    from models.classifiers import ClassifierError, crop_window, pick_channels
     from workers.errors import InputError
 
     xs, ys, subs, notes = [], [], [], []
@@ -175,7 +176,10 @@ def load_labelled(paths: list[Path], decoder) -> LabelledEpochs:
             f"{', '.join(map(str, paths))}: no epoch is labelled "
             f"{decoder.positive_label!r} or {decoder.negative_label!r}"
         )
-    X = np.stack(xs).astype(np.float32)
+    try:
+        X, ch_names = pick_channels(np.stack(xs).astype(np.float32), ch_names, decoder.channels)
+    except ClassifierError as err:
+        raise InputError(f"{', '.join(map(str, paths))}: {err}") from None
     return LabelledEpochs(X, np.asarray(ys, int), np.asarray(subs, str), sfreq, ch_names, notes)
 
 
