@@ -151,6 +151,16 @@ def test_evaluate_bad_input_exits_2(tmp_path):
     )
     assert res.returncode == 2, res.stderr[-2000:]
     assert "enc.pth" in res.stderr
+    # decoder.channels naming a channel the recording lacks: which one, and the file
+    proto = tmp_path / "channels.toml"
+    proto.write_text('[decoder]\nchannels = ["C3", "Cz"]\n')
+    res = run_eegs(
+        "evaluate", "--protocol", str(proto), "--dataset", "X", str(tmp_path / "ok"),
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "decoder.channels ['Cz'] not in the recording's channels" in res.stderr
+    assert str(tmp_path / "ok") in res.stderr
 
 
 def test_train_encoder_checkpoints_and_resumes(tmp_path):
@@ -261,14 +271,16 @@ def test_both_classifiers_decode_brain_model_valence():
     """Hidden oracle-valence labels are decoded from simulated EEG (clear SNR, 3 folds)."""
     from app.bench.decoders import KINDS, _f1, brain_model_set
     from experiment_protocols import load_protocol
+    from models.brain_response import ATM_CHANNELS
+    from models.classifiers import pick_channels
 
     dec = load_protocol().decoder
     dec.evaluation.folds, dec.evaluation.seeds = 3, [0]
     dec.atms_fc.epochs = dec.eegnet.epochs = 60
     X, y, info = brain_model_set(100, subject=0, snr=1.0)
-    assert X.shape == (100, 17, 250)
+    assert X.shape == (100, 64, 250)
     assert y.sum() == 50
-    assert info["channels"] == 17
+    X = pick_channels(X, info["ch_names"], ATM_CHANNELS)[0]  # the cheaper 17-channel view
     f1 = _f1(X, y, dec)
     for kind in KINDS:
         assert f1[kind]["mean"] >= 0.65, f1
@@ -283,7 +295,8 @@ def test_brain_model_set_labellings():
     from app.bench.decoders import brain_model_set
 
     X, y, info = brain_model_set(20, subject=0, snr=None, labels="extremes", pool=60)
-    assert X.shape == (20, 17, 250)
+    assert X.shape == (20, 64, 250)
+    assert len(info["ch_names"]) == 64
     assert np.bincount(y).tolist() == [10, 10]
     assert info["labelling"] == "extremes"
     assert info["pool"] == 60
@@ -301,10 +314,32 @@ def test_brain_model_set_labellings():
         brain_model_set(20, subject=0, snr=None, labels="top")
 
 
+def test_train_encoder_on_brain_model_subjects(tmp_path):
+    """--brain-model: pairs simulated by other subjects, all 64 channels, for ATM-S-FC."""
+    from models.atms import load_atms
+
+    out = tmp_path / "enc"
+    args = ["train-encoder", "--brain-model", "30", "31", "--brain-model-images", "12"]
+    res = run_eegs(*args, "--epochs", "1", "--out", str(out), "--no-progress", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # 24 images, a fifth held out; one trial of 64 channels x 250 samples each
+    assert "20 training trials of 64 ch x 250 samples (20 images); 4 held-out" in res.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert history["data"]["source"] == "brain-model"
+    assert history["data"]["subjects"] == [30, 31]
+    encoder = load_atms(out / "encoder.safetensors", n_channels=64, n_times=250)
+    assert encoder.config.embed_dim == 1024
+
+
 def test_bench_decoders_runs(tmp_path):
+    from models.atms import ATMS, ATMSConfig, save_atms
+
+    encoder = save_atms(ATMS(ATMSConfig(n_channels=64)), tmp_path / "enc64.safetensors")
     res = run_eegs(
         "bench",
         "decoders",
+        "--encoder",
+        str(encoder),
         "--train-epochs",
         "5",
         "--n-epochs",
@@ -320,6 +355,10 @@ def test_bench_decoders_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads((tmp_path / "b.json").read_text())
     assert set(out["calibration_fit_s"]) == set(out["score_ms"]) == {"atms_fc", "eegnet"}
+    # the issue's 17 x 250 figure, and the decoders' own channels (all 64 by default)
+    assert set(out["calibration_fit_s_by_channels"]) == {"17", "64"}
+    assert out["calibration_fit_s_by_channels"]["17"] == out["calibration_fit_s"]
+    assert out["calibration_data"]["decoder_channels"] == 64
     assert all(v > 0 for v in out["score_ms"].values())
-    assert "random-init" in out["encoder"]
+    assert out["encoder"] == str(encoder)  # --encoder: ATM-S-FC on the 64 channels
     assert out["calibration_data"]["labelling"] == "extremes"

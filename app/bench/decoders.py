@@ -1,7 +1,8 @@
 """Decoder figures: calibration fit time, scoring latency, CLIP retrieval, brain-model F1.
 
 - calibration_fit_s: time to fit each classifier (protocol settings) on 100 epochs of
-  17 x 250 simulated by the brain model (ATM channels, 250 Hz, baseline-corrected).
+  17 x 250 simulated by the brain model (ATM channels, 250 Hz, baseline-corrected);
+  calibration_fit_s_by_channels gives it for the decoders' own channels too.
 - score_ms: predict_proba on one epoch, median (and p95) of --score-repeats calls.
 - synthetic_retrieval_top1_200way: `eegs train-encoder --synthetic` run in-process
   (1000 training images x 4 repetitions of 17 x 250, each EEG trial a noisy linear
@@ -9,15 +10,21 @@
   wall-clock budget; top-1 on 200 held-out images, repetitions averaged (chance 0.5 %).
 - brain_model_f1_avg: 100 procedural images labelled by the brain model's hidden
   (oracle) valence, one epoch each, stratified k-fold repeated with seeds; macro F1
-  (mean of F1-Amuse and F1-Sad) over folds. --labels says how the images are labelled:
+  (mean of F1-Amuse and F1-Sad) over folds. The decoders read the protocol's
+  decoder.channels: by default every channel of the brain model's 64-channel montage,
+  as the loop's calibration decoder does; brain_model_f1.by_channels also gives the
+  figure on the 17 occipito-parietal ATM-S channels alone (--no-17ch skips it).
+  --labels says how the images are labelled:
   "extremes" (default) builds the set like a labelled affective set (ArtPhoto, EmoSet),
   whose images were chosen because they clearly evoke one emotion: of --pool candidate
   images the 50 of highest valence are amusement and the 50 of lowest sadness.
   "median" splits 100 images at their median valence, so most lie near neutral.
   The headline figure uses --labels; brain_model_f1.by_labelling gives both (first SNR).
 
-ATM-S-FC uses a randomly initialised frozen encoder unless the protocol names a
-checkpoint: it is then a random-feature model (no pretrained ATM-S weights ship).
+ATM-S-FC uses a randomly initialised frozen encoder unless the protocol (or --encoder)
+names a checkpoint: it is then a random-feature model (no pretrained ATM-S weights
+ship). `eegs train-encoder --brain-model SUBJECT...` pretrains one on other simulated
+subjects, the stand-in for the poster's THINGS-EEG2-pretrained encoder.
 """
 
 from __future__ import annotations
@@ -41,6 +48,13 @@ LABELLINGS = ("extremes", "median")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options."""
     p.add_argument("--protocol", type=Path, default=None, metavar="FILE", help="protocol file")
+    p.add_argument(
+        "--encoder",
+        type=Path,
+        metavar="FILE",
+        help="ATM-S checkpoint for ATM-S-FC (decoder.encoder_checkpoint), e.g. one made by "
+        "`eegs train-encoder --brain-model` on other simulated subjects",
+    )
     p.add_argument(
         "--snr",
         type=float,
@@ -77,6 +91,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrieval-epochs", type=int, default=30, help="upper bound on epochs")
     p.add_argument("--skip-retrieval", action="store_true")
     p.add_argument("--skip-f1", action="store_true")
+    p.add_argument(
+        "--no-17ch",
+        action="store_true",
+        help="skip the F1 figure on the 17 ATM-S channels (when the decoders read others)",
+    )
 
 
 def brain_model_set(
@@ -88,17 +107,18 @@ def brain_model_set(
     labels: str = "extremes",
     pool: int = 300,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(X (n, 17, 250) µV, y, info): n labelled procedural images, one epoch each.
+    """(X (n, 64, 250) µV, y, info): n labelled procedural images, one epoch each.
 
     ``labels="extremes"`` builds the set the way a labelled affective set (ArtPhoto,
     EmoSet) is built: images are picked because they clearly evoke one emotion, so of
     ``pool`` candidate images the n/2 of highest oracle valence are amusement (1) and
     the n/2 of lowest are sadness (0). ``labels="median"`` renders n images and splits
     them at the median valence: most lie near neutral, a much harder, less realistic set.
-    The epochs are simulated in a shuffled presentation order and baseline-corrected.
+    The epochs are simulated on the brain model's 64 channels (``info["ch_names"]``)
+    in a shuffled presentation order and baseline-corrected.
     """
     from models.backends.procedural import ProceduralRenderer, sample_parameters
-    from models.brain_response import ATM_CHANNELS, DEFAULT_SNR, BrainModel
+    from models.brain_response import DEFAULT_SNR, BrainModel
     from models.classifiers import crop_window
 
     if labels not in LABELLINGS:
@@ -109,7 +129,7 @@ def brain_model_set(
     params = sample_parameters(n_draw, rng)
     rgb = ProceduralRenderer(128).render(params, rng.integers(0, 2**31, n_draw))
     images = list((rgb * 255 + 0.5).astype(np.uint8))
-    model = BrainModel(subject, sfreq=250.0, ch_names=list(ATM_CHANNELS), snr=snr)
+    model = BrainModel(subject, sfreq=250.0, snr=snr)
     valence = np.array([model.affect(im)[0] for im in images])
     order = np.argsort(valence, kind="stable")
     if labels == "median":
@@ -136,7 +156,7 @@ def brain_model_set(
     info = {
         "subject": subject,
         "snr": snr,
-        "channels": len(ATM_CHANNELS),
+        "ch_names": list(model.ch_names),
         "sfreq": 250.0,
         "n_epochs": n,
         "labelling": labels,
@@ -248,7 +268,8 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from experiment_protocols import load_protocol
-    from models.brain_response import DEFAULT_SNR
+    from models.brain_response import ATM_CHANNELS, DEFAULT_SNR
+    from models.classifiers import pick_channels
 
     protocol = load_protocol(args.protocol)
     dec = protocol.decoder
@@ -258,6 +279,8 @@ def run(args: argparse.Namespace) -> dict:
         dec.evaluation.seeds = [int(s) for s in args.seeds.split(",")]
     if args.train_epochs is not None:
         dec.atms_fc.epochs = dec.eegnet.epochs = args.train_epochs
+    if args.encoder is not None:
+        dec.encoder_checkpoint = str(args.encoder)
     if dec.threads:
         torch.set_num_threads(dec.threads)
     settings = dec.model_dump()
@@ -268,41 +291,65 @@ def run(args: argparse.Namespace) -> dict:
         "torch_threads": torch.get_num_threads(),
         "encoder": dec.encoder_checkpoint or "random-init (ATM-S-FC is a random-feature model)",
     }
-    X, y, info = brain_model_set(
-        args.n_epochs, args.subject, snrs[0], labels=args.labels, pool=args.pool
+
+    def sets(labels: str, snr: float) -> tuple[dict[str, tuple], dict[str, Any]]:
+        """The decoders' view and the 17-channel view of one simulated set."""
+        n, subject, pool = args.n_epochs, args.subject, args.pool
+        X, y, info = brain_model_set(n, subject, snr, labels=labels, pool=pool)
+        names = info["ch_names"]
+        views = {"decoder": (pick_channels(X, names, dec.channels)[0], y)}
+        views["atm17"] = (pick_channels(X, names, ATM_CHANNELS)[0], y)
+        return views, info
+
+    views, info = sets(args.labels, snrs[0])
+    channels = list(dec.channels) or info.pop("ch_names")
+    info.pop("ch_names", None)
+    info["decoder_channels"] = len(channels)
+    # an encoder checkpoint is made for the decoders' channels; the 17-channel figures
+    # then use a random-init encoder of that shape (the timing does not depend on weights)
+    dec17 = (
+        dec
+        if len(channels) == len(ATM_CHANNELS)
+        else dec.model_copy(update={"encoder_checkpoint": ""})
     )
-    fit_s, score_med, score_p95 = _timings(X, y, settings, args.score_repeats)
+    fit_by, score_by, p95_by = {}, {}, {}
+    for name, (X, y) in views.items():
+        key = str(X.shape[1])
+        view_settings = settings if name == "decoder" else dec17.model_dump()
+        fit_by[key], score_by[key], p95_by[key] = _timings(X, y, view_settings, args.score_repeats)
+    n17 = str(len(ATM_CHANNELS))
     result.update(
-        calibration_fit_s=fit_s, score_ms=score_med, score_ms_p95=score_p95, calibration_data=info
+        calibration_fit_s=fit_by[n17],
+        score_ms=score_by[n17],
+        score_ms_p95=p95_by[n17],
+        calibration_fit_s_by_channels=fit_by,
+        score_ms_by_channels=score_by,
+        calibration_data=info,
     )
     if not args.skip_retrieval:
         ret = _retrieval(args, dec.encoder_training)
         result["synthetic_retrieval_top1_200way"] = ret["top1"]
         result["synthetic_retrieval"] = ret
     if not args.skip_f1:
-        by_snr = {}
-        for snr in snrs:
-            Xs, ys, _ = (
-                (X, y, info)
-                if snr == snrs[0]
-                else brain_model_set(
-                    args.n_epochs, args.subject, snr, labels=args.labels, pool=args.pool
-                )
-            )
-            by_snr[str(snr)] = _f1(Xs, ys, dec)
+        by_snr = {str(snrs[0]): _f1(*views["decoder"], dec)}
+        for snr in snrs[1:]:
+            by_snr[str(snr)] = _f1(*sets(args.labels, snr)[0]["decoder"], dec)
         first = by_snr[str(snrs[0])]
         by_labelling = {args.labels: {"data": info, "f1": first}}
         if not args.single_labelling:
             for other in LABELLINGS:
                 if other != args.labels:
-                    Xo, yo, io = brain_model_set(
-                        args.n_epochs, args.subject, snrs[0], labels=other, pool=args.pool
-                    )
-                    by_labelling[other] = {"data": io, "f1": _f1(Xo, yo, dec)}
+                    other_views, other_info = sets(other, snrs[0])
+                    f1 = _f1(*other_views["decoder"], dec)
+                    by_labelling[other] = {"data": other_info, "f1": f1}
+        by_channels = {str(len(channels)): first}
+        if not args.no_17ch and len(channels) != len(ATM_CHANNELS):
+            by_channels[n17] = _f1(*views["atm17"], dec17)
         result["brain_model_f1_avg"] = {k: first[k]["mean"] for k in KINDS}
         result["brain_model_f1"] = {
             "labelling": args.labels,
             "subject": args.subject,
+            "channels": channels if len(channels) <= 20 else f"all {len(channels)}",
             "snr": by_snr,
             "by_labelling": {
                 lab: {
@@ -313,6 +360,15 @@ def run(args: argparse.Namespace) -> dict:
                     "valence_mean": v["data"]["valence_mean"],
                 }
                 for lab, v in by_labelling.items()
+            },
+            "by_channels": {
+                n: {
+                    "f1_avg": {k: v[k]["mean"] for k in KINDS},
+                    "f1": v,
+                    "atms_encoder": (dec if n == str(len(channels)) else dec17).encoder_checkpoint
+                    or "random-init",
+                }
+                for n, v in by_channels.items()
             },
             "protocol": f"stratified {dec.evaluation.folds}-fold x seeds {dec.evaluation.seeds}",
             "default_snr": DEFAULT_SNR,

@@ -11,9 +11,14 @@ Data, one of:
   dict with "img_features" read with weights_only=True); optional ``--test-eeg`` and
   ``--test-embeddings``, otherwise images are held out;
 - ``--synthetic``: EEG that is a noisy linear function of random embeddings, to check
-  the pipeline and measure how fast it learns.
+  the pipeline and measure how fast it learns;
+- ``--brain-model SUBJECT...``: procedural images shown once each to simulated subjects
+  of the brain model (:mod:`models.brain_model_pairs`), the stand-in for THINGS-EEG2 that
+  pretrains the frozen encoder of ATM-S-FC; pick subjects other than those the decoder
+  is tested on. Channels: decoder.channels (all 64 when empty).
 
-Epochs are cropped to decoder.window_s (ATM-S: 0-1 s = 250 samples at 250 Hz). Every
+Epochs are cropped to decoder.window_s (ATM-S: 0-1 s = 250 samples at 250 Hz) and, from
+sessions and the brain model, keep decoder.channels (all when it is empty). Every
 epoch writes OUT/checkpoint.pt (weights, optimiser, history; read back with
 weights_only=True), OUT/encoder.safetensors (the latest encoder, for
 decoder.encoder_checkpoint) and OUT/best.safetensors (best held-out top-1), and
@@ -54,6 +59,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="training EEG: images x repetitions x channels x samples",
     )
     src.add_argument("--synthetic", action="store_true", help="synthetic pairs (pipeline check)")
+    src.add_argument(
+        "--brain-model",
+        type=int,
+        nargs="+",
+        metavar="SUBJECT",
+        help="pairs simulated by these brain-model subjects (pretraining for ATM-S-FC)",
+    )
+    p.add_argument(
+        "--brain-model-images",
+        type=int,
+        default=600,
+        metavar="N",
+        help="images per --brain-model subject (one trial each; holdout_images held out)",
+    )
     p.add_argument(
         "--image-embeddings",
         type=Path,
@@ -189,9 +208,9 @@ def _split_images(pairs, n_holdout: int, seed: int):
     return subset(~is_test), subset(is_test)
 
 
-def _session_pairs(sessions: list[Path], emb_file: Path | None, window):
+def _session_pairs(sessions: list[Path], emb_file: Path | None, window, channels=()):
     from app.commands.evaluate import read_session_epochs
-    from models.classifiers import ClassifierError, crop_window
+    from models.classifiers import ClassifierError, crop_window, pick_channels
     from models.clip_training import PairedEEG
     from workers.errors import InputError
 
@@ -222,6 +241,7 @@ def _session_pairs(sessions: list[Path], emb_file: Path | None, window):
                 continue
             try:
                 x = crop_window(ep.data, float(ep.meta["sfreq"]), float(ep.meta["tmin"]), window)
+                x = pick_channels(x, ep.meta.get("ch_names"), list(channels))[0]
             except ClassifierError as err:
                 raise InputError(f"{session}, trial {ep.trial_id}: {err}") from None
             if shape is not None and x.shape != shape:
@@ -252,6 +272,26 @@ def load_pairs(args: argparse.Namespace, training) -> tuple[Any, Any, dict[str, 
             "repetitions": args.synthetic_repetitions,
         }
         return train, test, desc
+    if args.brain_model:
+        from models.brain_model_pairs import brain_model_pairs
+
+        if args.brain_model_images < 1:
+            raise InputError(f"--brain-model-images must be >= 1; got {args.brain_model_images}")
+        pairs, names = brain_model_pairs(
+            args.brain_model,
+            args.brain_model_images,
+            channels=args._channels,
+            window_s=tuple(window),
+            seed=args.seed,
+        )
+        train, test = _split_images(pairs, training.holdout_images, args.seed)
+        desc = {
+            "source": "brain-model",
+            "subjects": list(args.brain_model),
+            "images_per_subject": args.brain_model_images,
+            "channels": names,
+        }
+        return train, test, desc
     if args.eeg is not None:
         if args.embeddings is None:
             raise InputError("--eeg needs --embeddings")
@@ -271,7 +311,7 @@ def load_pairs(args: argparse.Namespace, training) -> tuple[Any, Any, dict[str, 
         else:
             train, test = _split_images(train, training.holdout_images, args.seed)
         return train, test, {"source": "arrays", "eeg": str(args.eeg)}
-    pairs = _session_pairs(args.session, args.image_embeddings, window)
+    pairs = _session_pairs(args.session, args.image_embeddings, window, args._channels)
     train, test = _split_images(pairs, training.holdout_images, args.seed)
     return train, test, {"source": "sessions", "sessions": [str(s) for s in args.session]}
 
@@ -444,6 +484,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, opt) is not None:
             setattr(training, key, getattr(args, opt))
     args._window = dec.window_s
+    args._channels = list(dec.channels)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
