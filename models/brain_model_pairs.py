@@ -35,6 +35,31 @@ def lift(embeddings: np.ndarray, dim: int = EMBED_DIM) -> np.ndarray:
     return (e @ q[:, : e.shape[1]].T).astype(np.float32)
 
 
+def procedural_images(n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` random procedural images (128 x 128 RGB uint8), drawn from ``rng``."""
+    from models.backends.procedural import ProceduralRenderer, sample_parameters
+
+    params = sample_parameters(n, rng)
+    rgb = ProceduralRenderer(128).render(params, rng.integers(0, 2**31, n))
+    return list((rgb * 255 + 0.5).astype(np.uint8))
+
+
+def decoder_epochs(
+    model, images: Sequence[np.ndarray], seed: int, window_s: tuple[float, float] = (0.0, 1.0)
+) -> np.ndarray:
+    """Epochs of ``images`` shown to ``model`` as the decoders get them, float32 µV.
+
+    One continuous simulated stream, epochs cut at -0.2-1.0 s like ``eegs acquire``,
+    baseline-corrected on -0.2-0 s and cropped to ``window_s``; every channel of the model.
+    """
+    from models.classifiers import crop_window
+
+    X = model.simulate_epochs(list(images), tmin=_TMIN, tmax=_TMAX, seed=seed)
+    n_base = int(round(-_TMIN * model.sfreq))
+    X = X - X[:, :, : n_base + 1].mean(axis=2, keepdims=True)
+    return crop_window(X, model.sfreq, _TMIN, window_s).astype(np.float32)
+
+
 def brain_model_pairs(
     subjects: Sequence[int],
     n_images: int,
@@ -52,27 +77,20 @@ def brain_model_pairs(
     ``window_s`` and reduced to ``channels`` (every channel of the 64-channel montage
     when empty), as the decoders get them.
     """
-    from models.backends.procedural import ProceduralBackend, ProceduralRenderer, sample_parameters
+    from models.backends.procedural import ProceduralBackend
     from models.brain_response import DEFAULT_SNR, BrainModel
-    from models.classifiers import crop_window, pick_channels
+    from models.classifiers import pick_channels
 
     if not subjects or n_images < 1:
         raise ValueError("brain_model_pairs needs at least one subject and one image")
     features = ProceduralBackend(size=128)  # the live backend's embedding space
     eeg, embeddings, names = [], [], None
     for subject in subjects:
-        rng = np.random.default_rng([seed, subject, 7919])
-        params = sample_parameters(n_images, rng)
-        rgb = ProceduralRenderer(128).render(params, rng.integers(0, 2**31, n_images))
-        images = list((rgb * 255 + 0.5).astype(np.uint8))
+        images = procedural_images(n_images, np.random.default_rng([seed, subject, 7919]))
         model = BrainModel(subject, sfreq=sfreq, snr=DEFAULT_SNR if snr is None else snr)
-        X = model.simulate_epochs(images, tmin=_TMIN, tmax=_TMAX, seed=seed * 100_003 + subject)
-        n_base = int(round(-_TMIN * sfreq))
-        X = X - X[:, :, : n_base + 1].mean(axis=2, keepdims=True)
-        X, names = pick_channels(
-            crop_window(X, sfreq, _TMIN, window_s), list(model.ch_names), list(channels)
-        )
-        eeg.append(X.astype(np.float32))
+        X = decoder_epochs(model, images, seed * 100_003 + subject, window_s)
+        X, names = pick_channels(X, list(model.ch_names), list(channels))
+        eeg.append(X)
         embeddings.append(features.embed([Image.fromarray(im) for im in images]))
     emb = lift(np.concatenate(embeddings))
     pairs = PairedEEG(np.concatenate(eeg), np.arange(len(emb)), emb)

@@ -117,18 +117,15 @@ def brain_model_set(
     The epochs are simulated on the brain model's 64 channels (``info["ch_names"]``)
     in a shuffled presentation order and baseline-corrected.
     """
-    from models.backends.procedural import ProceduralRenderer, sample_parameters
+    from models.brain_model_pairs import decoder_epochs, procedural_images
     from models.brain_response import DEFAULT_SNR, BrainModel
-    from models.classifiers import crop_window
 
     if labels not in LABELLINGS:
         raise ValueError(f"labels must be one of {LABELLINGS}; got {labels!r}")
     n_draw = n if labels == "median" else max(int(pool), n)
     snr = DEFAULT_SNR if snr is None else snr
     rng = np.random.default_rng([subject, seed])
-    params = sample_parameters(n_draw, rng)
-    rgb = ProceduralRenderer(128).render(params, rng.integers(0, 2**31, n_draw))
-    images = list((rgb * 255 + 0.5).astype(np.uint8))
+    images = procedural_images(n_draw, rng)
     model = BrainModel(subject, sfreq=250.0, snr=snr)
     valence = np.array([model.affect(im)[0] for im in images])
     order = np.argsort(valence, kind="stable")
@@ -147,11 +144,7 @@ def brain_model_set(
             f"oracle valence extremes of a pool of {n_draw} images: "
             f"{n - n_sad} highest = amusement, {n_sad} lowest = sadness"
         )
-    tmin = -0.2
-    epochs = model.simulate_epochs([images[i] for i in chosen], tmin=tmin, tmax=1.0, seed=seed)
-    n_base = int(round(-tmin * model.sfreq))
-    epochs = epochs - epochs[:, :, : n_base + 1].mean(axis=2, keepdims=True)
-    X = crop_window(epochs, model.sfreq, tmin, (0.0, 1.0)).astype(np.float32)
+    X = decoder_epochs(model, [images[i] for i in chosen], seed)
     v = valence[chosen]
     info = {
         "subject": subject,
