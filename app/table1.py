@@ -553,7 +553,9 @@ def reproduce(cfg: Config) -> dict[str, Any]:
             }
             for d, by in POSTER_TABLE1.items()
         },
-        "notes": notes_for(cfg.sessions, cfg.rounds, cfg.reward, classes, enc_source, channels),
+        "notes": notes_for(
+            cfg.sessions, cfg.rounds, cfg.reward, classes, enc_source, channels, dec.channels
+        ),
     }
     train = result["settings"]["train_epochs"]
     result["settings"]["train_epochs"] = (

@@ -226,8 +226,13 @@ def notes_for(
     classes: dict[str, tuple[str, str]],
     encoder_source: str,
     channels: list[str],
+    named: list[str],
 ) -> list[str]:
-    """Plain statements of what was compared, printed under the table."""
+    """Plain statements of what was compared, printed under the table.
+
+    ``channels`` are the channels the decoders got, ``named`` the protocol's
+    ``decoder.channels`` that chose them ([] = all).
+    """
     target = classes[EEGS][1].removeprefix("high_")
     notes = [
         f"{BASELINE}: procedural images labelled by the pilot's normative rule (bright, "
@@ -275,7 +280,7 @@ def notes_for(
         "their EEG recorded fresh (new noise seeds); the loop's own epochs, whose noise "
         "made the EEGS labels, are never used for decoding.",
         f"Decoders: {len(channels)} channels (decoder.channels: "
-        f"{', '.join(channels) if len(channels) <= 20 else 'all of the brain model'}), "
+        f"{', '.join(named) or 'all of the brain model'}), "
         "0-1 s after onset, "
         "baseline-corrected (-0.2-0 s); not band-passed (the live acquisition filters "
         "0.5-40 Hz; these offline epochs are only baseline-corrected).",

@@ -276,7 +276,6 @@ def run(args: argparse.Namespace) -> dict:
         dec.encoder_checkpoint = str(args.encoder)
     if dec.threads:
         torch.set_num_threads(dec.threads)
-    settings = dec.model_dump()
     snrs = args.snr or [DEFAULT_SNR]
     result: dict[str, Any] = {
         "benchmark": "decoders",
@@ -289,27 +288,27 @@ def run(args: argparse.Namespace) -> dict:
         """The decoders' view and the 17-channel view of one simulated set."""
         n, subject, pool = args.n_epochs, args.subject, args.pool
         X, y, info = brain_model_set(n, subject, snr, labels=labels, pool=pool)
-        names = info["ch_names"]
+        names = info.pop("ch_names")
         views = {"decoder": (pick_channels(X, names, dec.channels)[0], y)}
         views["atm17"] = (pick_channels(X, names, ATM_CHANNELS)[0], y)
         return views, info
 
     views, info = sets(args.labels, snrs[0])
-    channels = list(dec.channels) or info.pop("ch_names")
-    info.pop("ch_names", None)
-    info["decoder_channels"] = len(channels)
+    n_channels = views["decoder"][0].shape[1]
+    info["decoder_channels"] = n_channels
     # an encoder checkpoint is made for the decoders' channels; the 17-channel figures
     # then use a random-init encoder of that shape (the timing does not depend on weights)
-    dec17 = (
-        dec
-        if len(channels) == len(ATM_CHANNELS)
-        else dec.model_copy(update={"encoder_checkpoint": ""})
-    )
+    decoders = {
+        "decoder": dec,
+        "atm17": dec
+        if n_channels == len(ATM_CHANNELS)
+        else dec.model_copy(update={"encoder_checkpoint": ""}),
+    }
     fit_by, score_by, p95_by = {}, {}, {}
     for name, (X, y) in views.items():
         key = str(X.shape[1])
-        view_settings = settings if name == "decoder" else dec17.model_dump()
-        fit_by[key], score_by[key], p95_by[key] = _timings(X, y, view_settings, args.score_repeats)
+        settings = decoders[name].model_dump()
+        fit_by[key], score_by[key], p95_by[key] = _timings(X, y, settings, args.score_repeats)
     n17 = str(len(ATM_CHANNELS))
     result.update(
         calibration_fit_s=fit_by[n17],
@@ -335,14 +334,14 @@ def run(args: argparse.Namespace) -> dict:
                     other_views, other_info = sets(other, snrs[0])
                     f1 = _f1(*other_views["decoder"], dec)
                     by_labelling[other] = {"data": other_info, "f1": f1}
-        by_channels = {str(len(channels)): first}
-        if not args.no_17ch and len(channels) != len(ATM_CHANNELS):
-            by_channels[n17] = _f1(*views["atm17"], dec17)
+        by_channels = {str(n_channels): (first, dec)}
+        if not args.no_17ch and n_channels != len(ATM_CHANNELS):
+            by_channels[n17] = (_f1(*views["atm17"], decoders["atm17"]), decoders["atm17"])
         result["brain_model_f1_avg"] = {k: first[k]["mean"] for k in KINDS}
         result["brain_model_f1"] = {
             "labelling": args.labels,
             "subject": args.subject,
-            "channels": channels if len(channels) <= 20 else f"all {len(channels)}",
+            "channels": list(dec.channels) or f"all {n_channels}",
             "snr": by_snr,
             "by_labelling": {
                 lab: {
@@ -358,10 +357,9 @@ def run(args: argparse.Namespace) -> dict:
                 n: {
                     "f1_avg": {k: v[k]["mean"] for k in KINDS},
                     "f1": v,
-                    "atms_encoder": (dec if n == str(len(channels)) else dec17).encoder_checkpoint
-                    or "random-init",
+                    "atms_encoder": d.encoder_checkpoint or "random-init",
                 }
-                for n, v in by_channels.items()
+                for n, (v, d) in by_channels.items()
             },
             "protocol": f"stratified {dec.evaluation.folds}-fold x seeds {dec.evaluation.seeds}",
             "default_snr": DEFAULT_SNR,
