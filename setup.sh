@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up EEGS on a fresh machine: system packages (Xvfb and OpenGL for the PsychoPy
-# window, needs root + apt), then .venv in the repository root with `eegs` installed.
+# window, needs root + apt), then .venv in the repository root with the exact versions of
+# requirements.lock (refresh it with scripts/refresh-lock.sh) and `eegs` installed, then an
+# import check of every heavy module, so that a broken install fails here, not at first use.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -30,6 +32,13 @@ done
 [[ -n $py ]] || { echo "setup.sh: Python 3.11 or 3.12 is required" >&2; exit 1; }
 
 [[ -x .venv/bin/python ]] || "$py" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
-.venv/bin/python -m pip check
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+"${pip[@]}" install -q -r requirements.lock
+"${pip[@]}" install -q --no-deps --no-build-isolation -e .
+"${pip[@]}" check
+if [[ -z ${DISPLAY:-} ]] && command -v xvfb-run >/dev/null 2>&1; then
+  xvfb-run -a -s "-screen 0 1024x768x24" .venv/bin/python -m app.install_check
+else
+  .venv/bin/python -m app.install_check
+fi
 echo "EEGS is set up: .venv/bin/eegs --help"
