@@ -109,6 +109,10 @@ def build_backend(protocol: Protocol, *, random_weights: bool = False) -> Backen
         from models.backends.pool import PoolBackend
 
         return PoolBackend(g.pool.folder, g.pool.cache_file, g.pool.extensions)
+    if not random_weights:
+        from models.backends.sdxl_weights import check_weights
+
+        check_weights(g.sdxl)  # before torch's model libraries load: one clear error
     from models.backends.sdxl import SDXLBackend
 
     if random_weights:

@@ -46,13 +46,20 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, embeddings: np.ndarray, seeds: Sequence[int]) -> list[Image.Image]:
-        """Render one image per embedding row with its noise seed, in one batched call."""
+        """Render one image per embedding row with its noise seed, in one batched call.
+
+        An entry is None where the backend could not make a valid image (the SDXL
+        backend's NaN or black output after one retry); a retry that used another seed
+        says so in the image's ``info["eegs_seed"]``.
+        """
 
     def warmup(self, batch: int = 1) -> None:  # noqa: B027 - optional hook
         """Run the models once, at the batch size of a round, so round 1 is not slow."""
         if self.can_generate:
             z = np.zeros((max(1, batch), self.embed_dim), np.float32)
-            self.embed(self.generate(z, list(range(max(1, batch)))))
+            images = [im for im in self.generate(z, list(range(max(1, batch)))) if im is not None]
+            if images:
+                self.embed(images)
 
     def describe(self) -> dict[str, object]:
         """Name, dimension and model ids, for logs and provenance."""

@@ -18,6 +18,7 @@ pipeline all go through it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,65 +28,20 @@ import torch
 from PIL import Image
 
 from models.backends.base import Backend, BackendUnavailableError
+from models.backends.sdxl_random import (
+    SDXL_SCHEDULER_CONFIG,
+    SDXL_TEXT_CONFIGS,
+    SDXL_UNET_CONFIG,
+    SDXL_VAE_CONFIG,
+    VIT_H_CONFIG,
+    random_ip_adapter_state_dict,
+    random_unet,
+)
+from models.backends.sdxl_weights import check_weights, fp16_variant, lightning_file
 
-#: SDXL base 1.0 ``unet/config.json`` (the Lightning UNets share it).
-SDXL_UNET_CONFIG: dict[str, Any] = {
-    "addition_embed_type": "text_time",
-    "addition_embed_type_num_heads": 64,
-    "addition_time_embed_dim": 256,
-    "attention_head_dim": [5, 10, 20],
-    "block_out_channels": [320, 640, 1280],
-    "cross_attention_dim": 2048,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "in_channels": 4,
-    "layers_per_block": 2,
-    "out_channels": 4,
-    "projection_class_embeddings_input_dim": 2816,
-    "sample_size": 128,
-    "transformer_layers_per_block": [1, 2, 10],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "use_linear_projection": True,
-}
-#: madebyollin/sdxl-vae-fp16-fix ``config.json``.
-SDXL_VAE_CONFIG: dict[str, Any] = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "sample_size": 512,
-    "scaling_factor": 0.13025,
-    "force_upcast": False,
-}
-#: SDXL base ``scheduler/scheduler_config.json`` with Lightning's trailing timesteps.
-SDXL_SCHEDULER_CONFIG: dict[str, Any] = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "steps_offset": 1,
-    "timestep_spacing": "trailing",
-}
-#: h94/IP-Adapter ``models/image_encoder/config.json`` (OpenCLIP ViT-H/14).
-VIT_H_CONFIG: dict[str, Any] = {
-    "hidden_size": 1280,
-    "intermediate_size": 5120,
-    "num_attention_heads": 16,
-    "num_hidden_layers": 32,
-    "patch_size": 14,
-    "image_size": 224,
-    "projection_dim": 1024,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-5,
-}
-
-
-def lightning_file(steps: int) -> str:
-    """File name of the SDXL-Lightning UNet for ``steps`` inference steps."""
-    return f"sdxl_lightning_{steps}step_unet.safetensors"
+logger = logging.getLogger("eegs.sdxl")
+#: Offset of the retry seed when an image comes out NaN or black.
+RETRY_SEED_OFFSET = 1_000_003
 
 
 def resolve_device(device: str) -> torch.device:
@@ -106,72 +62,6 @@ def resolve_dtype(device: torch.device, name: str) -> torch.dtype:
 
 
 # -- weights ----------------------------------------------------------------------------
-def _locate(source: str, filename: str, cache_dir: str | None = None) -> Path | None:
-    """A file of a local folder or of a Hub repo in the local cache, or None."""
-    local = Path(source).expanduser()
-    if local.is_dir():
-        path = local / filename
-        return path if path.is_file() else None
-    from huggingface_hub import try_to_load_from_cache
-
-    found = try_to_load_from_cache(source, filename, cache_dir=cache_dir)
-    return Path(found) if isinstance(found, str) else None
-
-
-def required_files(cfg) -> list[tuple[str, list[str], str]]:
-    """(source, acceptable file names, what it is) for every weight the backend needs."""
-    base = cfg.base
-
-    def weights(sub: str, stem: str) -> list[str]:
-        return [f"{sub}/{stem}.fp16.safetensors", f"{sub}/{stem}.safetensors"]
-
-    enc = cfg.image_encoder_subfolder
-    return [
-        (base, ["model_index.json"], "SDXL base layout"),
-        (base, ["unet/config.json"], "SDXL UNet config"),
-        (base, ["text_encoder/config.json"], "text encoder config"),
-        (base, weights("text_encoder", "model"), "text encoder weights"),
-        (base, ["text_encoder_2/config.json"], "text encoder 2 config"),
-        (base, weights("text_encoder_2", "model"), "text encoder 2 weights"),
-        (base, ["tokenizer/vocab.json"], "tokenizer"),
-        (base, ["tokenizer_2/vocab.json"], "tokenizer 2"),
-        (cfg.lightning, [lightning_file(cfg.diffusion_steps)], "SDXL-Lightning UNet"),
-        (cfg.vae, ["config.json"], "fp16-fix VAE config"),
-        (cfg.vae, ["diffusion_pytorch_model.safetensors"], "fp16-fix VAE weights"),
-        (cfg.ip_adapter, [cfg.ip_adapter_weight], "IP-Adapter ViT-H weights"),
-        (cfg.ip_adapter, [f"{enc}/config.json"], "ViT-H image encoder config"),
-        (cfg.ip_adapter, [f"{enc}/model.safetensors"], "ViT-H image encoder weights"),
-    ]
-
-
-def check_weights(cfg, cache_dir: str | None = None) -> dict[str, Path]:
-    """Find every weight file; raise one error that lists each missing file and its fetch.
-
-    ``cache_dir`` is the Hugging Face hub cache (None: the default, ``HF_HUB_CACHE``).
-    """
-    found: dict[str, Path] = {}
-    missing = []
-    for source, names, what in required_files(cfg):
-        paths = (_locate(source, n, cache_dir) for n in names)
-        path = next((p for p in paths if p is not None), None)
-        if path is None:
-            name = names[-1]
-            missing.append(
-                f"  - {what}: {source} :: {name}\n"
-                f"      fetch: huggingface-cli download {source} {name}"
-                + (f"   (or {names[0]})" if len(names) > 1 else "")
-            )
-        else:
-            found[f"{source}::{names[0]}"] = path
-    if missing:
-        raise BackendUnavailableError(
-            "SDXL backend: missing weight file(s) (looked in local folders and the Hugging "
-            "Face cache; set generation.sdxl.* to local paths, or fetch them on a machine "
-            "with internet access):\n" + "\n".join(missing)
-        )
-    return found
-
-
 def load_ip_adapter_file(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     """An IP-Adapter safetensors file as diffusers' two-part state dict."""
     from safetensors import safe_open
@@ -185,39 +75,40 @@ def load_ip_adapter_file(path: str | Path) -> dict[str, dict[str, torch.Tensor]]
     return state
 
 
-def random_ip_adapter_state_dict(
-    unet, image_embed_dim: int, generator: torch.Generator | None = None
-) -> dict[str, dict[str, torch.Tensor]]:
-    """A randomly initialised IP-Adapter (4 image tokens) matching ``unet``'s layout."""
-    cross = unet.config.cross_attention_dim
-    blocks = list(unet.config.block_out_channels)
+def load_unet(config_dir: Path, weights: Path, dtype: torch.dtype):
+    """The SDXL UNet from its config, holding the tensors of ``weights`` (Lightning).
 
-    def rnd(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) / np.sqrt(shape[-1])
+    Built on the meta device, then each tensor is read, cast and assigned in turn: the
+    host holds one copy of the weights, never a random initialisation.
+    """
+    from diffusers import UNet2DConditionModel
+    from safetensors import safe_open
 
-    state = {
-        "image_proj": {
-            "proj.weight": rnd(4 * cross, image_embed_dim),
-            "proj.bias": torch.zeros(4 * cross),
-            "norm.weight": torch.ones(cross),
-            "norm.bias": torch.zeros(cross),
-        },
-        "ip_adapter": {},
-    }
-    key = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            hidden = blocks[-1]
-        elif name.startswith("up_blocks"):
-            hidden = blocks[::-1][int(name[len("up_blocks.")])]
-        else:
-            hidden = blocks[int(name[len("down_blocks.")])]
-        state["ip_adapter"][f"{key}.to_k_ip.weight"] = rnd(hidden, cross)
-        state["ip_adapter"][f"{key}.to_v_ip.weight"] = rnd(hidden, cross)
-        key += 2
-    return state
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_dir))
+    with safe_open(str(weights), framework="pt", device="cpu") as fh:
+        state = {k: fh.get_tensor(k).to(dtype) for k in fh.keys()}  # noqa: SIM118
+    try:
+        unet.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise BackendUnavailableError(
+            f"{weights}: does not fit the SDXL UNet of {config_dir}: {err}"
+        ) from None
+    left = [n for n, t in (*unet.named_parameters(), *unet.named_buffers()) if t.is_meta]
+    if left:
+        raise BackendUnavailableError(f"{weights}: no tensors for {left[:5]} of the UNet")
+    return unet
+
+
+def is_valid_render(image: np.ndarray) -> bool:
+    """False for a non-finite or black render (the fp16 overflow failures)."""
+    return bool(np.isfinite(image).all() and float(image.max()) > 1.0 / 255)
+
+
+def _to_image(array: np.ndarray, seed: int) -> Image.Image:
+    image = Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8))
+    image.info["eegs_seed"] = seed
+    return image
 
 
 # -- the backend --------------------------------------------------------------------------
@@ -250,6 +141,7 @@ class SDXLBackend(Backend):
         self.embed_dim = int(image_encoder.config.projection_dim)
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
+        self.failed_images = 0  # renders dropped after a failed retry
 
     @classmethod
     def assemble(
@@ -314,20 +206,35 @@ class SDXLBackend(Backend):
 
     @classmethod
     def from_pretrained(
-        cls, cfg, device: str = "auto", dtype: str = "float16", compile: bool = False
+        cls,
+        cfg,
+        device: str = "auto",
+        dtype: str = "float16",
+        compile: bool = False,
+        steps: int | None = None,
     ) -> SDXLBackend:
-        """Load SDXL base + Lightning + fp16-fix VAE + IP-Adapter from local files only."""
-        from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
-        from safetensors.torch import load_file
+        """Load SDXL base + Lightning + fp16-fix VAE + IP-Adapter from local files only.
+
+        Every file is checked before diffusers or transformers is imported
+        (:func:`models.backends.sdxl_weights.check_weights`), so a missing file is one
+        clear error, not a traceback. The UNet is built on the meta device and takes the
+        Lightning file's tensors as they are read: no random full-size initialisation.
+        ``steps`` overrides the inference steps (default: the checkpoint's).
+        """
+        files = check_weights(cfg)
+        from diffusers import AutoencoderKL, StableDiffusionXLPipeline
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        files = check_weights(cfg)
         dev = resolve_device(device)
         dt = resolve_dtype(dev, dtype)
         local = {"local_files_only": cfg.local_files_only}
-        variant = "fp16" if any(".fp16." in str(p) for p in files.values()) else None
         text = StableDiffusionXLPipeline.from_pretrained(
-            cfg.base, unet=None, vae=None, torch_dtype=dt, variant=variant, **local
+            cfg.base,
+            unet=None,
+            vae=None,
+            torch_dtype=dt,
+            variant=fp16_variant(cfg, files),
+            **local,
         ).to(dev)
         with torch.no_grad():
             prompt_embeds, _, pooled, _ = text.encode_prompt(
@@ -335,25 +242,23 @@ class SDXLBackend(Backend):
             )
         scheduler_config = dict(text.scheduler.config)
         del text
-        unet = UNet2DConditionModel.from_config(
-            UNet2DConditionModel.load_config(cfg.base, subfolder="unet", **local)
-        )
         lightning = files[f"{cfg.lightning}::{lightning_file(cfg.diffusion_steps)}"]
-        unet.load_state_dict(load_file(str(lightning)))
+        unet = load_unet(files[f"{cfg.base}::unet/config.json"].parent, lightning, dt)
         vae = AutoencoderKL.from_pretrained(cfg.vae, torch_dtype=dt, **local)
         ip_file = files[f"{cfg.ip_adapter}::{cfg.ip_adapter_weight}"]
         encoder = CLIPVisionModelWithProjection.from_pretrained(
             cfg.ip_adapter, subfolder=cfg.image_encoder_subfolder, dtype=dt, **local
         )
+        side = int(encoder.config.image_size)
         return cls.assemble(
-            unet=unet.to(dt),
+            unet=unet,
             vae=vae,
             image_encoder=encoder,
-            image_processor=CLIPImageProcessor(),
+            image_processor=CLIPImageProcessor(size=side, crop_size=side),
             ip_adapter_state_dict=load_ip_adapter_file(ip_file),
             prompt_embeds=prompt_embeds,
             pooled_prompt_embeds=pooled,
-            steps=cfg.diffusion_steps,
+            steps=cfg.diffusion_steps if steps is None else steps,
             width=cfg.width,
             height=cfg.height,
             ip_adapter_scale=cfg.ip_adapter_scale,
@@ -374,30 +279,33 @@ class SDXLBackend(Backend):
     def random_full_size(
         cls, cfg, device: str = "auto", dtype: str = "float16", compile: bool = False, seed: int = 0
     ) -> SDXLBackend:
-        """Full-size SDXL UNet, VAE, ViT-H and IP-Adapter with RANDOM weights.
+        """Full-size SDXL UNet, VAE, ViT-H and IP-Adapter with RANDOM weights, in memory.
 
-        For timing on a machine without the weights: same shapes, same code path, same
-        FLOPs; the images are noise. Every provenance record says ``random-weights``.
+        For timing on a GPU without the weights: same shapes, same code path from
+        :meth:`assemble` on, same FLOPs; the images are noise. Every provenance record
+        says ``random-weights``. (``eegs bench generation --full-size`` also goes through
+        the files and :meth:`from_pretrained`.)
         """
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import AutoencoderKL
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
         dev = resolve_device(device)
         dt = resolve_dtype(dev, dtype)
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config(SDXL_UNET_CONFIG).to(dt)
+        unet = random_unet(SDXL_UNET_CONFIG, dt)
         vae = AutoencoderKL.from_config(SDXL_VAE_CONFIG).to(dt)
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_CONFIG)).to(dt)
         gen = torch.Generator().manual_seed(seed)
-        text_dim = SDXL_UNET_CONFIG["projection_class_embeddings_input_dim"] - 6 * 256
+        cross = sum(c["hidden_size"] for c in SDXL_TEXT_CONFIGS)
+        pooled = SDXL_TEXT_CONFIGS[1]["projection_dim"]
         return cls.assemble(
             unet=unet,
             vae=vae,
             image_encoder=encoder,
             image_processor=CLIPImageProcessor(),
             ip_adapter_state_dict=random_ip_adapter_state_dict(unet, 1024, gen),
-            prompt_embeds=torch.randn(1, 77, 2048, generator=gen) * 0.5,
-            pooled_prompt_embeds=torch.randn(1, text_dim, generator=gen) * 0.5,
+            prompt_embeds=torch.randn(1, 77, cross, generator=gen) * 0.5,
+            pooled_prompt_embeds=torch.randn(1, pooled, generator=gen) * 0.5,
             steps=cfg.diffusion_steps,
             width=cfg.width,
             height=cfg.height,
@@ -490,26 +398,67 @@ class SDXLBackend(Backend):
 
     # -- the interface ---------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, embeddings: np.ndarray, seeds: Sequence[int]) -> list[Image.Image]:
-        """One batched Lightning call: guidance 0, IP-Adapter embeddings, a seed per image."""
+    def generate(self, embeddings: np.ndarray, seeds: Sequence[int]) -> list[Image.Image | None]:
+        """One batched Lightning call: guidance 0, IP-Adapter embeddings, a seed per image.
+
+        An image that comes out non-finite or black (fp16 overflow) is logged and made
+        again once, with another seed and the VAE in float32; if that fails too, its
+        entry is None and it is never embedded or shown.
+        """
         n = len(seeds)
         if n != len(embeddings):
             raise ValueError(f"{len(embeddings)} embeddings but {n} seeds")
-        emb = torch.as_tensor(np.asarray(embeddings), dtype=self.dtype, device=self.device)
+        emb = np.asarray(embeddings)
+        arr = self._render(emb, seeds)
+        images: list[Image.Image | None] = [None] * n
+        bad = []
+        for i, a in enumerate(arr):
+            if is_valid_render(a):
+                images[i] = _to_image(a, int(seeds[i]))
+            else:
+                bad.append(i)
+        if bad:
+            retry = [int(seeds[i]) + RETRY_SEED_OFFSET for i in bad]
+            logger.warning(
+                "SDXL made %d invalid image(s) (NaN or black) for seed(s) %s; "
+                "retrying once with seed(s) %s and the VAE in float32",
+                len(bad), [int(seeds[i]) for i in bad], retry,
+            )  # fmt: skip
+            again = self._render(emb[bad], retry, vae_float32=True)
+            for i, seed, a in zip(bad, retry, again, strict=True):
+                if is_valid_render(a):
+                    images[i] = _to_image(a, seed)
+                else:
+                    self.failed_images += 1
+                    logger.error("SDXL image for seed %d is invalid again: dropped", seeds[i])
+        return images
+
+    def _render(self, emb: np.ndarray, seeds: Sequence[int], vae_float32: bool = False):
+        """The pipeline's float images (n, H, W, 3), NaN kept as NaN."""
+        n = len(seeds)
+        emb_t = torch.as_tensor(emb, dtype=self.dtype, device=self.device)
         generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
-        out = self.pipe(
-            prompt_embeds=self.prompt_embeds.expand(n, -1, -1),
-            pooled_prompt_embeds=self.pooled_prompt_embeds.expand(n, -1),
-            ip_adapter_image_embeds=[emb[:, None, :]],  # (B, 1, D): no CFG half
-            num_inference_steps=self.steps,
-            guidance_scale=0.0,
-            generator=generators,
-            height=self.height,
-            width=self.width,
-            output_type="np",
-        )
-        arr = np.nan_to_num(out.images, nan=0.0)
-        return [Image.fromarray((np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)) for a in arr]
+        vae = self.pipe.vae
+        upcast = vae_float32 and vae.dtype == torch.float16
+        force = vae.config.force_upcast
+        if upcast:  # the pipeline upcasts the VAE for decoding and casts it back after
+            vae.register_to_config(force_upcast=True)
+        try:
+            out = self.pipe(
+                prompt_embeds=self.prompt_embeds.expand(n, -1, -1),
+                pooled_prompt_embeds=self.pooled_prompt_embeds.expand(n, -1),
+                ip_adapter_image_embeds=[emb_t[:, None, :]],  # (B, 1, D): no CFG half
+                num_inference_steps=self.steps,
+                guidance_scale=0.0,
+                generator=generators,
+                height=self.height,
+                width=self.width,
+                output_type="np",
+            )
+        finally:
+            if upcast:
+                vae.register_to_config(force_upcast=force)
+        return np.asarray(out.images)
 
     @torch.no_grad()
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
