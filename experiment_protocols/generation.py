@@ -17,7 +17,7 @@ class _Section(BaseModel):
 
 
 class Heuristic(_Section):
-    """The heuristic generator of ARCHITECTURE.md section 3."""
+    """The heuristic generator of docs/architecture.md section 3."""
 
     initial_images: int = Field(8, ge=1, description="Round 0: random pool images shown.")
     n_parents: int = Field(4, ge=2, description="Parents kept per round (softmax sampling).")
@@ -31,6 +31,14 @@ class Heuristic(_Section):
         ge=0,
         description="Trust region: cap of one step's norm as a fraction of the median "
         "distance between observed embeddings; 0 = no cap (the prototype).",
+    )
+    refine_in: Literal["render", "embedding"] = Field(
+        "embedding",
+        description="Where the inner steps are taken. embedding: the steps move the "
+        "embeddings on the GP mean alone, then the images are generated and re-embedded "
+        "once per round (an SDXL round fits the 1 s after the last reward only this way; "
+        "eegs bench optimizer: same gain); render: every step generates the children's "
+        "images (one batch) and re-embeds them (the prototype; inner_steps backend calls).",
     )
     n_nearest: int = Field(2, ge=0, description="Nearest unseen pool images to the parents.")
     n_random: int = Field(2, ge=0, description="Random unseen pool images per round.")

@@ -1,6 +1,6 @@
 """The heuristic generator: evolves image embeddings towards higher EEG reward.
 
-ARCHITECTURE.md section 3, after the lab prototype. Round 0 is a random sample of the
+docs/architecture.md section 3, after the lab prototype. Round 0 is a random sample of the
 stimulus pool, even when earlier rewards exist (a calibration block's: they go into the
 GP and may be parents from round 1 on), so that the loop's gain is measured from it.
 Each later round:
@@ -11,9 +11,12 @@ Each later round:
    embeddings, giving two children;
 3. refinement, ``inner_steps`` times for all children at once: move each embedding up
    the gradient of the GP surrogate's posterior mean with step
-   ``eta_k = eta_0 / (1 + decay * k)``, generate the images in ONE batched backend call
-   (fixed noise seed per child), and re-embed them, so that every embedding is that of
-   an image that exists;
+   ``eta_k = eta_0 / (1 + decay * k)`` (norm capped by the trust region). With
+   ``refine_in = "render"`` (the prototype) every step generates the images in ONE
+   batched backend call (fixed noise seed per child) and re-embeds them, so that each
+   step starts from the embedding of an image that exists; with ``"embedding"`` the
+   steps stay in embedding space and the images are generated (one batched call) and
+   re-embedded once, after the last step;
 4. exploration: the unseen pool images nearest to the parents, and random unseen ones.
 
 The shown images' rewards are added to the GP (fitted on -reward when the protocol
@@ -250,33 +253,39 @@ class HeuristicGenerator:
         on_step: Callable[[int, list[Candidate]], None] = lambda k, c: None,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[Candidate]:
-        """K inner steps for all children at once: ascend, generate (one batch), re-embed.
+        """K inner steps for all children at once, up the GP posterior mean.
 
-        ``on_step(k, children)`` is called after each completed step (images ready);
-        ``should_stop()`` ends the refinement early (a deadline).
+        ``refine_in = "render"`` (the prototype): after each step, generate the images
+        (one batch) and re-embed them, so that the next step starts from the embedding
+        of an image that exists; ``on_step(k, children)`` is called after each step.
+        ``refine_in = "embedding"``: the K steps stay in embedding space (no image), then
+        ONE batched generate + embed; ``on_step`` is called once, with the steps taken.
+        A child's ``conditioning`` is the embedding its image was generated from, its
+        ``embedding`` that image's. ``should_stop()`` ends the refinement early (a
+        deadline), checked before each step; a refinement stopped before its first step
+        renders nothing. A selection-only backend ascends in embedding space and takes
+        the nearest unseen pool images.
         """
         if not children:
             return children
         E = np.stack([c.embedding for c in children]).astype(np.float64)
         seeds = [c.seed for c in children]
+        every_step = self.backend.can_generate and self.h.refine_in == "render"
+        steps = 0
         for k in range(self.h.inner_steps):
             if should_stop():
                 break
             E = self._step(E, k) if self.gp.fitted else E
-            if not self.backend.can_generate:
+            steps = k + 1
+            if every_step:
+                self._render(children, E, seeds, steps)
+                on_step(steps, children)
+            elif not self.backend.can_generate:
                 for c, e in zip(children, E, strict=True):
-                    c.embedding, c.inner_steps = e, k + 1
-                continue
-            t0 = time.perf_counter()
-            images = self.backend.generate(E.astype(np.float32), seeds)
-            t1 = time.perf_counter()
-            F = self.backend.embed(images)
-            self.timing.generate += t1 - t0
-            self.timing.embed += time.perf_counter() - t1
-            for c, im, e, f in zip(children, images, E, F, strict=True):
-                c.image, c.conditioning, c.embedding, c.inner_steps = im, e.copy(), f, k + 1
-            E = F.astype(np.float64)
-            on_step(k + 1, children)
+                    c.embedding, c.inner_steps = e, steps
+        if self.backend.can_generate and not every_step and steps:
+            self._render(children, E, seeds, steps)  # "embedding": the round's one render
+            on_step(steps, children)
         if not self.backend.can_generate:
             t0 = time.perf_counter()
             picks = self.pool.nearest_unseen(E, self.issued, len(children))
@@ -289,6 +298,29 @@ class HeuristicGenerator:
             self.timing.select += time.perf_counter() - t0
             on_step(self.h.inner_steps, children)
         return children
+
+    def _render(
+        self, children: list[Candidate], E: np.ndarray, seeds: list[int], steps: int
+    ) -> None:
+        """Generate the rows of ``E`` (one batched call), re-embed, give the children.
+
+        A render the backend could not make (None: NaN or black, retried once) is never
+        embedded: that child keeps its last image and embedding (or none: it is dropped).
+        A seed the backend changed (``info["eegs_seed"]``) replaces the child's. Rows of
+        ``E`` and entries of ``seeds`` are updated in place for the children rendered.
+        """
+        t0 = time.perf_counter()
+        images = self.backend.generate(E.astype(np.float32), seeds)
+        t1 = time.perf_counter()
+        made = [j for j, im in enumerate(images) if im is not None]
+        F = self.backend.embed([images[j] for j in made]) if made else []
+        self.timing.generate += t1 - t0
+        self.timing.embed += time.perf_counter() - t1
+        for j, f in zip(made, F, strict=True):
+            c, im = children[j], images[j]
+            c.seed = seeds[j] = int(im.info.get("eegs_seed", seeds[j]))
+            c.image, c.conditioning, c.embedding, c.inner_steps = im, E[j].copy(), f, steps
+            E[j] = f
 
     def explore(self, parents: list[int]) -> list[Candidate]:
         """Nearest unseen pool images to the parents, then random unseen ones."""

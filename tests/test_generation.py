@@ -21,8 +21,10 @@ def backend() -> ProceduralBackend:
 
 @pytest.fixture(scope="module")
 def settings():
+    """The prototype's schedule (a render per inner step), which these tests follow."""
     g = load_protocol().generation
     g.heuristic.inner_steps = 3
+    g.heuristic.refine_in = "render"
     g.gp.fit_iters = 30
     return g
 
@@ -144,10 +146,12 @@ def test_procedural_inner_loop_does_not_drift():
     assert np.linalg.norm(moved - own) < backend.anchor_radius
 
 
-def test_heuristic_rounds_raise_a_pixel_reward(backend, settings):
+@pytest.mark.parametrize("refine_in", ["render", "embedding"])
+def test_heuristic_rounds_raise_a_pixel_reward(backend, settings, refine_in):
     """Reward = mean brightness: real GP, real renders; children must beat round 0."""
     pool = procedural_pool(backend, 64, seed=1)
-    gen = HeuristicGenerator(settings.heuristic, settings.gp, backend, pool, seed=1)
+    h = settings.heuristic.model_copy(update={"refine_in": refine_in})
+    gen = HeuristicGenerator(h, settings.gp, backend, pool, seed=1)
 
     def brightness(im: Image.Image) -> float:
         return float(np.asarray(im.convert("L"), float).mean() / 255)
@@ -165,7 +169,8 @@ def test_heuristic_rounds_raise_a_pixel_reward(backend, settings):
             kinds = [c.kind for c in batch]
             assert kinds.count("child") == settings.heuristic.n_children
             assert {"nearest", "random"} <= set(kinds)
-            assert steps == [0, 1, 2, 3]  # exploration first, then each inner step
+            # exploration first, then each inner step's renders (or the one render)
+            assert steps == ([0, 1, 2, 3] if refine_in == "render" else [0, 3])
             child = [v for v, c in zip(values, batch, strict=True) if c.kind == "child"]
             child_means.append(np.mean(child))
             for c in batch:

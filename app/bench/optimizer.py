@@ -5,17 +5,29 @@ image by its hidden valence (the target affect: amusement = high valence). The r
 given to the generator is that valence mapped to [0, 1] plus Gaussian noise: a fast
 stand-in for EEG rewards used by this benchmark ALONE (the session loop never sees the
 oracle). The heuristic generator (procedural backend, the protocol's generation
-settings) runs round 0 + ``--rounds`` rounds; random search shows the same number of
-random renders per round. ``oracle_gain`` is last-round minus first-round mean oracle
-valence of the shown images, averaged over seeds; curves are the per-round means.
+settings) runs round 0 + ``--rounds`` rounds, once per ``--refine-in`` mode (render:
+generate + re-embed at every inner step; embedding: inner steps on the GP mean, one
+render per round), each mode on the same subject, pool and seeds, from the same backend
+state; random search shows the same number of random renders per round.
+
+``oracle_gain`` is last-round minus first-round mean oracle valence of the shown images,
+averaged over seeds (``heuristic``: the protocol's ``refine_in`` mode when it ran, else
+the one mode run); curves are the per-round means. ``summary`` gives every per-seed
+figure as mean, 95% t-interval over seeds and the share of seeds above 0, including
+the paired per-seed difference embedding minus render when both modes ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
+
+MODES = ("render", "embedding")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,6 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--protocol", default=None, metavar="FILE", help="protocol file")
     p.add_argument("--inner-steps", type=int, default=None, help="override heuristic.inner_steps")
+    p.add_argument(
+        "--refine-in",
+        choices=(*MODES, "both"),
+        default="both",
+        help="heuristic.refine_in mode(s) to run on the same subjects (default: both)",
+    )
 
 
 def _oracle(brain, images, target: str) -> np.ndarray:
@@ -42,12 +60,18 @@ def _to_reward(values: np.ndarray, target: str) -> np.ndarray:
     return (values + 1.0) / 2.0 if target == "valence" else values
 
 
-def run_heuristic(backend, pool, gen_settings, brain, target, rounds, noise, seed) -> list[float]:
-    """Per-round mean oracle affect of the images the heuristic generator shows."""
+def run_heuristic(
+    backend, pool, gen_settings, brain, target, rounds, noise, seed, heuristic=None
+) -> list[float]:
+    """Per-round mean oracle affect of the images the heuristic generator shows.
+
+    ``heuristic`` replaces ``gen_settings.heuristic`` (another ``refine_in``).
+    """
     from models.heuristic import HeuristicGenerator
 
+    h = gen_settings.heuristic if heuristic is None else heuristic
     rng = np.random.default_rng([seed, 7])
-    gen = HeuristicGenerator(gen_settings.heuristic, gen_settings.gp, backend, pool, seed=seed)
+    gen = HeuristicGenerator(h, gen_settings.gp, backend, pool, seed=seed)
     curve = []
     for _ in range(rounds + 1):
         batch = gen.next_round()
@@ -73,8 +97,41 @@ def run_random(backend, brain, target, sizes, seed) -> list[float]:
     return curve
 
 
+def _twin(backend):
+    """The procedural backend with its own copy of the anchors it has learnt so far.
+
+    Its only state that a run changes is the anchor table (``embed`` adds every render):
+    each run starts from a twin, so that runs on one subject start from the same state
+    and no run depends on the ones before (the fitted map and renderer are shared,
+    read-only; the renderer's noise cache is a pure cache).
+    """
+    twin = copy.copy(backend)
+    twin._anchors = OrderedDict(backend._anchors)
+    twin._lock = threading.Lock()
+    return twin
+
+
+def stats(values) -> dict:
+    """Mean, 95% t-interval over seeds, share of seeds > 0, SD (ddof 1) and n."""
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else 0.0
+    half = float(t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    ci = [round(mean - half, 4), round(mean + half, 4)] if n > 1 else None
+    return {
+        "mean": round(mean, 4),
+        "ci95": ci,
+        "share_gt_0": round(float((x > 0).mean()), 4),
+        "sd": round(sd, 4),
+        "n": n,
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Run both optimisers over the seeds and summarise."""
+    """Run the optimisers over the seeds and summarise."""
     import torch
 
     from experiment_protocols import load_protocol
@@ -85,37 +142,73 @@ def run(args: argparse.Namespace) -> dict:
     gen_settings = load_protocol(args.protocol).generation
     if args.inner_steps is not None:
         gen_settings.heuristic.inner_steps = args.inner_steps
+    refine_in = getattr(args, "refine_in", "both")
+    modes = list(MODES) if refine_in == "both" else [refine_in]
+    primary = gen_settings.heuristic.refine_in
+    primary = primary if primary in modes else modes[0]
+    settings = {m: gen_settings.heuristic.model_copy(update={"refine_in": m}) for m in modes}
+    h = gen_settings.heuristic
+    sizes = [h.initial_images] + [h.n_children + h.n_nearest + h.n_random] * args.rounds
     p = gen_settings.procedural
     t0 = time.perf_counter()
-    backend = ProceduralBackend(p.size, p.fit_samples, p.ridge_alpha, seed=gen_settings.seed)
-    heuristic_curves, random_curves, per_seed = [], [], []
+    fresh = ProceduralBackend(p.size, p.fit_samples, p.ridge_alpha, seed=gen_settings.seed)
+    curves: dict[str, list[list[float]]] = {m: [] for m in modes}
+    random_curves, per_seed = [], []
     for seed in range(args.seeds):
         brain = BrainModel(subject_seed=seed)
+        backend = _twin(fresh)
         pool = procedural_pool(backend, p.pool_size, seed=seed)
-        t_seed = time.perf_counter()
-        h = run_heuristic(
-            backend, pool, gen_settings, brain, args.target, args.rounds, args.noise, seed
-        )
-        h_s = time.perf_counter() - t_seed
-        sizes = [gen_settings.heuristic.initial_images] + [
-            gen_settings.heuristic.n_children
-            + gen_settings.heuristic.n_nearest
-            + gen_settings.heuristic.n_random
-        ] * args.rounds
+        by_mode = {}
+        for m in modes:
+            t_run = time.perf_counter()
+            c = run_heuristic(
+                _twin(backend),
+                pool,
+                gen_settings,
+                brain,
+                args.target,
+                args.rounds,
+                args.noise,
+                seed,
+                heuristic=settings[m],
+            )
+            curves[m].append(c)
+            by_mode[m] = {
+                "curve": [round(v, 4) for v in c],
+                "oracle_gain": round(c[-1] - c[0], 4),
+                "s": round(time.perf_counter() - t_run, 2),
+            }
         r = run_random(backend, brain, args.target, sizes, seed)
-        heuristic_curves.append(h)
         random_curves.append(r)
         per_seed.append(
             {
                 "subject_seed": seed,
-                "heuristic": [round(v, 4) for v in h],
+                "heuristic": by_mode[primary]["curve"],
                 "random": [round(v, 4) for v in r],
-                "heuristic_s": round(h_s, 2),
+                "heuristic_s": by_mode[primary]["s"],
+                "refine_in": by_mode,
             }
         )
-    H, R = np.asarray(heuristic_curves), np.asarray(random_curves)
-    gain_h = H[:, -1] - H[:, 0]
+    H = {m: np.asarray(curves[m]) for m in modes}
+    R = np.asarray(random_curves)
+    gain = {m: H[m][:, -1] - H[m][:, 0] for m in modes}
     gain_r = R[:, -1] - R[:, 0]
+    last_vs_random = {m: H[m][:, -1] - R[:, -1] for m in modes}
+    mean_1_on = {m: H[m][:, 1:].mean(1) for m in modes}
+    summary: dict[str, dict] = {
+        "oracle_gain": {**{m: stats(gain[m]) for m in modes}, "random": stats(gain_r)},
+        "last_round_minus_random": {m: stats(last_vs_random[m]) for m in modes},
+        "mean_over_rounds_1_on_minus_random": {
+            m: stats(mean_1_on[m] - R[:, 1:].mean(1)) for m in modes
+        },
+    }
+    if len(modes) == 2:
+        summary["embedding_minus_render"] = {
+            "oracle_gain": stats(gain["embedding"] - gain["render"]),
+            "last_round": stats(H["embedding"][:, -1] - H["render"][:, -1]),
+            "mean_over_rounds_1_on": stats(mean_1_on["embedding"] - mean_1_on["render"]),
+        }
+    Hp = H[primary]
     return {
         "benchmark": "optimizer",
         "reward": f"oracle {args.target} mapped to [0, 1] + N(0, {args.noise}) (benchmark only)",
@@ -123,23 +216,33 @@ def run(args: argparse.Namespace) -> dict:
         "seeds": args.seeds,
         "rounds": args.rounds,
         "images_per_round": sizes,
-        "inner_steps": gen_settings.heuristic.inner_steps,
+        "inner_steps": h.inner_steps,
+        "refine_in": modes,
+        "heuristic_is": primary,
         "oracle_gain": {
-            "heuristic": round(float(gain_h.mean()), 4),
+            "heuristic": round(float(gain[primary].mean()), 4),
             "random": round(float(gain_r.mean()), 4),
+            **{f"heuristic_{m}": round(float(gain[m].mean()), 4) for m in modes},
         },
         "oracle_gain_sd": {
-            "heuristic": round(float(gain_h.std()), 4),
+            "heuristic": round(float(gain[primary].std()), 4),
             "random": round(float(gain_r.std()), 4),
+            **{f"heuristic_{m}": round(float(gain[m].std()), 4) for m in modes},
         },
-        "last_round_minus_random": round(float((H[:, -1] - R[:, -1]).mean()), 4),
+        "last_round_minus_random": round(float((Hp[:, -1] - R[:, -1]).mean()), 4),
         "mean_over_rounds_1_on": {
-            "heuristic": round(float(H[:, 1:].mean()), 4),
+            "heuristic": round(float(Hp[:, 1:].mean()), 4),
             "random": round(float(R[:, 1:].mean()), 4),
+            **{f"heuristic_{m}": round(float(H[m][:, 1:].mean()), 4) for m in modes},
         },
+        "summary": summary,
         "curves_mean": {
-            "heuristic": [round(float(v), 4) for v in H.mean(0)],
+            "heuristic": [round(float(v), 4) for v in Hp.mean(0)],
             "random": [round(float(v), 4) for v in R.mean(0)],
+            **{f"heuristic_{m}": [round(float(v), 4) for v in H[m].mean(0)] for m in modes},
+        },
+        "heuristic_s_mean": {
+            m: round(float(np.mean([s["refine_in"][m]["s"] for s in per_seed])), 2) for m in modes
         },
         "per_seed": per_seed,
         "wall_s": round(time.perf_counter() - t0, 1),
