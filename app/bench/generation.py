@@ -1,30 +1,37 @@
 """Per-stage times of the generation worker's rounds, batched vs sequential, GP at 500 points.
 
 The worker (:class:`workers.generation.GenerationService`) runs in this process behind
-a real ZeroMQ ROUTER socket on loopback TCP; a DEALER client plays the session: for
-every image of a round it sends one synthetic epoch (17 ATM-S channels, 250 Hz, -0.2 to
-1.0 s) and gets its reward (semantic mode: a randomly initialised ATM-S encoder and a
-random target embedding, so "encode" is a real ATM-S forward pass), then asks for the
-next round. Rounds of 4 and of 8 images are measured after two warm-up rounds.
+a real ZeroMQ ROUTER socket on loopback TCP and plays its part of a session as the
+presentation drives it: for every image of a round one synthetic epoch (17 ATM-S
+channels, 250 Hz, -0.2 to 1.0 s) comes in, ``--trial-s`` apart, and gets its reward
+(semantic mode: a randomly initialised ATM-S encoder and a random target embedding, so
+"encode" is a real ATM-S forward pass); the request for the next round goes out, on a
+second socket, as the round's LAST image is shown (before its epoch), exactly when
+``eegs present`` sends it. Settings are the protocol's (``heuristic.inner_steps``,
+``heuristic.refine_in``, ``sdxl.diffusion_steps``) unless an option overrides them.
 
-Stages (ms): encode (ATM-S), reward (the rest of the reward call), gp_update
-(incremental Cholesky update with the new rewards), gp_gradient, generate, embed,
-select (pool images for exploration), serialise (PNG + message), transfer (ZeroMQ
-send/receive/decode, = client round trip minus the worker's time).
-``overhead_fraction`` = 1 - (encode + reward + GP + generate + embed) / (sum of the
-client's round trips for the round's epochs and its image request): everything that
-is not model or surrogate computation. ``batched_speedup_vs_sequential`` = time of the
-prototype's sequential schedule (each child refined alone: one image per backend call)
-over the batched schedule (all children in one call per inner step), same children,
-same seeds, same backend. ``gp_500_update_gradient_ms``: adding a round's 8 rewards
-to a fitted GP over 492 points in 1024-d (block Cholesky update) plus the posterior-mean
-gradient at 8 embeddings, median of 20; the hyperparameter refit happens in idle time
-and is reported apart.
+Each measured row is one closed-loop cycle of ``n`` images and says what it holds:
+``epochs_round`` (the round whose ``n`` epochs were rewarded) and ``request_round``
+(the round generated from those rewards). Stages (ms): encode (ATM-S), reward (the rest
+of the reward call), gp_update, gp_gradient, generate, embed, select, serialise,
+transfer (= the request's round trip minus the worker's time).
+``ready_after_last_reward_ms``: from the client receiving the last epoch's reward to
+the client holding the next round's batch, the time a participant would wait.
+``overhead_fraction`` = 1 - model and surrogate compute / the cycle's client time.
+``batched_speedup_vs_sequential`` = the prototype's schedule (each child refined alone)
+over the batched one, same children and seeds. ``gp_500_update_gradient_ms``: adding 8
+rewards to a fitted GP over 492 points in 1024-d plus the posterior-mean gradient at 8
+embeddings, median of 20.
 
 CPU (default): the procedural backend and a TINY randomly initialised SDXL pipeline
 (same ``sdxl`` backend code). ``--device cuda``: SDXL-Lightning from local weights, or
-with ``--random-weights`` the full-size SDXL UNet/VAE/ViT-H/IP-Adapter with RANDOM
-weights (same shapes and FLOPs, noise images), for timing without downloads.
+with ``--random-weights`` the full-size SDXL with RANDOM weights (same shapes and
+FLOPs, noise images). ``--full-size --random-weights`` (any device): the dry run of a
+lab's set-up: the real SDXL architecture with random weights is written in the Hub's
+file layout, loaded back through :meth:`SDXLBackend.from_pretrained` (the lab's code
+path) and renders one batch of 4; its phase times and peak RSS are in
+``full_size_dry_run``, and ``round_budget`` sets a round's generation cost against the
+trials it must hide behind.
 """
 
 from __future__ import annotations
@@ -44,14 +51,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--random-weights",
         action="store_true",
-        help="with --device cuda: full-size SDXL with RANDOM weights (timing only)",
+        help="sdxl: full-size SDXL with RANDOM weights (timing only)",
     )
-    p.add_argument("--steps", type=int, default=4, choices=(2, 4, 8), help="Lightning steps")
+    p.add_argument(
+        "--full-size",
+        action="store_true",
+        help="with --random-weights: dry run of the lab's load path (write, load, render)",
+    )
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        metavar="DIR",
+        help="--full-size: write the random weights here and keep them (default: a temp dir)",
+    )
+    p.add_argument(
+        "--dry-run-size", type=int, default=256, help="--full-size: image side of the render"
+    )
+    p.add_argument(
+        "--dry-run-steps", type=int, default=1, help="--full-size: Lightning steps of the render"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        choices=(2, 4, 8),
+        help="Lightning steps (default: the protocol's generation.sdxl.diffusion_steps)",
+    )
     p.add_argument(
         "--inner-steps",
         type=int,
-        default=1,
-        help="inner refinement steps per round (1 = one batched generation pass)",
+        default=None,
+        help="inner refinement steps per round (default: generation.heuristic.inner_steps)",
+    )
+    p.add_argument(
+        "--refine-in",
+        choices=("render", "embedding"),
+        default=None,
+        help="where the inner steps are taken (default: generation.heuristic.refine_in)",
     )
     p.add_argument("--size", type=int, default=1024, help="SDXL image side on cuda")
     p.add_argument("--trial-s", type=float, default=0.2, help="pause between epochs (s)")
@@ -98,14 +134,14 @@ def _stats(values: list[float]) -> float:
 
 
 def measure_backend(name, backend, pool, protocol, reward_fn, sizes, trial_s) -> dict:
-    """Two warm-up rounds, then one measured round per size, over real ZeroMQ."""
+    """Two warm-up cycles, then one measured cycle per size, over real ZeroMQ."""
     import socket
 
     import zmq
 
     from workers import transport
     from workers.generation import GenerationClient, GenerationService
-    from workers.messages import ErrorReply, ImageBatch, ImageRequest
+    from workers.messages import ErrorReply, ImageBatch, ImageRequest, encode
 
     service = GenerationService(protocol, backend, pool, reward_fn, store=None)
     with socket.socket() as s:
@@ -116,53 +152,78 @@ def measure_backend(name, backend, pool, protocol, reward_fn, sizes, trial_s) ->
     stop = threading.Event()
     thread = threading.Thread(target=service.serve, args=(router, None, stop.is_set), daemon=True)
     thread.start()
-    client = GenerationClient(endpoint)
+    epochs_client = GenerationClient(endpoint)  # the acquisition's side: epochs -> rewards
+    images_client = GenerationClient(endpoint)  # the presentation's side: image requests
     rng = np.random.default_rng(0)
     trial = 0
-    previous: list[int] = []
-    epochs: list = []
     out: dict[str, dict] = {}
+
+    def request(round_: int, n: int, trials: list[int]) -> None:
+        req = ImageRequest(
+            session="bench", block="closed_loop", round=round_, n_images=n, trials=trials
+        )
+        images_client.send_frames(encode(req))
+
+    def batch_of(round_: int) -> ImageBatch:
+        batch, _ = images_client.receive(timeout_s=1200)
+        if isinstance(batch, ErrorReply) or not isinstance(batch, ImageBatch):
+            raise RuntimeError(f"{name}: round {round_} failed: {batch}")
+        return batch
+
     try:
         plan = [("warmup", 8), ("warmup", 8)] + [("measure", n) for n in sizes]
-        for round_, (what, n) in enumerate(plan):
-            req = ImageRequest(
-                session="bench", block="closed_loop", round=round_, n_images=n, trials=previous
-            )
-            t0 = time.perf_counter()
-            batch, _ = client.request(req, timeout_s=600)
-            rtt_image = (time.perf_counter() - t0) * 1e3
-            if isinstance(batch, ErrorReply) or not isinstance(batch, ImageBatch):
-                raise RuntimeError(f"{name}: round {round_} failed: {batch}")
-            if what == "measure":
-                out[str(n)] = _round_figures(batch, rtt_image, epochs)
-            previous, epochs = [], []
-            for info in batch.images:
+        round_ = 0
+        request(round_, plan[0][1], [])
+        batch = batch_of(round_)
+        for what, n in plan:
+            # show `batch` (round `round_`): an epoch per image; the next round is asked
+            # for as the last image shows, and generated from these epochs' rewards
+            epochs, trials = [], []
+            if len(batch.images) != n:
+                request(round_ + 1, n, [])  # a round of the size this cycle measures
+                round_ += 1
+                batch = batch_of(round_)
+            for i, info in enumerate(batch.images):
                 time.sleep(trial_s)
+                if i == len(batch.images) - 1:
+                    request(round_ + 1, n, [*trials, trial])
                 msg, x = _epoch(trial, info.image_id, rng)
                 t0 = time.perf_counter()
-                reply, _ = client.request(msg, (x,), timeout_s=60)
-                epochs.append(((time.perf_counter() - t0) * 1e3, reply))
-                previous.append(trial)
+                reply, _ = epochs_client.request(msg, (x,), timeout_s=60)
+                t_reward = time.perf_counter()
+                epochs.append(((t_reward - t0) * 1e3, reply))
+                trials.append(trial)
                 trial += 1
+            t_request = t_reward
+            batch = batch_of(round_ + 1)
+            waited = (time.perf_counter() - t_request) * 1e3
+            if what == "measure":
+                out[str(n)] = {
+                    "epochs_round": round_,
+                    "request_round": round_ + 1,
+                    **_cycle_figures(batch, waited, epochs),
+                }
+            round_ += 1
         speed = service._executor.submit(_batched_vs_sequential, service.generator).result()
         refit_ms = service._executor.submit(_refit_ms, service.generator).result()
     finally:
         stop.set()
         thread.join(10)
-        client.close()
+        epochs_client.close()
+        images_client.close()
         router.close(0)
         service.close()
     return {"rounds": out, **speed, "gp_refit_ms": refit_ms, **backend.describe()}
 
 
-def _round_figures(batch, rtt_image: float, epochs: list) -> dict:
-    """Stage times of one round: its epochs' rewards, then its image request."""
+def _cycle_figures(batch, ready_after_last_reward: float, epochs: list) -> dict:
+    """Stage times of one cycle: a round's epochs and rewards, then the next round."""
     t = batch.timing_ms
     rtt_epochs = [r for r, _ in epochs]
     encode = [rep.details.get("encode_ms", 0.0) for _, rep in epochs]
     reward = [rep.compute_ms - e for (_, rep), e in zip(epochs, encode, strict=True)]
-    worker_ms = t["wait_rewards_ms"] + t["round_ms"] + t["serialise_ms"]
-    total = sum(rtt_epochs) + rtt_image
+    worker_after_reward = t["round_ms"] + t["serialise_ms"]
+    total = sum(rtt_epochs) + ready_after_last_reward
     compute = (
         sum(encode)
         + sum(reward)
@@ -182,12 +243,12 @@ def _round_figures(batch, rtt_image: float, epochs: list) -> dict:
             "embed": t["embed_ms"],
             "select": t["select_ms"],
             "serialise": t["serialise_ms"],
-            "transfer": round(rtt_image - worker_ms, 3),
+            "transfer": round(max(0.0, ready_after_last_reward - worker_after_reward), 3),
         },
         "epoch_round_trip_ms_median": _stats(rtt_epochs),
-        "image_request_round_trip_ms": round(rtt_image, 3),
-        "ready_after_last_reward_ms": round(rtt_image, 3),
-        "round_total_ms": round(total, 3),
+        "ready_after_last_reward_ms": round(ready_after_last_reward, 3),
+        "worker_round_ms": t["round_ms"],
+        "cycle_total_ms": round(total, 3),
         "overhead_fraction": round(1.0 - compute / total, 4) if total > 0 else None,
         "deadline_missed": batch.deadline_missed,
     }
@@ -261,6 +322,7 @@ def run(args: argparse.Namespace) -> dict:
     """Measure every backend and summarise."""
     import torch
 
+    from app.bench._sdxl_dry_run import dry_run, round_budget
     from experiment_protocols import load_protocol
     from models.atms import ATMS
     from models.backends.base import BackendUnavailableError
@@ -268,33 +330,61 @@ def run(args: argparse.Namespace) -> dict:
     from models.rewards import SemanticReward
     from workers.generation import GenerationError
 
+    if args.full_size and not args.random_weights:
+        raise GenerationError("--full-size is the random-weight dry run: add --random-weights")
     cuda = args.device.startswith("cuda")
     if not cuda:
         torch.set_num_threads(2)
     protocol = load_protocol(args.protocol)
-    protocol.generation.heuristic.inner_steps = args.inner_steps
-    protocol.generation.deadline_s = 600.0
-    protocol.generation.reward_wait_s = 30.0
-    protocol.generation.sdxl.diffusion_steps = args.steps
+    g = protocol.generation
+    if args.inner_steps is not None:
+        g.heuristic.inner_steps = args.inner_steps
+    if args.steps is not None:
+        g.sdxl.diffusion_steps = args.steps
+    if args.refine_in is not None:
+        g.heuristic.refine_in = args.refine_in
+    g.deadline_s = 600.0
+    g.reward_wait_s = 30.0
     encoder = ATMS().eval()
     target = np.random.default_rng(1).normal(size=encoder.config.embed_dim)
     reward_fn = SemanticReward(encoder, target, ATM_CHANNELS)
-    names = (args.backends or ("sdxl" if cuda else "procedural,sdxl-tiny")).split(",")
+    if args.backends:
+        names = args.backends.split(",")
+    elif cuda:
+        names = ["sdxl"]
+    else:
+        names = [] if args.full_size else ["procedural", "sdxl-tiny"]
+    gp = gp_500()
     result: dict = {
         "benchmark": "generation",
         "device": args.device,
-        "inner_steps": args.inner_steps,
-        "lightning_steps": args.steps,
+        "inner_steps": g.heuristic.inner_steps,
+        "refine_in": g.heuristic.refine_in,
+        "lightning_steps": g.sdxl.diffusion_steps,
         "reward": "semantic: random ATM-S encoder + random target (timing only)",
-        **gp_500(),
+        **gp,
         "backends": {},
     }
+    dry_backend = None
+    if args.full_size:
+        dry_backend, dry = dry_run(
+            protocol,
+            device=args.device,
+            dtype=g.dtype,
+            size=args.dry_run_size,
+            steps=args.dry_run_steps,
+            weights_dir=args.weights_dir,
+        )
+        result["full_size_dry_run"] = dry
+    else:
+        dry = None
+    result["round_budget"] = round_budget(protocol, gp["gp_500_gradient_ms"], dry)
     tmp = tempfile.TemporaryDirectory(prefix="eegs-bench-gen-")
     try:
         for name in names:
             t0 = time.perf_counter()
             try:
-                backend, pool = _build(name, args, protocol, Path(tmp.name))
+                backend, pool = _build(name, args, protocol, Path(tmp.name), dry_backend)
             except BackendUnavailableError as err:
                 raise GenerationError(f"backend {name}: {err}") from None
             load_s = time.perf_counter() - t0
@@ -304,24 +394,28 @@ def run(args: argparse.Namespace) -> dict:
                 res["image_size"] = args.size
                 res["weights"] = "RANDOM (timing only)" if args.random_weights else "pretrained"
                 res["device_name"] = torch.cuda.get_device_name() if cuda else "cpu"
+                if cuda:
+                    res["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
             result["backends"][name] = res
             del backend, pool
     finally:
         tmp.cleanup()
     b = result["backends"]
-    result["overhead_fraction"] = max(
-        r["overhead_fraction"] for v in b.values() for r in v["rounds"].values()
-    )
-    speedups = {k: v["batched_speedup_vs_sequential"] for k, v in b.items()}
-    result["batched_speedup_vs_sequential"] = speedups
-    if cuda:
+    if b:
+        result["overhead_fraction"] = max(
+            r["overhead_fraction"] for v in b.values() for r in v["rounds"].values()
+        )
+        result["batched_speedup_vs_sequential"] = {
+            k: v["batched_speedup_vs_sequential"] for k, v in b.items()
+        }
+    if "sdxl" in b:
         result["batch4_ready_after_last_reward_s"] = round(
             b["sdxl"]["rounds"]["4"]["ready_after_last_reward_ms"] / 1e3, 3
         )
     return result
 
 
-def _build(name: str, args, protocol, tmp: Path):
+def _build(name: str, args, protocol, tmp: Path, loaded=None):
     from models.backends.pool import ImagePool
 
     g = protocol.generation
@@ -333,12 +427,17 @@ def _build(name: str, args, protocol, tmp: Path):
         return backend, procedural_pool(backend, p.pool_size, seed=g.seed)
     from models.backends.sdxl import SDXLBackend
 
+    steps = g.sdxl.diffusion_steps
     if name == "sdxl-tiny":
-        backend = SDXLBackend.tiny_random(channels=(32, 64), layers=2, size=64, steps=args.steps)
+        backend = SDXLBackend.tiny_random(channels=(32, 64), layers=2, size=64, steps=steps)
         folder = _image_folder(tmp, 32, 64)
     elif name == "sdxl":
         g.sdxl.width = g.sdxl.height = args.size
-        if args.random_weights:
+        if loaded is not None:  # the dry run's backend, loaded through the lab's path
+            backend = loaded
+            backend.width = backend.height = args.size
+            backend.steps = steps
+        elif args.random_weights:
             backend = SDXLBackend.random_full_size(g.sdxl, args.device, g.dtype, g.compile)
         else:
             backend = SDXLBackend.from_pretrained(g.sdxl, args.device, g.dtype, g.compile)
