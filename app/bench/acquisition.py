@@ -7,6 +7,22 @@ protocol (notch, band-pass, baseline, resampling to 250 Hz) and a ZeroMQ subscri
 here stamps each epoch's arrival. mne-lsl's EpochsStream (no reject, same filters)
 runs in a third process that stamps each new epoch. Latency = arrival on the LSL
 clock minus the marker time plus tmax (the end of the epoch's window).
+
+mne-lsl's epochs carry no timestamp of their own (``EpochsStream.events`` holds only
+the event codes), so the poller notes, for each epoch mne-lsl adds to its buffer, the
+LSL timestamp of the sample it put at t = 0 (mne-lsl's own event time: the first
+sample at or after the event's timestamp). Each delivered epoch is paired with the
+marker at that event time (:func:`match_by_event_time`, within one sample period plus
+2 ms of LSL clock correction, :func:`match_tolerance`), never by arrival order, so a
+skipped marker cannot shift the pairs after it.
+
+JSON: ``n_markers`` sent; EEGS: ``n_epochs``, ``missed`` (markers without an epoch),
+``epoch_latency_ms``, ``processing_ms``; mne-lsl: ``mne_lsl_n_epochs`` delivered,
+``mne_lsl_matched``, ``mne_lsl_missed`` (markers mne-lsl delivered no epoch for:
+counted here, never as late), ``mne_lsl_unmatched`` (delivered epochs at no marker's
+time), ``mne_lsl_epoch_latency_ms`` (matched epochs only),
+``mne_lsl_event_time_minus_marker_ms`` (their t = 0 against the marker),
+``match_tolerance_ms``; ``ratio_p95`` = EEGS p95 / mne-lsl p95.
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,19 +96,100 @@ def _source(
             k_marker += 1
 
 
-def _mne_lsl_poller(
-    name: str, t_start: float, period: float, n_markers: int, deadline: float, out: mp.Queue
-) -> None:
+def match_by_event_time(
+    epoch_times: Sequence[float], marker_times: Sequence[float], tol: float
+) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Pair epochs with markers by event time, not by the order they arrived in.
+
+    Parameters
+    ----------
+    epoch_times : sequence of float
+        Event (t = 0) time of each delivered epoch, in delivery order.
+    marker_times : sequence of float
+        Timestamp of each marker sent.
+    tol : float
+        Largest |epoch time - marker time| (seconds) that still pairs them.
+
+    Returns
+    -------
+    pairs : list of (epoch index, marker index)
+        Each marker pairs with at most one epoch, the closest in time.
+    missed : list of int
+        Markers no delivered epoch belongs to (missed, not late).
+    unmatched : list of int
+        Epochs at no marker's time, or at one a closer epoch already took.
+    """
+    e = np.asarray(epoch_times, dtype=np.float64)
+    m = np.asarray(marker_times, dtype=np.float64)
+    best: dict[int, tuple[float, int]] = {}  # marker -> (distance, epoch)
+    unmatched = []
+    order = np.argsort(m, kind="stable")
+    m_sorted = m[order]
+    for i, t in enumerate(e):
+        j = int(np.searchsorted(m_sorted, t))
+        near = [int(order[c]) for c in (j - 1, j) if 0 <= c < m.size]
+        k = min(near, key=lambda k: abs(m[k] - t), default=None)
+        d = abs(m[k] - t) if k is not None else np.inf
+        if d > tol or (k in best and best[k][0] <= d):
+            unmatched.append(i)
+            continue
+        if k in best:  # a closer epoch takes the marker back
+            unmatched.append(best[k][1])
+        best[k] = (d, i)
+    pairs = sorted(((i, k) for k, (_, i) in best.items()), key=lambda p: p[1])
+    missed = [k for k in range(m.size) if k not in best]
+    return pairs, missed, sorted(unmatched)
+
+
+def match_tolerance(sfreq: float) -> float:
+    """Seconds by which an epoch's t = 0 may miss its marker's timestamp and still pair.
+
+    mne-lsl's t = 0 is the first sample at or after the event, up to one sample period
+    late; and it reads EEG and events through two inlets, each clock-corrected by LSL
+    (``processing_flags="all"``), whose estimates can differ by a fraction of a
+    millisecond on a busy host. Markers here are hundreds of ms apart.
+    """
+    return 1.0 / sfreq + 0.002
+
+
+def _record_onsets(bufsize: int) -> list[float]:
+    """Have mne-lsl note the t = 0 timestamp of every epoch it adds to its buffer.
+
+    ``EpochsStream`` keeps no per-epoch time; its acquisition thread picks new epochs
+    with ``mne_lsl.stream.epochs._prune_events`` (rows: onset sample index into the
+    stream timestamps ``ts``). Wrapping it, in the poller process only, gives the
+    onsets in the order the epochs enter the buffer.
+    """
+    from mne_lsl.stream import epochs as mne_epochs
+
+    prune = getattr(mne_epochs, "_prune_events", None)
+    if prune is None:
+        raise RuntimeError("this mne-lsl has no epochs._prune_events: cannot time its epochs")
+    onsets: list[float] = []
+
+    def recording(events, event_id, buffer_size, ts, last_ts, ts_events, tmin_shift):
+        kept = prune(events, event_id, buffer_size, ts, last_ts, ts_events, tmin_shift)
+        # mne-lsl keeps only the newest bufsize of a batch; no reject, so none dropped
+        onsets.extend(float(ts[i]) for i in kept[-bufsize:, 0])
+        return kept
+
+    mne_epochs._prune_events = recording
+    return onsets
+
+
+def _mne_lsl_poller(name: str, n_markers: int, deadline: float, out: mp.Queue) -> None:
     import pylsl
     from mne_lsl.stream import EpochsStream, StreamLSL
 
+    bufsize = 20
+    onsets = _record_onsets(bufsize)
     stream = StreamLSL(5, name=name).connect(processing_flags="all", timeout=10)
     stream.notch_filter(50.0)
     stream.filter(0.5, 40.0, iir_params={"order": 4, "ftype": "butter", "output": "sos"})
     events = StreamLSL(20, name=f"{name}-events").connect(processing_flags="all", timeout=10)
     epochs = EpochsStream(
         stream,
-        bufsize=20,
+        bufsize=bufsize,
         event_id=1,
         event_channels=events.ch_names[0],
         event_stream=events,
@@ -100,21 +198,23 @@ def _mne_lsl_poller(
         baseline=(None, 0),
     ).connect(acquisition_delay=0.001)
     out.put("ready")
-    latencies = []
-    j = 0
-    while pylsl.local_clock() < deadline and j < n_markers:
+    delivered: list[tuple[float, float]] = []  # (event time, arrival), LSL clock
+    taken = 0
+    while pylsl.local_clock() < deadline and len(delivered) < n_markers:
         n = epochs.n_new_epochs
         if n:
             now = pylsl.local_clock()
             epochs.get_data(n_epochs=n)  # consume them as a user would
-            for _ in range(n):
-                latencies.append((now - (t_start + j * period + _TMAX)) * 1e3)
-                j += 1
+            known = len(onsets)
+            # the n newest in the buffer: an older one whose count get_data reset
+            # before we saw it stays undelivered (missed), not paired with this arrival
+            delivered.extend((t, now) for t in onsets[max(taken, known - n) : known])
+            taken = known
         time.sleep(0.0005)
     epochs.disconnect()
     events.disconnect()
     stream.disconnect()
-    out.put(latencies)
+    out.put(delivered)
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -160,7 +260,7 @@ def run(args: argparse.Namespace) -> dict:
     queue = ctx.Queue()
     poller = ctx.Process(
         target=_mne_lsl_poller,
-        args=(name, t_start, args.period, args.n_epochs, deadline, queue),
+        args=(name, args.n_epochs, deadline, queue),
         daemon=True,
     )
     poller.start()
@@ -212,14 +312,14 @@ def run(args: argparse.Namespace) -> dict:
 
         rx = threading.Thread(target=receive, daemon=True)
         rx.start()
-        mne_lsl_lat = None
-        while mne_lsl_lat is None and pylsl.local_clock() < deadline + 10:
+        delivered = None
+        while delivered is None and pylsl.local_clock() < deadline + 10:
             try:
                 item = queue.get(timeout=1.0)
             except Exception:
                 continue
             if isinstance(item, list):
-                mne_lsl_lat = item
+                delivered = item
         while pylsl.local_clock() < deadline and len(ours) < args.n_epochs:
             time.sleep(0.1)
         stop.set()
@@ -240,16 +340,29 @@ def run(args: argparse.Namespace) -> dict:
     processing = [e["processing_ms"] for e in events if e["event"] == "epoch"]
     if not ours:
         raise RuntimeError(f"eegs acquire delivered no epoch: {acquire.stderr.read()[-2000:]}")
-    mine, theirs = _stats(ours), _stats(mne_lsl_lat or [])
+    delivered = delivered or []
+    markers = t_start + np.arange(args.n_epochs) * args.period
+    tol = match_tolerance(args.sfreq)
+    pairs, missed, unmatched = match_by_event_time([t for t, _ in delivered], markers, tol)
+    theirs_lat = [(delivered[i][1] - (markers[k] + _TMAX)) * 1e3 for i, k in pairs]
+    onset_err = [(delivered[i][0] - markers[k]) * 1e3 for i, k in pairs]
+    mine, theirs = _stats(ours), _stats(theirs_lat)
     return {
         "benchmark": "acquisition",
         "stream": {"channels": args.channels, "sfreq": args.sfreq, "chunk_samples": args.chunk},
         "window_s": [_TMIN, _TMAX],
+        "n_markers": args.n_epochs,
         "n_epochs": len(ours),
+        "missed": max(0, args.n_epochs - len(ours)),
         "epoch_latency_ms": mine,
         "processing_ms": _stats(processing),
-        "mne_lsl_n_epochs": len(mne_lsl_lat or []),
+        "mne_lsl_n_epochs": len(delivered),
+        "mne_lsl_matched": len(pairs),
+        "mne_lsl_missed": len(missed),
+        "mne_lsl_unmatched": len(unmatched),
         "mne_lsl_epoch_latency_ms": theirs,
+        "mne_lsl_event_time_minus_marker_ms": _stats(onset_err),
+        "match_tolerance_ms": round(tol * 1e3, 3),
         "ratio_p95": round(mine["p95"] / theirs["p95"], 3) if theirs["p95"] > 0 else None,
     }
 
