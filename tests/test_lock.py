@@ -7,12 +7,11 @@ import tomllib
 from importlib import metadata
 
 import pytest
+from conftest import REPO
 from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-
-from conftest import REPO
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,7 +24,7 @@ def _lock() -> dict[str, list[tuple[Version, Marker | None]]]:
             continue
         req = Requirement(line)
         spec = list(req.specifier)
-        assert len(spec) == 1 and spec[0].operator == "==", f"not pinned: {raw!r}"
+        assert [s.operator for s in spec] == ["=="], f"not pinned: {raw!r}"
         pins.setdefault(canonicalize_name(req.name), []).append(
             (Version(spec[0].version), req.marker)
         )
@@ -58,7 +57,8 @@ def test_torch_and_torchaudio_are_of_one_patch_release():
     pins = _lock()
     torch = [v for v, m in pins["torch"] if _here(m)]
     audio = [v for v, m in pins["torchaudio"] if _here(m)]
-    assert torch and audio
+    assert torch
+    assert audio
     assert torch[0].release == audio[0].release, (torch, audio)
 
 
