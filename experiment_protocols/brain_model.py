@@ -8,7 +8,12 @@ literature it follows.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Which components carry the simulated subject's affect (models/brain_response.py).
+SubjectFamily = Literal["standard", "asymmetry", "lpp", "mixed", "weak"]
 
 
 class BrainModelSettings(BaseModel):
@@ -18,6 +23,14 @@ class BrainModelSettings(BaseModel):
 
     subject_seed: int = Field(
         0, description="Draws the hidden subject: affect weights, ERP latencies, alpha."
+    )
+    family: SubjectFamily = Field(
+        "standard",
+        description="Which components carry the subject's affect: standard (LPP, frontal "
+        "slow wave and alpha asymmetry), asymmetry (frontal alpha asymmetry only), lpp (late "
+        "positive potential only, signed valence weight per subject), mixed (both, weights "
+        "per subject) or weak (a weak responder: affective components at 10-20 % gain). "
+        "The hidden affect (the oracle) is the same in every family.",
     )
     noise_seed: int | None = Field(
         None, description="Seed of the background and trial variability; None = fresh."

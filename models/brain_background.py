@@ -8,8 +8,10 @@ The background is the sum of
   channel, so that neighbouring channels correlate as under volume conduction;
 - alpha: narrow-band noise (a two-pole resonator at the subject's individual alpha
   frequency, ~2 Hz wide, so that it waxes and wanes) from one posterior source and
-  one source over each frontal hemisphere; the stimulus response modulates each
-  source's gain (event-related desynchronisation, frontal asymmetry);
+  one source over each frontal hemisphere (at fixed positions, or at the subject's own
+  when :class:`BackgroundSpec` names them: subject families draw them so that the
+  frontal asymmetry's topography differs between people); the stimulus response
+  modulates each source's gain (event-related desynchronisation, frontal asymmetry);
 - sensor noise: white, independent per channel;
 - optional line noise (a sinusoid whose amplitude and phase differ per channel) and
   blinks (a Poisson process; each blink is a ~300 ms bump strongest at the
@@ -35,6 +37,9 @@ _SOURCE_WIDTH_RAD = 0.55
 _APERIODIC_LOW_HZ = 0.3
 _ALPHA_BANDWIDTH_HZ = 2.0
 _FRONTAL_ALPHA_SHARE = 0.25  # frontal alpha sources' variance relative to posterior
+#: Default centres of the left and right frontal alpha sources and their width (rad).
+FRONTAL_ALPHA_CENTRES = ((-0.45, 0.6, 0.65), (0.45, 0.6, 0.65))
+FRONTAL_ALPHA_WIDTH = 0.4
 _BLINK_S = 0.3
 _EYES = np.array([0.0, 0.97, -0.25])  # in front of and below Fpz
 _BLINK_DECAY_RAD = 0.5  # blinks fall to ~1/3 at Fz, ~1/10 at Cz (of Fp1/Fp2)
@@ -102,6 +107,9 @@ class BackgroundSpec:
     line_uv: float
     blinks_per_min: float
     blink_uv: float
+    # the subject's own frontal alpha sources (left, right); the defaults are everyone's
+    frontal_alpha_centres: tuple[tuple[float, float, float], ...] = FRONTAL_ALPHA_CENTRES
+    frontal_alpha_width: float = FRONTAL_ALPHA_WIDTH
 
 
 class BackgroundEEG:
@@ -140,10 +148,12 @@ class BackgroundEEG:
         def patterns(pos: np.ndarray) -> np.ndarray:
             return np.stack([sphere_gaussian(pos, c, _SOURCE_WIDTH_RAD) for c in centres], 1)
 
+        left, right = (np.asarray(c, dtype=float) for c in spec.frontal_alpha_centres)
+
         def alpha_patterns(pos: np.ndarray) -> np.ndarray:
             post = sphere_gaussian(pos, np.array([0.0, -0.85, 0.35]), 0.6)
-            lf = sphere_gaussian(pos, np.array([-0.45, 0.6, 0.65]), 0.4)
-            rf = sphere_gaussian(pos, np.array([0.45, 0.6, 0.65]), 0.4)
+            lf = sphere_gaussian(pos, left, spec.frontal_alpha_width)
+            rf = sphere_gaussian(pos, right, spec.frontal_alpha_width)
             scale = np.array([1.0, np.sqrt(_FRONTAL_ALPHA_SHARE), np.sqrt(_FRONTAL_ALPHA_SHARE)])
             return np.stack([post, lf, rf], 1) * scale
 

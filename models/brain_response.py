@@ -81,6 +81,41 @@ are well below the ongoing EEG; the defaults (1.5 µV, 0.15: background 10 µV R
 power spectrum falling as 1/f^1.5 with an alpha peak an order of magnitude above it
 at Oz.
 
+Subject families
+----------------
+People differ in which components carry their affect, so a reward that reads one of
+them fits some people and not others. ``family`` (:data:`SUBJECT_FAMILIES`) chooses
+what carries the hidden VALENCE; everything else about the subject stays:
+
+- ``standard`` (the default, everything above): valence in the LPP (negativity bias),
+  the frontal slow wave and the frontal alpha asymmetry.
+- ``asymmetry``: frontal alpha asymmetry only, weight log-normal around 1.4 (0.7-1.8;
+  standard: 1.0 +- 0.3); no valence in the LPP or the frontal slow wave.
+- ``lpp``: the LPP only; no valence in the frontal alpha or slow wave. The LPP's
+  valence weight is 1.6-2.4 (standard: 0.8) and its SIGN is the subject's own, + or -
+  with equal chance: some people's LPP grows for pleasant pictures (a positivity
+  offset), others' for unpleasant ones (the negativity bias, Ito et al. 1998). A
+  signed weight is what lets a reward calibrated on the person chase valence through
+  the LPP, while a fixed-sign LPP index chases it up for half the subjects and down
+  for the other half; an arousal-only LPP would carry no valence at all.
+- ``mixed``: both, the frontal alpha asymmetry taking a share p ~ U(0.25, 0.75) of
+  the weight (x sqrt(p)) and the signed LPP the rest (x sqrt(1 - p)).
+- ``weak``: a weak responder: ``mixed`` with every affective modulation (valence and
+  arousal: LPP, EPN, posterior alpha desynchronisation, frontal alpha) at 10-20 % of
+  its gain, too small to decode single trials. Its visual ERPs are as everyone's.
+
+Arousal keeps its components (EPN, LPP, posterior alpha desynchronisation) in every
+family but ``weak``. Every family but ``standard`` draws its subject's own LPP
+topography (maximum within ~15 degrees of Pz, width 0.45-0.7 rad), LPP onset (300-450
+ms) and offset (750-1050 ms), frontal alpha sources (each hemisphere's moved on its
+own, width 0.32-0.5 rad) and frontal alpha window (onset 220-400 ms, offset
+0.9-1.25 s), from a random stream of the subject seed of its own: the hidden affect
+(:meth:`BrainModel.affect`), the visual ERPs (same µV: the response is scaled on the
+standard family's), the rest of the background and the standard family's samples do
+not change with the family, and one seed has the same topography in every family that
+uses it.
+Only the brain model knows its family: it is never in the EEG stream or the epochs.
+
 With a learned image-to-EEG model (:mod:`models.brain_learned`) the learned response
 replaces the parametric one in the EEG; :meth:`BrainModel.affect` still reports the
 parametric hidden affect.
@@ -98,7 +133,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.brain_background import BackgroundEEG, BackgroundSpec, sphere_gaussian
+from models.brain_background import (
+    FRONTAL_ALPHA_CENTRES,
+    FRONTAL_ALPHA_WIDTH,
+    BackgroundEEG,
+    BackgroundSpec,
+    sphere_gaussian,
+)
 from models.brain_features import (
     FEATURE_NORMS,
     FEATURES,
@@ -118,6 +159,7 @@ __all__ = [
     "DEFAULT_SNR",
     "PHOTODIODE",
     "STANDARD_64",
+    "SUBJECT_FAMILIES",
     "BrainModel",
     "ImageError",
     "StreamSimulator",
@@ -189,6 +231,15 @@ class _Component:
     start: float  # s
     end: float  # s
     peak_uv: float  # amplitude at the centre for gain 1, before referencing
+    # a subject's own centre (a direction on the head sphere) instead of `centre`
+    centre_xyz: tuple[float, float, float] | None = None
+
+    def centre_position(self) -> np.ndarray:
+        """Unit vector of the pattern's maximum."""
+        if self.centre_xyz is None:
+            return channel_positions([self.centre])[0]
+        xyz = np.asarray(self.centre_xyz, dtype=float)
+        return xyz / np.linalg.norm(xyz)
 
 
 _COMPONENTS: tuple[_Component, ...] = (
@@ -211,6 +262,9 @@ _IDX = {c.name: i for i, c in enumerate(_COMPONENTS)}
 #: Induced alpha gain changes: (posterior, left frontal, right frontal), 0.2/0.3 s on.
 _ALPHA_WINDOWS = ((0.2, 0.9), (0.3, 1.1), (0.3, 1.1))
 
+#: Subject families: which components carry the hidden affect (see the module docstring).
+SUBJECT_FAMILIES: tuple[str, ...] = ("standard", "asymmetry", "lpp", "mixed", "weak")
+
 _F = {name: i for i, name in enumerate(FEATURES)}
 
 
@@ -226,6 +280,10 @@ _AROUSAL_PRIOR = {"brightness": -0.1, "contrast": 0.35, "saturation": 0.35,
                   "colourfulness": 0.2, "red_green": 0.25, "edge_density": 0.3,
                   "high_freq": 0.15, "symmetry": -0.1, "curvature": -0.15}  # fmt: skip
 _INDIVIDUAL_SD = {"valence": 0.6, "arousal": 0.4}
+# subject families (for_family): LPP valence weight range, median FAA weight, weak gain
+_FAMILY_LPP_VALENCE = (1.6, 2.4)
+_FAMILY_FAA = 1.4
+_WEAK_GAIN = (0.10, 0.20)
 _PAIR_SD = 0.45  # per-subject weights of feature conjunctions (z_i * z_j) in valence
 _POSITIONAL = ("lower_upper", "left_right")  # where contrast sits: no affect
 
@@ -251,6 +309,13 @@ class _Subject:
     faa: float
     alpha_hz: float
     affect_norm: tuple[tuple[float, float], tuple[float, float]] = ((0.0, 1.0), (0.0, 1.0))
+    # what the subject family changes (the defaults are the standard family's)
+    family: str = "standard"
+    components: tuple[_Component, ...] = _COMPONENTS
+    erd_arousal: float = 0.35  # posterior alpha desynchronisation per unit arousal
+    alpha_windows: tuple[tuple[float, float], ...] = _ALPHA_WINDOWS
+    frontal_alpha_centres: tuple[tuple[float, float, float], ...] = FRONTAL_ALPHA_CENTRES
+    frontal_alpha_width: float = FRONTAL_ALPHA_WIDTH
 
     @classmethod
     def draw(cls, seed: int, alpha_hz: float) -> _Subject:
@@ -287,6 +352,70 @@ class _Subject:
         v, a = subject._raw_affect(_random_features(np.random.default_rng(54321), 512))
         norm = ((float(v.mean()), float(v.std())), (float(a.mean()), float(a.std())))
         return dataclasses.replace(subject, affect_norm=norm)
+
+    def for_family(self, family: str, seed: int) -> _Subject:
+        """The same person (same hidden affect) whose affect shows in ``family``'s components.
+
+        The family's parameters come from their own random stream of ``seed``, so the
+        hidden affect, visual ERPs, latencies and gains of the standard draw stay as
+        they are, and one seed has the same LPP topography, frontal alpha sources and
+        weights in every family that uses them. Every draw is made whatever the family,
+        in one order, for the same reason.
+        """
+        if family not in SUBJECT_FAMILIES:
+            raise ValueError(f"unknown subject family {family!r}; expected one of "
+                             f"{', '.join(SUBJECT_FAMILIES)}")  # fmt: skip
+        if family == "standard":
+            return self
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+        # LPP: centro-parietal, maximum within ~15 degrees of Pz; onset 300-450 ms,
+        # offset 750-1050 ms; the sign of its valence weight is the subject's own
+        pz = channel_positions(["Pz"])[0]
+        lpp_centre = pz + rng.normal(0.0, 0.12, 3)
+        lpp_centre /= np.linalg.norm(lpp_centre)
+        lpp = _COMPONENTS[_IDX["LPP"]]
+        lpp = dataclasses.replace(
+            lpp,
+            centre_xyz=tuple(float(x) for x in lpp_centre),
+            width=float(rng.uniform(0.45, 0.7)),
+            start=float(rng.uniform(0.30, 0.45)),
+            end=float(rng.uniform(0.75, 1.05)),
+        )
+        lpp_sign = float(rng.choice([-1.0, 1.0]))
+        lpp_size = float(rng.uniform(*_FAMILY_LPP_VALENCE))
+        # frontal alpha: each hemisphere's source moved on its own, its window shifted
+        centres = []
+        for i, (x, y, z) in enumerate(FRONTAL_ALPHA_CENTRES):
+            c = np.array([x, y, z]) + rng.normal(0.0, 0.1, 3)
+            c[0] = min(c[0], -0.2) if i == 0 else max(c[0], 0.2)  # stays in its hemisphere
+            centres.append(tuple(float(v) for v in c / np.linalg.norm(c)))
+        frontal_width = float(rng.uniform(0.32, 0.5))
+        on, off = float(rng.uniform(0.22, 0.40)), float(rng.uniform(0.9, 1.25))
+        faa_size = float(np.clip(rng.lognormal(np.log(_FAMILY_FAA), 0.2), 0.7, 1.8))
+        share = float(rng.uniform(0.25, 0.75))  # mixed: the FAA's share of the variance
+        weak = float(rng.uniform(*_WEAK_GAIN))
+        faa, lpp_valence, affect_gain = {
+            "asymmetry": (faa_size, 0.0, 1.0),
+            "lpp": (0.0, lpp_sign * lpp_size, 1.0),
+            "mixed": (faa_size * np.sqrt(share), lpp_sign * lpp_size * np.sqrt(1 - share), 1.0),
+            "weak": (faa_size * np.sqrt(share), lpp_sign * lpp_size * np.sqrt(1 - share), weak),
+        }[family]
+        components = list(_COMPONENTS)
+        components[_IDX["LPP"]] = lpp
+        return dataclasses.replace(
+            self,
+            family=family,
+            components=tuple(components),
+            faa=faa * affect_gain,
+            lpp_valence=lpp_valence * affect_gain,
+            frontal_valence=0.0,  # no valence-dependent frontal slow wave
+            lpp_arousal=self.lpp_arousal * affect_gain,
+            epn_arousal=self.epn_arousal * affect_gain,
+            erd_arousal=0.35 * affect_gain,
+            alpha_windows=(_ALPHA_WINDOWS[0], (on, off), (on, off)),
+            frontal_alpha_centres=tuple(centres),
+            frontal_alpha_width=frontal_width,
+        )
 
     def _raw_affect(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unscaled valence and arousal drives of feature vectors (..., n_features)."""
@@ -336,7 +465,7 @@ def _alpha_changes(valence: float, arousal: float, s: _Subject) -> np.ndarray:
     """Relative change of (posterior, left frontal, right frontal) alpha amplitude."""
     return np.array(
         [
-            -(0.25 + 0.35 * arousal) * s.erd,
+            -(0.25 + s.erd_arousal * arousal) * s.erd,
             -0.3 * valence * s.faa,
             0.3 * valence * s.faa,
         ]
@@ -349,7 +478,7 @@ def _time_courses(
     """(n_components, n_times) unit time courses at times ``t`` (s from display onset)."""
     z_contrast = standardise(raw)[_F["contrast"]]
     out = np.empty((_N_COMP, t.size))
-    for i, c in enumerate(_COMPONENTS):
+    for i, c in enumerate(s.components):
         shift = s.latency_shift[i] + latency_jitter
         if c.name.startswith("P1"):
             shift -= 0.008 * np.tanh(z_contrast)  # high contrast: earlier P1
@@ -364,12 +493,14 @@ def _time_courses(
     return out
 
 
-def _alpha_courses(t: np.ndarray, latency_jitter: float = 0.0) -> np.ndarray:
+def _alpha_courses(
+    t: np.ndarray, latency_jitter: float = 0.0, windows: Sequence[tuple[float, float]] = ()
+) -> np.ndarray:
     tt = t - latency_jitter
     out = np.stack(
         [
             _sigmoid((tt - on) / _SUSTAIN_RISE_S) * _sigmoid((off - tt) / _SUSTAIN_FALL_S)
-            for on, off in _ALPHA_WINDOWS
+            for on, off in (windows or _ALPHA_WINDOWS)
         ]
     )
     out[:, t < 0] = 0.0
@@ -442,6 +573,10 @@ class BrainModel:
         the response and the photodiode follow the display, not the marker.
     learned : LearnedResponse | None
         A learned image-to-EEG model whose output replaces the parametric response.
+    family : str
+        Which components carry the subject's affect (:data:`SUBJECT_FAMILIES`; see the
+        module docstring). The hidden affect is the same in every family. With a
+        ``learned`` model only the induced alpha changes follow the family.
     """
 
     def __init__(
@@ -464,6 +599,7 @@ class BrainModel:
         display_lag_ms: float = 0.0,
         display_jitter_ms: float = 0.0,
         learned: LearnedResponse | None = None,
+        family: str = "standard",
     ) -> None:
         if sfreq <= 0:
             raise ValueError(f"sfreq must be positive, got {sfreq}")
@@ -487,11 +623,16 @@ class BrainModel:
         self.learned = learned
         if learned is not None:
             learned.check_channels(self.ch_names)
-        self._subject = _Subject.draw(self.subject_seed, alpha_hz)
+        standard = _Subject.draw(self.subject_seed, alpha_hz)
+        self._subject = standard.for_family(family, self.subject_seed)
+        self.family = self._subject.family
         pos = channel_positions(self.ch_names)
         ref = channel_positions(STANDARD_64)
-        self._patterns = self._make_patterns(pos, ref)  # (n_ch, n_comp), µV per unit gain
-        self._scale = self.response_uv / self._reference_rms(ref)
+        # (n_ch, n_comp), µV per unit gain
+        self._patterns = self._make_patterns(pos, ref, self._subject.components)
+        # scaled on the standard family's response of the same seed: the visual ERPs
+        # are the same µV in every family, whatever the affective components add
+        self._scale = self.response_uv / self._reference_rms(ref, standard)
         self._background = BackgroundSpec(
             sfreq=self.sfreq,
             pos=pos,
@@ -505,6 +646,8 @@ class BrainModel:
             line_uv=float(line_noise_uv),
             blinks_per_min=float(blinks_per_min),
             blink_uv=float(blink_uv),
+            frontal_alpha_centres=self._subject.frontal_alpha_centres,
+            frontal_alpha_width=self._subject.frontal_alpha_width,
         )
         self._cache: OrderedDict[Any, Any] = OrderedDict()
 
@@ -515,23 +658,25 @@ class BrainModel:
 
     # -- patterns and normalisation ------------------------------------------------------
     @staticmethod
-    def _make_patterns(pos: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    def _make_patterns(
+        pos: np.ndarray, ref: np.ndarray, components: Sequence[_Component] = _COMPONENTS
+    ) -> np.ndarray:
         cols = []
-        for c in _COMPONENTS:
-            centre = channel_positions([c.centre])[0]
+        for c in components:
+            centre = c.centre_position()
             offset = sphere_gaussian(ref, centre, c.width).mean()  # average reference
             cols.append(c.peak_uv * (sphere_gaussian(pos, centre, c.width) - offset))
         return np.stack(cols, 1)
 
-    def _reference_rms(self, ref: np.ndarray) -> float:
+    def _reference_rms(self, ref: np.ndarray, subject: _Subject) -> float:
         t = np.arange(int(_REF_SFREQ)) / _REF_SFREQ  # 0-1 s
-        patterns = self._make_patterns(ref, ref)
+        patterns = self._make_patterns(ref, ref, subject.components)
         rng = np.random.default_rng(12345)
         ms = []
         for raw in _random_features(rng, _N_REF_IMAGES):
-            v, a = self._subject.affect(raw)
-            resp = patterns @ (_component_gains(raw, v, a, self._subject)[:, None]
-                               * _time_courses(t, self._subject, raw))  # fmt: skip
+            v, a = subject.affect(raw)
+            resp = patterns @ (_component_gains(raw, v, a, subject)[:, None]
+                               * _time_courses(t, subject, raw))  # fmt: skip
             ms.append(np.mean(resp**2))
         return float(np.sqrt(np.mean(ms)))
 
@@ -579,7 +724,9 @@ class BrainModel:
             gains = gains * amp
         courses = _time_courses(t, self._subject, raw, lat)
         evoked = self._patterns @ (gains[:, None] * courses) * self._scale
-        alpha = _alpha_changes(v, a, self._subject)[:, None] * _alpha_courses(t, lat)
+        alpha = _alpha_changes(v, a, self._subject)[:, None] * _alpha_courses(
+            t, lat, self._subject.alpha_windows
+        )
         return evoked, alpha
 
     def _learned_evoked(self, image: ImageLike) -> np.ndarray:
