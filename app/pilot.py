@@ -14,6 +14,12 @@ fixed normative rule (bright, saturated images are "amusement", dark, desaturate
 a labelled affective set such as ArtPhoto. The rule knows nothing of the simulated
 subject's hidden weights; the brain model's oracle is read only after the session,
 for ``oracle_affect_by_round``.
+
+The rated blocks (``presentation.ratings``) are answered in a pilot by the brain model,
+through the response-box stream ``presentation.response_stream`` (given a unique name
+per session, like the EEG and marker streams, and set even when the protocol names
+none); with a replayed recording nobody can rate, so the session's protocol turns the
+ratings off.
 """
 
 from __future__ import annotations
@@ -41,6 +47,9 @@ logger = logging.getLogger("eegs.pilot")
 PILOT_PROTOCOL = PROTOCOL_DIR / "pilot.toml"
 SESSION_PROTOCOL = "protocol.toml"
 LABELS = ("sadness", "amusement")
+#: A rating question's time limit when the brain model answers and the protocol sets none
+#: (its answers come 0.25-4 s after the question).
+_BRAIN_MODEL_RATING_TIMEOUT_S = 6.0
 
 
 @dataclass
@@ -153,6 +162,16 @@ def prepare_protocol(config: SessionConfig, store: SessionStore) -> Protocol:
     if config.source != "amplifier":  # our own streams: unique names
         overrides["streams.eeg"] = f"EEGS-EEG-{tag}"
         overrides["streams.markers"] = f"EEGS-markers-{tag}"
+    ratings = base.presentation.ratings.model_dump()
+    if config.source == "brain-model" and ratings["enabled"]:
+        # the brain model answers the ratings on it, as a participant's response box;
+        # it always answers, so a rating waits for it (not --headless's text_min_s)
+        overrides["presentation.response_stream"] = f"EEGS-responses-{tag}"
+        ratings["timeout_s"] = ratings["timeout_s"] or _BRAIN_MODEL_RATING_TIMEOUT_S
+        overrides["presentation.ratings"] = ratings
+    elif config.source.startswith("replay:") and ratings["enabled"]:
+        # a recording has nobody in front of the screen to rate the images
+        overrides["presentation.ratings"] = {**ratings, "enabled": False}
     bm = base.brain_model.model_dump()
     bm["subject_seed"] = config.seed
     overrides["brain_model"] = bm

@@ -89,8 +89,63 @@ def _calibration_accuracy(epochs, y) -> str:
     )
 
 
+def _ratings_figure(rated, scale: tuple[int, int]):
+    """Valence rating against each image's label, per rated block; both scales' histograms."""
+    blocks = list(dict.fromkeys(t.block for t in rated))
+    fig, ax = _figure(ncols=2, size=(9, 3.2))
+    rng = np.random.default_rng(0)
+    ticks, names = [], []
+    for b, block in enumerate(blocks):
+        ts = [t for t in rated if t.block == block and t.rated("valence") is not None]
+        labels = sorted({t.label or "(none)" for t in ts})
+        for k, label in enumerate(labels):
+            x0 = b * (len(labels) + 1) + k
+            v = [t.rated("valence") for t in ts if (t.label or "(none)") == label]
+            ax[0, 0].scatter(x0 + rng.uniform(-0.15, 0.15, len(v)), v, s=12, alpha=0.6)
+            ax[0, 0].hlines(np.mean(v), x0 - 0.3, x0 + 0.3, color="k")
+            ticks.append(x0)
+            names.append(f"{block}\n{label}")
+    ax[0, 0].set_xticks(ticks, names, fontsize=7)
+    ax[0, 0].set_ylim(scale[0] - 0.5, scale[1] + 0.5)
+    ax[0, 0].set_ylabel("valence rating")
+    ax[0, 0].set_title("valence rating vs the image's label (line: mean)", fontsize=8)
+    bins = np.arange(scale[0] - 0.5, scale[1] + 1.0)
+    for name in ("valence", "arousal"):
+        values = [v for t in rated if (v := t.rated(name)) is not None]
+        if values:
+            ax[0, 1].hist(values, bins=bins, alpha=0.5, label=f"{name} (n={len(values)})")
+    ax[0, 1].set_xlabel("rating")
+    ax[0, 1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _ratings_html(summary: dict[str, Any]) -> str:
+    info = summary["ratings"]
+    rows = "".join(
+        f"<tr><td>{block}</td><td>{row['n']}</td><td>{row['valence_mean']}</td>"
+        f"<td>{row['arousal_mean']}</td><td>{row.get('valence_mean_by_label', '')}</td></tr>"
+        for block, row in info["by_block"].items()
+    )
+    low, high = info["scale"]
+    html = (
+        f"<p>The participant's own ratings ({info['n_rated']} trials, scale {low} to {high}), "
+        "answered on the rating screen after each image of the rated blocks.</p>"
+        "<table><tr><th>block</th><th>n</th><th>mean valence</th><th>mean arousal</th>"
+        f"<th>mean valence by image label</th></tr>{rows}</table>"
+    )
+    corr = info.get("oracle_correlation")
+    if corr:
+        html += (
+            "<p>Brain model only: correlation of the ratings with its hidden affect of the "
+            f"same images (evaluation only): valence r = {corr.get('valence')}, arousal r = "
+            f"{corr.get('arousal')}.</p>"
+        )
+    return html
+
+
 def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> Path:
-    """Write ``report.html``: curves, image grids, calibration ERPs, timing."""
+    """Write ``report.html``: curves, image grids, calibration ERPs, self-report, timing."""
     import matplotlib.pyplot as plt
     import mne
 
@@ -135,6 +190,13 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
                 "(not cross-validated).</p>"
             )
         report.add_html(html, title="Decoder calibration", section="EEG")
+    rated = [t for t in trials if t.rated("valence") is not None or t.rated("arousal") is not None]
+    if rated and summary.get("ratings"):
+        r = protocol.presentation.ratings
+        fig = _ratings_figure(rated, (r.low, r.high))
+        report.add_figure(fig, title="Ratings of the rated blocks", section="Self-report")
+        plt.close(fig)
+        report.add_html(_ratings_html(summary), title="Ratings summary", section="Self-report")
     lat = [e["latency_ms"] for e in events if e["event"] == "epoch"]
     frames = [v for e in events if e["event"] == "trial" for v in e.get("frame_intervals_ms", [])]
     fig, ax = _figure(ncols=2, size=(8, 3))

@@ -100,9 +100,21 @@ class Photodiode(_Section):
 
 
 class Ratings(_Section):
-    """Self-report after each stimulus (Self-Assessment-Manikin-style scales)."""
+    """Self-report after each stimulus of the rated blocks (Self-Assessment-Manikin-style).
 
-    enabled: bool = False
+    Answered with the mouse, a number key, or a response box publishing on LSL
+    (``presentation.response_stream``). The calibration and validation blocks are rated by
+    default: the participant's own valence and arousal of labelled images (the personal
+    reward's training targets); closed-loop rounds are not, so that they stay short.
+    """
+
+    enabled: bool = Field(
+        True, description="Ask the scales after each stimulus of the blocks in `blocks`."
+    )
+    blocks: list[BlockKind] = Field(
+        default_factory=lambda: ["calibration", "validation"],
+        description="Kinds of the blocks whose trials are rated ([] = none).",
+    )
     scales: list[Literal["valence", "arousal"]] = Field(
         default_factory=lambda: ["valence", "arousal"], min_length=1
     )
@@ -118,7 +130,13 @@ class Ratings(_Section):
             raise ValueError(f"high ({self.high}) must be greater than low ({self.low})")
         if len(set(self.scales)) != len(self.scales):
             raise ValueError("scales lists a scale twice")
+        if len(set(self.blocks)) != len(self.blocks):
+            raise ValueError("blocks lists a block kind twice")
         return self
+
+    def rates(self, kind: str) -> bool:
+        """Whether trials of a block of this kind are rated."""
+        return self.enabled and kind in self.blocks
 
 
 class Keys(_Section):
@@ -164,6 +182,15 @@ class Presentation(_Section):
         "'pool' shows an image from pool_folder.",
     )
     pool_folder: str = Field("", description="Stand-in images for the 'pool' policy.")
+    response_stream: str = Field(
+        "",
+        description="Name of an LSL stream of response-box key presses ('' = none): one "
+        "string channel, each sample a JSON object with a string (or integer) 'key', e.g. "
+        '{"key": "7"}, or a bare key name such as 7. A press of a whole number from '
+        "ratings.low to ratings.high answers the rating screen's current question; presses "
+        "elsewhere, or stamped before the question appeared, are ignored (logged). Keyboard "
+        "and mouse keep working.",
+    )
     late_image_timeout_s: float = Field(
         60.0,
         gt=0,

@@ -8,6 +8,11 @@ here from the ring buffer as soon as the buffer holds the window's last sample
 baseline-corrected, resampled, quality-flagged, written to the session directory and
 published over ZeroMQ.
 
+Each ``rating`` marker (the participant's answers on the rating screen) is forwarded as
+a :class:`~workers.messages.RatingMessage` on the same PUB socket, so a worker that
+subscribes to the epochs also gets the self-report of each rated trial; a marker whose
+trial id or values are malformed or not finite is skipped with a log line.
+
 The worker survives the EEG stream vanishing: the gap is logged, the stream is
 re-resolved until it returns, and an epoch whose window falls in the gap is logged as
 lost rather than cut from stale samples.
@@ -18,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -35,7 +41,7 @@ from scipy.signal import firwin, resample_poly
 from experiment_protocols import Protocol
 from workers import transport
 from workers.errors import InputError
-from workers.messages import EpochMessage, array_spec, encode
+from workers.messages import EpochMessage, RatingMessage, array_spec, encode
 from workers.session_store import RECORDING_FILE, SessionStore, next_recording_file
 
 logger = logging.getLogger("eegs.acquisition")
@@ -45,6 +51,10 @@ logger = logging.getLogger("eegs.acquisition")
 _POLL_S = 0.0005
 
 _UNIT_SCALE_TO_UV = {0: 1e6, -3: 1e3, -6: 1.0, -9: 1e-3}
+
+#: The presentation's marker with a trial's answers (app/presentation/runner.py).
+RATING_EVENT = "rating"
+RATING_SCALES = ("valence", "arousal")
 
 
 class AcquisitionError(InputError):
@@ -76,6 +86,81 @@ class _EEG:
     sfreq: float
     picks: list[str]
     scale_uv: np.ndarray = field(repr=False)
+
+
+def _finite_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def rating_message(
+    marker: dict[str, Any], session: str, default_scale: tuple[float, float]
+) -> tuple[RatingMessage | None, list[str]]:
+    """The :class:`RatingMessage` of a ``rating`` marker, and what was wrong with it.
+
+    A value that is not a finite number on the scale (the marker's ``low``/``high``,
+    else ``default_scale``) is left out; a marker without a valid trial id, or with no
+    valid value left, gives no message.
+    """
+    problems: list[str] = []
+    trial = marker.get("trial")
+    if isinstance(trial, bool) or not isinstance(trial, int) or trial < 0:
+        return None, [f"trial id {trial!r} is not a non-negative integer"]
+    low, high = _finite_number(marker.get("low")), _finite_number(marker.get("high"))
+    if low is None or high is None or high <= low:
+        if "low" in marker or "high" in marker:
+            problems.append(f"scale {marker.get('low')!r}..{marker.get('high')!r} replaced")
+        low, high = float(default_scale[0]), float(default_scale[1])
+    values: dict[str, float | None] = {}
+    for scale in RATING_SCALES:
+        if marker.get(scale) is None:
+            values[scale] = None
+            continue
+        value = _finite_number(marker[scale])
+        if value is None or not low <= value <= high:
+            problems.append(
+                f"{scale} {marker[scale]!r} is not a finite number from {low:g} to {high:g}"
+            )
+        values[scale] = value if value is not None and low <= value <= high else None
+    raw_rt = marker.get("rt_ms")
+    rt_ms = {}
+    if isinstance(raw_rt, dict):
+        for scale, ms in raw_rt.items():
+            if isinstance(scale, str) and (ms is None or _finite_number(ms) is not None):
+                rt_ms[scale] = None if ms is None else float(ms)
+    if all(v is None for v in values.values()):
+        problems.append("no valid rating")
+        return None, problems
+    block = marker.get("block")
+    try:
+        msg = RatingMessage(
+            session=session,
+            trial_id=trial,
+            block=block if isinstance(block, str) else "",
+            valence=values["valence"],
+            arousal=values["arousal"],
+            scale=(low, high),
+            rt_ms=rt_ms,
+        )
+    except ValueError as err:  # pydantic's ValidationError: whatever was missed above
+        return None, [*problems, f"not a valid rating message: {err}"]
+    return msg, problems
 
 
 def parse_marker(text: str) -> dict[str, Any]:
@@ -113,6 +198,7 @@ class Acquisition:
         self.pending: deque[_Pending] = deque()
         self.next_trial = 0
         self.n_epochs = 0
+        self.n_ratings = 0
         self.latencies_ms: list[float] = []
         self._last_ts = -np.inf
         self._last_new_local = pylsl.local_clock()
@@ -273,13 +359,35 @@ class Acquisition:
                 logger.warning("skipping malformed marker %r: %s", text[:200], err)
                 self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=str(err))
                 continue
-            self.store.log("marker", t_lsl=t, marker=marker)
+            # JSON allows no NaN: a non-finite number is logged as null (and a rating
+            # marker's is reported by _forward_rating)
+            self.store.log("marker", t_lsl=t, marker=_json_safe(marker))
+            if marker["event"] == RATING_EVENT:
+                self._forward_rating(marker, t)
             if marker["event"] != self.protocol.epochs.event:
                 continue
             trial = marker.get("trial")
             trial_id = int(trial) if isinstance(trial, int) and trial >= 0 else self.next_trial
             self.next_trial = max(self.next_trial, trial_id + 1)
             self.pending.append(_Pending(trial_id, t, marker))
+
+    def _forward_rating(self, marker: dict[str, Any], t_lsl: float) -> None:
+        """Publish a ``rating`` marker as a RatingMessage beside the epochs."""
+        r = self.protocol.presentation.ratings
+        msg, problems = rating_message(marker, self.store.root.name, (r.low, r.high))
+        if problems:
+            logger.warning("rating marker %s: %s", json.dumps(marker)[:200], "; ".join(problems))
+            self.store.log(
+                "rating_invalid",
+                t_lsl=t_lsl,
+                trial_id=marker.get("trial") if isinstance(marker.get("trial"), int) else None,
+                problems=problems,
+                forwarded=msg is not None,
+            )
+        if msg is None:
+            return
+        self.publisher.send_multipart(encode(msg))
+        self.n_ratings += 1
 
     def _newest(self, winsize: float) -> tuple[np.ndarray, np.ndarray]:
         """The last ``winsize`` seconds of the buffer, and track the stream's liveness."""
@@ -487,7 +595,7 @@ def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
     finally:
         acq.close()
         lat = np.asarray(acq.latencies_ms)
-        summary = {"n_epochs": acq.n_epochs}
+        summary = {"n_epochs": acq.n_epochs, "n_ratings": acq.n_ratings}
         if lat.size:
             summary["epoch_latency_ms"] = {
                 "median": float(np.median(lat)),

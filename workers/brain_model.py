@@ -12,13 +12,24 @@ already sent, as a real recording would have them without the response.
 
 A marker whose image is missing or unreadable is logged and answered with
 background EEG only (the photodiode still steps: the display did flip).
+
+With a response stream (``presentation.response_stream``) it also answers the rating
+screen like a person with a response box: each ``rating_onset`` marker (trial, scale,
+low, high) is answered, after a response delay, by one press on an LSL string outlet,
+``{"key": "<point>", "trial": ..., "scale": ...}`` stamped at the moment of the press.
+The points and delays come from :class:`models.brain_ratings.RatingModel` (the
+subject's hidden valence and arousal of that trial's image, mapped to the scale with
+the subject's own noise and scale-use bias), drawn once per trial. Presses are queued
+and sent by the streaming loop when due, so answering never holds up the EEG.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +47,9 @@ logger = logging.getLogger("eegs.brain_model")
 
 _RESOLVE_EVERY_S = 0.5
 _MAX_FUTURE_S = 10.0
+#: The presentation's marker of a rating question appearing (app/presentation/runner.py).
+RATING_ONSET_EVENT = "rating_onset"
+_MAX_TRIALS_KEPT = 4096  # trial -> image of recent onsets, for the ratings
 
 
 class BrainModelError(InputError):
@@ -50,6 +64,8 @@ class BrainModelConfig:
     name: str = "EEGS-EEG"
     markers: str = "EEGS-markers"
     duration_s: float | None = None
+    responses: str = ""  # response-box stream to answer ratings on ('' = do not answer)
+    rating_scale: tuple[int, int] = (1, 9)  # used when a rating_onset marker names none
 
 
 @dataclass
@@ -61,6 +77,7 @@ class StreamStats:
     responses: int = 0
     image_errors: int = 0
     late_ms: list[float] = field(default_factory=list)
+    answers: int = 0
 
 
 def channel_list(spec: str) -> list[str]:
@@ -84,7 +101,7 @@ def build_model(settings: BrainModelSettings) -> BrainModel:
         except LearnedModelError as err:
             raise BrainModelError(f"brain_model.learned_model: {err}") from None
     try:
-        return BrainModel(
+        model = BrainModel(
             settings.subject_seed,
             sfreq=settings.sfreq,
             ch_names=list(settings.channels) or None,
@@ -102,9 +119,13 @@ def build_model(settings: BrainModelSettings) -> BrainModel:
             display_lag_ms=settings.photodiode_lag_ms,
             display_jitter_ms=settings.photodiode_jitter_ms,
             learned=learned,
+            family=settings.family,
         )
     except ValueError as err:
         raise BrainModelError(f"brain_model: {err}") from None
+    # the family is logged here, in the brain model's own log, and nowhere a reward reads
+    logger.info("simulated subject %d, family %s", model.subject_seed, model.family)
+    return model
 
 
 def oracle(images: list[str | Path], subject_seed: int) -> list[dict[str, Any]]:
@@ -182,6 +203,115 @@ class MarkerReader:
             self.inlet = None
 
 
+class Responder:
+    """Answers the rating screen like a participant pressing a response box on LSL.
+
+    ``shown(trial, image)`` notes each trial's image at its onset marker;
+    ``question(marker, t)`` draws the trial's ratings (once per trial) when a
+    ``rating_onset`` marker comes and queues the press of that scale's point, due its
+    response delay after the question appeared; ``send_due()`` pushes the presses that
+    are due (called by the streaming loop once per chunk: never blocks).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: BrainModel,
+        *,
+        scale: tuple[int, int] = (1, 9),
+        seed: int | None = None,
+    ) -> None:
+        try:
+            from models.brain_ratings import RatingModel
+        except ImportError as err:
+            raise BrainModelError(f"answering ratings needs models.brain_ratings: {err}") from None
+        self.name = name
+        self.model = model
+        self.scale = (int(scale[0]), int(scale[1]))
+        self.rating_model = RatingModel.draw(model.subject_seed)
+        self.rng = np.random.default_rng(
+            None if seed is None else [seed, model.subject_seed, 0x52415445]
+        )
+        info = pylsl.StreamInfo(
+            name, "Responses", 1, 0, pylsl.cf_string, f"eegs-brain-model-responses-{name}"
+        )
+        info.desc().append_child_value("manufacturer", "EEGS brain model (simulated)")
+        self.outlet = pylsl.StreamOutlet(info)
+        self.images: OrderedDict[int, Path] = OrderedDict()
+        self.drawn: OrderedDict[tuple[int, int, int], tuple[int, int, tuple[float, float]]] = (
+            OrderedDict()
+        )
+        self._due: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self.answers = 0
+
+    def shown(self, trial: Any, image: Path | None) -> None:
+        """Note the image a trial showed (its onset marker)."""
+        if not isinstance(trial, int) or isinstance(trial, bool) or image is None:
+            return
+        self.images[trial] = image
+        self.images.move_to_end(trial)
+        while len(self.images) > _MAX_TRIALS_KEPT:
+            self.images.popitem(last=False)
+
+    def question(self, marker: dict[str, Any], t_lsl: float) -> None:
+        """A rating question appeared at ``t_lsl``: queue the answer of its scale."""
+        trial, scale = marker.get("trial"), marker.get("scale")
+        if scale not in ("valence", "arousal"):
+            logger.warning("trial %s: no answer to a question of scale %r", trial, scale)
+            return
+        image = self.images.get(trial) if isinstance(trial, int) else None
+        if image is None:
+            logger.warning("trial %s: %s question about an unseen image; no answer", trial, scale)
+            return
+        low, high = marker.get("low"), marker.get("high")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+            low, high = self.scale
+        if high <= low:
+            logger.warning("trial %s: scale %r to %r; no answer", trial, low, high)
+            return
+        key = (trial, low, high)
+        if key not in self.drawn:
+            try:
+                valence, arousal = self.model.affect(image)
+            except ImageError as err:
+                logger.warning("trial %s: %s; no rating", trial, err)
+                return
+            try:
+                self.drawn[key] = self.rating_model.rate(valence, arousal, low, high, self.rng)
+            except ValueError as err:
+                logger.warning("trial %s: no rating: %s", trial, err)
+                return
+            while len(self.drawn) > _MAX_TRIALS_KEPT:
+                self.drawn.popitem(last=False)
+        v_point, a_point, (v_delay, a_delay) = self.drawn[key]
+        point, delay = (v_point, v_delay) if scale == "valence" else (a_point, a_delay)
+        point = int(min(max(int(point), low), high))
+        delay = float(delay) if np.isfinite(delay) and delay > 0 else 0.0
+        text = json.dumps({"key": str(point), "trial": trial, "scale": scale})
+        self._seq += 1
+        heapq.heappush(self._due, (t_lsl + delay, self._seq, text))
+        logger.info(
+            "trial %s: %s %d, pressed %.0f ms after the question", trial, scale, point, delay * 1e3
+        )
+
+    def send_due(self, now: float | None = None) -> int:
+        """Push the presses that are due, each stamped at its own press time."""
+        now = pylsl.local_clock() if now is None else now
+        n = 0
+        while self._due and self._due[0][0] <= now:
+            due, _, text = heapq.heappop(self._due)
+            self.outlet.push_sample([text], due)
+            n += 1
+        self.answers += n
+        return n
+
+    def close(self) -> None:
+        """Withdraw the outlet (presses not yet due are dropped)."""
+        self._due.clear()
+        del self.outlet
+
+
 class BrainModelStream:
     """The outlet, the simulation and the marker reader of one process."""
 
@@ -206,6 +336,11 @@ class BrainModelStream:
         info.desc().append_child_value("manufacturer", "EEGS brain model (simulated)")
         self.outlet = pylsl.StreamOutlet(info, chunk_size=self.chunk, max_buffered=360)
         self.markers = MarkerReader(config.markers)
+        self.responder = (
+            Responder(config.responses, self.model, scale=config.rating_scale, seed=s.noise_seed)
+            if config.responses
+            else None
+        )
         self.image_root = Path(s.image_root) if s.image_root else Path.cwd()
         self.clock: SampleClock | None = None
         self.stats = StreamStats()
@@ -241,6 +376,8 @@ class BrainModelStream:
             self.clock.wait_until(float(self.clock.time_of(first + n - 1)))
         for text, t in self.markers.pull():
             self.handle_marker(text, t)
+        if self.responder is not None:
+            self.stats.answers += self.responder.send_due()
         block = self.sim.render(n).T
         if paced:
             push_chunk_at_clock(self.outlet, self.clock, first, block)
@@ -266,11 +403,17 @@ class BrainModelStream:
         if marker["event"] == s.offset_event:
             self.sim.offset(t)
             return
+        if marker["event"] == RATING_ONSET_EVENT:
+            if self.responder is not None:
+                self.responder.question(marker, t_lsl)
+            return
         if marker["event"] != s.onset_event:
             return
         self.stats.onsets += 1
         trial = marker.get("trial")
         path = self._image_path(marker)
+        if self.responder is not None:
+            self.responder.shown(trial, path)
         try:
             stim = self.sim.onset(path, t)
         except ImageError as err:
@@ -314,8 +457,10 @@ class BrainModelStream:
         return path
 
     def close(self) -> None:
-        """Close the marker inlet and withdraw the outlet."""
+        """Close the marker inlet and withdraw the outlets."""
         self.markers.close()
+        if self.responder is not None:
+            self.responder.close()
         del self.outlet
 
 
@@ -329,11 +474,13 @@ def run(config: BrainModelConfig, stop=lambda: False) -> StreamStats:
         stream.close()
     late = np.asarray(stream.stats.late_ms)
     logger.info(
-        "stopped after %.1f s: %d onsets, %d responses, %d unreadable images%s",
+        "stopped after %.1f s: %d onsets, %d responses, %d unreadable images, %d ratings "
+        "answered%s",
         stream.stats.samples / stream.model.sfreq,
         stream.stats.onsets,
         stream.stats.responses,
         stream.stats.image_errors,
+        stream.stats.answers,
         f", response start lost: max {late.max():.1f} ms" if late.size else "",
     )
     return stats

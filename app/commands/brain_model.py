@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
 from app.commands._common import add_protocol_argument, protocol_from_args
+from experiment_protocols.brain_model import SubjectFamily
 
 NAME = "brain-model"
 HELP = "simulated participant: LSL EEG that reacts to the images shown"
@@ -26,7 +28,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_protocol_argument(p)
     p.add_argument("--name", metavar="NAME", help="EEG stream name (protocol: streams.eeg)")
     p.add_argument("--markers", metavar="NAME", help="marker stream to read (streams.markers)")
+    p.add_argument(
+        "--responses",
+        metavar="NAME",
+        help="answer the rating screen on this LSL response-box stream "
+        "(presentation.response_stream; '' = do not answer)",
+    )
     p.add_argument("--subject-seed", type=int, metavar="N", help="which simulated subject")
+    p.add_argument(
+        "--family",
+        choices=get_args(SubjectFamily),
+        help="which components carry the subject's affect (brain_model.family; the hidden "
+        "affect is the same in every family)",
+    )
     p.add_argument("--seed", type=int, metavar="N", help="seed of the background noise")
     p.add_argument(
         "--channels", metavar="LIST", help="'64', 'atm17' or comma-separated 10-05 names"
@@ -73,6 +87,7 @@ def _protocol(args: argparse.Namespace):
         channels = channel_list(args.channels)
     bm = {
         "subject_seed": args.subject_seed,
+        "family": args.family,
         "noise_seed": args.seed,
         "channels": channels,
         "sfreq": args.sfreq,
@@ -92,6 +107,7 @@ def _protocol(args: argparse.Namespace):
     }
     overrides = {f"brain_model.{k}": v for k, v in bm.items()}
     overrides.update({"streams.eeg": args.name, "streams.markers": args.markers})
+    overrides["presentation.response_stream"] = args.responses
     return protocol_from_args(args, overrides)
 
 
@@ -120,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         name=protocol.streams.eeg,
         markers=protocol.streams.markers,
         duration_s=args.duration,
+        responses=protocol.presentation.response_stream,
+        rating_scale=(protocol.presentation.ratings.low, protocol.presentation.ratings.high),
     )
     stats = run_brain_model(config, stop=STOP.is_set)
     print(

@@ -1,7 +1,10 @@
 """Write a session's recording as BIDS-EEG (mne-bids), markers as events.
 
 The EEG and marker streams of SESSION/recording.xdf become one BrainVision recording
-in a BIDS tree under OUT, with every marker's "event" in events.tsv. A resumed session
+in a BIDS tree under OUT, with every marker's "event" in events.tsv (trial_type) and
+its fields as columns: trial, block, round, label, image, scale (of a rating_onset
+marker: the question shown), valence and arousal (of a rating marker: the
+participant's answers; n/a where a marker has none). A resumed session
 has one recording part per run of its processes (recording-part2.xdf, ...): each
 becomes its own BIDS run. Subject, session and task come from session.json unless given.
 """
@@ -30,6 +33,55 @@ def _label(text: str) -> str:
     return "".join(c for c in text if c.isalnum()) or "x"
 
 
+#: Marker fields written as events.tsv columns, with their descriptions (events.json).
+EVENT_COLUMNS = {
+    "trial": "Trial id (the same in the session's events.jsonl and epochs).",
+    "block": "Block of the trial (calibration, closed_loop, validation or its name).",
+    "round": "Round of the block (closed loop: generation).",
+    "label": "Class label of the image's folder (labelled blocks).",
+    "image": "Path of the image shown, as the presentation read it.",
+    "scale": "rating_onset: the rating question shown (valence or arousal).",
+    "valence": "rating: the participant's valence rating (low = unpleasant).",
+    "arousal": "rating: the participant's arousal rating (low = calm).",
+    "low": "rating_onset, rating: lowest point of the rating scale.",
+    "high": "rating_onset, rating: highest point of the rating scale.",
+}
+
+
+def event_extras(markers: list[dict]) -> list[dict]:
+    """Per marker, the fields of :data:`EVENT_COLUMNS` it has (scalars only)."""
+    out = []
+    for m in markers:
+        extra = {}
+        for key in EVENT_COLUMNS:
+            value = m.get(key)
+            if isinstance(value, float) and value != value:  # NaN
+                value = None
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                extra[key] = value
+        out.append(extra)
+    return out
+
+
+def _annotate(raw, rec) -> list[str]:
+    """Markers as annotations whose extras become events.tsv columns; the columns used."""
+    import mne
+
+    if not rec.events:
+        return []
+    extras = event_extras([m for _, m in rec.events])
+    used = [key for key in EVENT_COLUMNS if any(key in e for e in extras)]
+    raw.set_annotations(
+        mne.Annotations(
+            [s / rec.sfreq for s, _ in rec.events],
+            0.0,
+            [str(m["event"]) for _, m in rec.events],
+            extras=[{key: e.get(key) for key in used} for e in extras],
+        )
+    )
+    return used
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert and report the BIDS path written."""
     from mne.channels import make_standard_montage
@@ -49,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
     montage = make_standard_montage("colin27_1020")
     known = {ch.lower() for ch in montage.ch_names}
     for k, xdf in enumerate(parts, start=1):
-        raw = load_recording(xdf).to_raw()
+        rec = load_recording(xdf)
+        raw = rec.to_raw()
+        columns = _annotate(raw, rec)
         if any(ch.lower() in known for ch in raw.ch_names):  # 10-20 names: add positions
             raw.set_montage(montage, match_case=False, on_missing="ignore")
         raw.info["line_freq"] = notch[0]
@@ -68,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             allow_preload=True,
             overwrite=args.overwrite,
             verbose="error",
+            extra_columns_descriptions={k: EVENT_COLUMNS[k] for k in columns} or None,
         )
         print(f"BIDS-EEG written: {path.fpath} (from {xdf.name})")
     return 0

@@ -3,11 +3,11 @@
 Every frame goes through :meth:`Runner.frame`: draw, (on blank frames only) move the
 next image a little closer to the GPU, flip, record the flip on the LSL clock, log
 the markers it carried and read the experimenter's keys. A trial is fixation,
-stimulus (with the photodiode patch white), optional ratings and a blank ITI, each a
-whole number of frames. Markers go out on the flip that shows what they describe.
-The next image is decoded by a thread and uploaded in bands during blank frames;
-when it is not ready in time the protocol's late-image policy applies and the
-display goes on either way.
+stimulus (with the photodiode patch white), ratings (in the blocks that
+``presentation.ratings.blocks`` names) and a blank ITI, each a whole number of
+frames. Markers go out on the flip that shows what they describe. The next image is
+decoded by a thread and uploaded in bands during blank frames; when it is not ready
+in time the protocol's late-image policy applies and the display goes on either way.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from app.presentation.images import (
 from app.presentation.markers import MarkerStream
 from app.presentation.photodiode import PhotodiodePatch
 from app.presentation.ratings import RatingScreen
+from app.presentation.responses import ResponseBox
 from app.presentation.resume import BlockProgress, read_progress, saved_round_images
 from app.presentation.textures import (
     StreamedTexture,
@@ -155,6 +156,7 @@ class Runner:
         status: StatusLine,
         clock_offset: float,
         progress: dict[str, BlockProgress] | None = None,
+        box: ResponseBox | None = None,
     ) -> None:
         from psychopy import visual
 
@@ -205,7 +207,9 @@ class Runner:
         )
         self.image = visual.ImageStim(win, image=None, units=scr.units, autoLog=False)
         self.patch = PhotodiodePatch(win, pres.photodiode)
-        self.ratings = RatingScreen(win, pres.ratings, color) if pres.ratings.enabled else None
+        rated = any(pres.ratings.rates(p.block.kind) for p in plans)
+        self.ratings = RatingScreen(win, pres.ratings, color) if rated else None
+        self.box = box
 
     # -- setup -------------------------------------------------------------------------
     def load_pool(self, folder: Path) -> None:
@@ -533,16 +537,8 @@ class Runner:
         last = on_i
         aborted = None
         try:
-            if self.ratings is not None:
-                self.current["phase"] = "rating"
-                self.controls.extra = self.ratings.keys
-                try:
-                    rating = self.ratings.run(
-                        lambda phase, draw: self.frame(phase, draw), lambda: self.controls.pressed
-                    )
-                finally:
-                    self.controls.extra = []
-                self.markers.on_next_flip("rating", **info, **rating)
+            if self.ratings is not None and self.pres.ratings.rates(rnd.plan.block.kind):
+                rating = self._rate(info)
             self.current["phase"] = "iti"
             for _ in range(n_iti):
                 last, _t = self.frame("blank")
@@ -580,8 +576,37 @@ class Runner:
         self.current = {}
         return True
 
+    def _rate(self, info: dict[str, Any]) -> dict[str, Any]:
+        """The rating screen of one trial, with its markers: one per question, then answers.
+
+        ``rating_onset`` (trial, block, round, scale, low, high) goes out on the flip that
+        first shows each question; ``rating`` (trial, block, round, each scale's value,
+        ``rt_ms``, ``input``, low, high; a scale that timed out has no value) on the first
+        frame after the last answer.
+        """
+        cfg = self.pres.ratings
+        scale_range = {"low": cfg.low, "high": cfg.high}
+        self.current["phase"] = "rating"
+        self.controls.extra = self.ratings.keys
+        try:
+            rating = self.ratings.run(
+                lambda phase, draw: self.frame(phase, draw),
+                lambda: self.controls.pressed,
+                onset=lambda scale: self.markers.on_next_flip(
+                    "rating_onset", **info, scale=scale, **scale_range
+                ),
+                box=self.box,
+                where=info,
+            )
+        finally:
+            self.controls.extra = []
+        self.markers.on_next_flip("rating", **info, **rating, **scale_range)
+        return rating
+
     def _between_trials(self) -> None:
         self.trials_done += 1
+        if self.box is not None:
+            self.box.discard(self._where())  # pressed outside a question: not an answer
         rnd = self.round
         self.status.show(
             f"{rnd.plan.block.label} round {rnd.index + 1}/{rnd.plan.block.n_rounds} | "
@@ -640,6 +665,12 @@ class Runner:
             marker_push_delay_ms=distribution(np.asarray(self.markers.push_delays_ms)),
             uploaded_rows=self.stager.uploaded_rows,
         )
+        if self.box is not None:
+            out["response_box"] = {
+                "stream": self.box.name,
+                "received": self.box.n_received,
+                "invalid": self.box.n_invalid,
+            }
         return out
 
     def _where(self) -> dict[str, Any]:
@@ -703,6 +734,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
     log = EventWriter(store)
     loader = ImageLoader()
     client = None
+    box = None
     win = runner = None
     status = "failed"
     summary: dict[str, Any] = {}
@@ -724,6 +756,8 @@ def run(config: PresentConfig) -> dict[str, Any]:
                 server_public_key=net.curve_public_key,
                 on_event=log,
             )
+        if pres.response_stream and any(pres.ratings.rates(p.block.kind) for p in plans):
+            box = ResponseBox(pres.response_stream, log)
         runner = Runner(
             protocol,
             plans,
@@ -737,6 +771,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             status=status_line,
             clock_offset=offset,
             progress=progress,
+            box=box,
         )
         if pool_folder is not None:
             runner.load_pool(pool_folder)
@@ -753,10 +788,17 @@ def run(config: PresentConfig) -> dict[str, Any]:
                 {"block": p.block.label, "source": p.source, "folder": p.folder} for p in plans
             ],
             gl_max_texture=runner.max_texture,
+            response_stream=box.name if box is not None else None,
         )
         if not markers.wait_for_consumers(protocol.streams.connect_timeout_s):
             logger.warning("nobody reads the marker stream '%s' yet", protocol.streams.markers)
             log("markers_unheard", timeout_s=protocol.streams.connect_timeout_s)
+        if box is not None and not box.connected.wait(min(protocol.streams.connect_timeout_s, 5)):
+            logger.warning(
+                "response stream '%s' not found yet (still looked for; keys and mouse work)",
+                box.name,
+            )
+            log("response_stream_unheard", stream=box.name)
         if config.wait_recording_s > 0 and not _wait_for_recording(
             win, new_events, config.wait_recording_s
         ):
@@ -780,6 +822,8 @@ def run(config: PresentConfig) -> dict[str, Any]:
             store.close(status, presentation=summary)
             if client is not None:
                 client.close()
+            if box is not None:
+                box.close()
             loader.close()
             if win is not None:
                 win.close()
