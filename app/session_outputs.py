@@ -39,6 +39,13 @@ class Trial:
     dropped_frames: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    def rated(self, scale: str) -> float | None:
+        """The participant's rating of this trial on ``scale`` (None: not rated)."""
+        value = self.rating.get(scale) if isinstance(self.rating, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value) if np.isfinite(value) else None
+
 
 def _stats(values: list[float]) -> dict[str, float] | None:
     if not values:
@@ -105,6 +112,44 @@ def _round_ready_latency(events: list[dict], loop: list[Trial]) -> list[float]:
     return out
 
 
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 3) if values else None
+
+
+def _corr(x: list[float], y: list[float]) -> float | None:
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return round(float(np.corrcoef(x, y)[0, 1]), 3)
+
+
+def ratings_summary(trials: list[Trial], protocol: Protocol) -> dict[str, Any] | None:
+    """The participant's self-report: counts and mean ratings per block and per label.
+
+    None when no trial was rated.
+    """
+    rated = [t for t in trials if t.rated("valence") is not None or t.rated("arousal") is not None]
+    if not rated:
+        return None
+    r = protocol.presentation.ratings
+    out: dict[str, Any] = {"scale": [r.low, r.high], "n_rated": len(rated), "by_block": {}}
+    for block in dict.fromkeys(t.block for t in rated):
+        ts = [t for t in rated if t.block == block]
+        row: dict[str, Any] = {"n": len(ts)}
+        for scale in ("valence", "arousal"):
+            values = [v for t in ts if (v := t.rated(scale)) is not None]
+            row[f"{scale}_mean"] = _mean(values)
+        labels = sorted({t.label for t in ts if t.label})
+        if labels:  # labelled images: the participant's valence against the set's labels
+            row["valence_mean_by_label"] = {
+                label: _mean(
+                    [v for t in ts if t.label == label and (v := t.rated("valence")) is not None]
+                )
+                for label in labels
+            }
+        out["by_block"][block] = row
+    return out
+
+
 def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, Any]:
     """The figures of a session (``summary.json``)."""
     trials, events = collect_trials(session)
@@ -130,10 +175,18 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
         "protocol_sha256": info.get("protocol_sha256") or protocol.sha256,
         "resumed": sum(1 for e in events if e["event"] == "session_resumed"),
     }
+    ratings = ratings_summary(trials, protocol)
+    if ratings is not None:
+        summary["ratings"] = ratings
     fitted = next((e for e in events if e["event"] == "decoder_fitted"), None)
     if fitted is not None:  # the affective reward's decoder, fitted on the calibration block
         summary["calibration_decoder"] = {
             k: v for k, v in fitted.items() if k not in ("t_wall", "event")
+        }
+    personal = next((e for e in events if e["event"] == "personal_estimator"), None)
+    if personal is not None:  # the personal reward: decodes or fell back, and its CV figures
+        summary["personal_estimator"] = {
+            k: v for k, v in personal.items() if k not in ("t_wall", "event")
         }
     if pilot:
         from models.brain_response import BrainModel
@@ -151,6 +204,18 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
         summary["oracle_arousal_by_round"] = _by_round(
             loop, lambda t: affect[t.trial][1] if t.trial in affect else None
         )
+        if ratings is not None:  # does the simulated participant rate as it feels?
+            pairs = {
+                scale: [
+                    (v, affect[t.trial][k])
+                    for t in trials
+                    if (v := t.rated(scale)) is not None and t.trial in affect
+                ]
+                for k, scale in enumerate(("valence", "arousal"))
+            }
+            ratings["oracle_correlation"] = {
+                scale: _corr([a for a, _ in xy], [b for _, b in xy]) for scale, xy in pairs.items()
+            }
         summary["oracle_note"] = (
             "the brain model's hidden affect of the shown images, read after the session "
             "for evaluation only; the loop never saw it"
@@ -166,7 +231,9 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
     else ``low_<target>`` (target: ``generation.reward.chases``: the protocol's
     ``target_class`` for the decoder and asymmetry rewards, ``arousal`` for the LPP,
     ``target`` for the semantic reward); the reward,
-    decoder probabilities, round, parents and self-report ratings are kept beside it.
+    decoder probabilities, round, parents and self-report ratings are kept beside it
+    (``valence_rating`` / ``arousal_rating``: the participant's answers where the image
+    was rated, else null; ``ratings``: the whole answer, with reaction times and input).
     """
     trials, _ = collect_trials(session)
     rated = [
@@ -193,13 +260,15 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
                 "label": label,
                 "reward": t.reward,
                 "reward_mode": mode,
-                "decoder_probabilities": t.reward_details.get("probabilities"),
+                "decoder_probabilities": t.reward_details.get("proba"),
                 "reward_details": t.reward_details,
                 "round": t.round,
                 "trial": t.trial,
                 "parents": t.provenance.get("parents", []),
                 "kind": t.provenance.get("kind"),
                 "backend": t.provenance.get("backend"),
+                "valence_rating": t.rated("valence"),
+                "arousal_rating": t.rated("arousal"),
                 "ratings": t.rating,
                 "source_image": str(t.image),
             }

@@ -70,11 +70,14 @@ class GP(_Section):
 class Reward(_Section):
     """How an EEG epoch becomes a reward in [0, 1]."""
 
-    mode: Literal["lpp", "asymmetry", "affective", "semantic"] = Field(
+    mode: Literal["personal", "lpp", "asymmetry", "affective", "semantic"] = Field(
         "lpp",
-        description="lpp: late-positive-potential index (arousal, no training); asymmetry: "
-        "frontal alpha asymmetry (valence, no training); affective: decoder "
-        "probability of target_class; semantic: cosine to a target EEG embedding.",
+        description="personal (default.toml's and pilot.toml's mode; a file without the "
+        "key gets lpp): an estimator of the participant's own valence ratings, fitted by "
+        "the worker on the calibration block (asymmetry when the participant does not "
+        "decode above chance); lpp: late-positive-potential index (arousal, no "
+        "training); asymmetry: frontal alpha asymmetry (valence, no training); affective: "
+        "decoder probability of target_class; semantic: cosine to a target EEG embedding.",
     )
     decoder: str = Field(
         "",
@@ -106,6 +109,24 @@ class Reward(_Section):
     asymmetry_window_s: tuple[float, float] = (0.3, 1.0)
     asymmetry_alpha_scale: float = Field(
         0.5, gt=0, description="Single-trial spread of ln P(right) - ln P(left) (alpha)."
+    )
+    personal_folds: int = Field(
+        5, ge=2, le=20, description="Personal: cross-validation folds inside the calibration block."
+    )
+    personal_permutations: int = Field(
+        200,
+        ge=19,
+        description="Personal: rating shuffles of the permutation test (p >= 1/(this + 1)).",
+    )
+    personal_p_threshold: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Personal: the participant decodes when the out-of-fold r > 0 and the "
+        "permutation p is below this; otherwise the reward falls back to asymmetry.",
+    )
+    personal_min_trials: int = Field(
+        12, ge=6, description="Personal: fewer rated calibration trials fall back at once."
     )
 
     @property

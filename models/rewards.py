@@ -2,7 +2,7 @@
 
 A reward function is any callable ``f(epoch) -> float`` (or ``-> Reward`` with
 details), where ``epoch`` is an :class:`EpochData`; the generation worker only sees that
-callable, so a lab can plug in its own. Three are built in (protocol
+callable, so a lab can plug in its own. These are built in (protocol
 ``generation.reward.mode``):
 
 - ``affective``: the decoder's probability of the target class (ATM-S-FC or EEGNet,
@@ -20,6 +20,10 @@ callable, so a lab can plug in its own. Three are built in (protocol
   by its typical single-trial spread and squashed by a logistic. Higher means more
   pleasant, so it chases amusement without a calibration block. It reads induced
   power, not the slow frontal potential, which the acquisition's high-pass distorts.
+- ``personal`` (default.toml's and pilot.toml's mode): an estimator of the participant's
+  own valence ratings, fitted by the worker on the session's calibration block and
+  cross-validated inside it; the asymmetry index when the participant does not decode
+  above chance (:mod:`models.personal_reward`, :mod:`workers.calibration`).
 """
 
 from __future__ import annotations
@@ -233,16 +237,27 @@ def load_target_embedding(path: str | Path) -> np.ndarray:
         raise RewardError(f"{path}: not a plain .npy array ({err})") from None
 
 
+def asymmetry_from_settings(settings) -> AsymmetryReward:
+    """The asymmetry index of ``generation.reward`` (also the personal reward's fallback)."""
+    return AsymmetryReward(
+        settings.asymmetry_pairs,
+        settings.asymmetry_band_hz,
+        settings.asymmetry_window_s,
+        settings.asymmetry_alpha_scale,
+    )
+
+
 def from_settings(settings) -> RewardFunction:
     """The reward function the protocol's ``generation.reward`` section names."""
     if settings.mode == "lpp":
         return LppReward(settings.lpp_window_s, settings.lpp_channels, settings.lpp_scale_uv)
     if settings.mode == "asymmetry":
-        return AsymmetryReward(
-            settings.asymmetry_pairs,
-            settings.asymmetry_band_hz,
-            settings.asymmetry_window_s,
-            settings.asymmetry_alpha_scale,
+        return asymmetry_from_settings(settings)
+    if settings.mode == "personal":
+        raise RewardError(
+            "generation.reward.mode = 'personal' is fitted on the participant's own ratings "
+            "during a session (workers/calibration.py); offline, fit it with "
+            "workers.calibration.personal_reward_for (calibration epochs + ratings)"
         )
     if settings.mode == "affective":
         if not settings.decoder:

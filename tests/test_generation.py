@@ -324,7 +324,7 @@ def test_asymmetry_reward_follows_frontal_alpha():
 
 
 def test_asymmetry_reward_tracks_the_brain_models_hidden_valence():
-    """Single trials of a simulated subject, default SNR: the pilot's reward carries valence."""
+    """Single trials, default SNR: the asymmetry index (the personal reward's fallback)."""
     from models.brain_response import BrainModel
     from models.rewards import from_settings
 
@@ -333,7 +333,8 @@ def test_asymmetry_reward_tracks_the_brain_models_hidden_valence():
     brain = BrainModel(subject_seed=11, sfreq=250.0)
     X = brain.simulate_epochs(images, seed=3)
     X -= X[:, :, :50].mean(axis=2, keepdims=True)
-    reward = from_settings(load_protocol(PROTOCOL_DIR / "pilot.toml").generation.reward)
+    settings = load_protocol(PROTOCOL_DIR / "pilot.toml").generation.reward
+    reward = from_settings(settings.model_copy(update={"mode": "asymmetry"}))
     r = [reward(EpochData(x, brain.ch_names, brain.sfreq, -0.2)).value for x in X]
     valence = [brain.affect(im)[0] for im in images]
     assert np.corrcoef(r, valence)[0, 1] > 0.3

@@ -1,13 +1,36 @@
-"""The affective reward with a decoder fitted in the session, on its own calibration block.
+"""Rewards fitted in the session, on its own calibration block.
 
-With ``generation.reward.mode = "affective"`` and ``decoder = "calibration"``, the worker
-keeps every epoch whose marker carries one of the decoder's two labels
-(``decoder.positive_label`` / ``negative_label``, the calibration images' classes)
-until the first closed-loop request; then, in idle time, it fits ``decoder.classifier``
+Two rewards need the session's calibration block before they can score anything; both
+are :class:`SessionFittedReward` objects that the generation worker feeds and fits in a
+thread of its own (``GenerationService``): it keeps the calibration epochs (and, for the
+personal reward, the ratings), fits as soon as the block is in (or at the first
+closed-loop request at the latest), saves the model in ``SESSION/decoder/`` and then
+scores the epochs that waited.
+
+**Affective decoder** (``generation.reward.mode = "affective"``, ``decoder =
+"calibration"``, :class:`CalibratedDecoderReward`): the worker keeps every epoch whose
+marker carries one of the decoder's two labels (``decoder.positive_label`` /
+``negative_label``, the calibration images' classes); it fits ``decoder.classifier``
 on them (ATM-S-FC or EEGNet, :mod:`models.classifiers`), saves it to
-``SESSION/decoder/calibration.safetensors`` and from then on rewards each epoch with
-the decoder's probability of ``generation.reward.target_class``. Epochs that arrive
-while the decoder is being fitted are scored as soon as it is ready.
+``SESSION/decoder/calibration.safetensors`` and from then on rewards each epoch with the
+decoder's probability of ``generation.reward.target_class``.
+
+**Personal estimator** (``generation.reward.mode = "personal"``,
+:class:`PersonalSessionReward`): the worker keeps every epoch of a calibration block (the
+marker's ``block`` is the label of a block of kind ``calibration``) and every valence
+rating of those trials (:class:`~workers.messages.RatingMessage`, published by ``eegs
+acquire`` beside the epochs or sent to the worker's ROUTER; paired by trial id, in either
+order). When every calibration trial has its epoch and its rating (or at the first
+closed-loop request), it fits :func:`models.personal_reward.fit_personal` with the
+protocol's ``personal_*`` keys, logs a ``personal_estimator`` record (decodes, cv r, CI,
+p, n trials, fallback), saves ``decoder/personal.safetensors`` + ``decoder/personal.json``
+and rewards every epoch with the predicted valence, or with the asymmetry index when the
+participant does not decode (the documented fallback). The calibration epochs themselves
+are then rewarded too (their out-of-fold predictions, or the asymmetry index), so their
+images join the generator's observations as with the training-free rewards. A resumed
+worker loads the saved estimator, or, before the fit, the ratings it logged
+(``calibration_rating`` events). :func:`personal_reward_for` is the same fit without a
+session (the population bench).
 """
 
 from __future__ import annotations
@@ -15,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +49,7 @@ from models.rewards import EpochData, Reward, RewardError
 logger = logging.getLogger("eegs.calibration")
 
 DECODER_FILE = Path("decoder") / "calibration.safetensors"
+PERSONAL_FILE = Path("decoder") / "personal.safetensors"  # + personal.json
 CALIBRATION = "calibration"  # the value of generation.reward.decoder that asks for this
 
 
@@ -32,7 +57,48 @@ class DecoderNotReady(RewardError):
     """An epoch arrived before the calibration decoder was fitted."""
 
 
-class CalibratedDecoderReward:
+class SessionFittedReward:
+    """A reward fitted on the session's calibration block: what the worker calls.
+
+    ``keep`` a calibration epoch (returns the fields of its ``calibration_epoch`` event,
+    or None for any other epoch), ``add_rating`` (the personal estimator's ratings),
+    ``n_usable`` (calibration trials ready for the fit: the block is complete when this
+    reaches its size), ``can_fit``, ``fit`` (returns the ``fit_event`` record), then
+    ``__call__`` once ``ready``. With ``park_kept`` the kept epochs also wait for the fit
+    and are rewarded after it.
+    """
+
+    fit_event = "decoder_fitted"
+    park_kept = False
+    what = "the calibration decoder"
+
+    @property
+    def ready(self) -> bool:
+        """Whether epochs can be scored."""
+        raise NotImplementedError
+
+    def keep(self, epoch: EpochData, marker: dict[str, Any], trial_id: int, flags) -> dict | None:
+        """Keep a calibration epoch for the fit (fields to log), else None."""
+        raise NotImplementedError
+
+    def add_rating(self, msg) -> dict[str, Any] | None:
+        """Keep a self-report for the fit (fields to log), else None."""
+        return None
+
+    def n_usable(self) -> int:
+        """Calibration trials the fit can use so far."""
+        raise NotImplementedError
+
+    def can_fit(self) -> bool:
+        """Whether a fit may start now."""
+        raise NotImplementedError
+
+    def fit(self) -> dict[str, Any]:
+        """Fit, save and switch to the model; returns what the session log keeps."""
+        raise NotImplementedError
+
+
+class CalibratedDecoderReward(SessionFittedReward):
     """Affective reward whose decoder is fitted on the session's labelled epochs.
 
     Parameters
@@ -78,6 +144,18 @@ class CalibratedDecoderReward:
         """Class index of a labelled (calibration) epoch's marker, else None."""
         label = marker.get("label")
         return self.labels.index(label) if label in self.labels else None
+
+    def keep(self, epoch: EpochData, marker: dict[str, Any], trial_id: int, flags) -> dict | None:
+        """A labelled epoch is kept (its label is logged); any other is not."""
+        label = self.label_of(marker)
+        if label is None:
+            return None
+        self.add(epoch, label)
+        return {"label": self.labels[label]}
+
+    def n_usable(self) -> int:
+        """Labelled epochs kept."""
+        return len(self.y)
 
     def add(self, epoch: EpochData, label: int) -> None:
         """Keep one labelled epoch for the fit."""
@@ -149,3 +227,191 @@ class CalibratedDecoderReward:
             float(proba[self.column]),
             {"proba": {n: round(float(p), 6) for n, p in zip(self.labels, proba, strict=True)}},
         )
+
+
+# -- the personal estimator --------------------------------------------------------------------
+def personal_reward_for(
+    epochs: Sequence[EpochData],
+    ratings: Sequence[float],
+    scale: tuple[float, float],
+    settings,
+    seed: int = 0,
+):
+    """The personal reward fitted as the worker fits it, without a session.
+
+    ``settings`` is the protocol's ``generation.reward`` section (the ``personal_*`` keys
+    and the asymmetry fallback). Returns ``(reward_fn, record)``: the reward (the
+    estimator, or the asymmetry index when the participant does not decode) and the
+    ``personal_estimator`` record (decodes, cv r, CI, p, n trials, fallback).
+    """
+    from models.personal_reward import personal_reward
+    from models.rewards import asymmetry_from_settings
+
+    reward = personal_reward(
+        epochs,
+        ratings,
+        scale,
+        asymmetry_from_settings(settings),
+        seed,
+        folds=settings.personal_folds,
+        permutations=settings.personal_permutations,
+        p_threshold=settings.personal_p_threshold,
+        min_trials=settings.personal_min_trials,
+    )
+    return reward, dict(reward.record)
+
+
+class PersonalSessionReward(SessionFittedReward):
+    """The personal reward of one session: calibration epochs + ratings in, then rewards.
+
+    Parameters
+    ----------
+    settings
+        The protocol's ``generation.reward`` section.
+    calibration_blocks
+        Labels of the protocol's calibration blocks (the markers' ``block``).
+    session_dir
+        Where the estimator is saved (and found again by a resumed worker).
+    seed
+        Seeds the folds and the permutations.
+    use_flagged
+        Fit on quality-flagged epochs too (``generation.use_flagged_epochs``).
+    """
+
+    fit_event = "personal_estimator"
+    park_kept = True
+    what = "the personal estimator"
+
+    def __init__(
+        self,
+        settings,
+        calibration_blocks: Sequence[str],
+        session_dir: Path,
+        seed: int = 0,
+        use_flagged: bool = False,
+    ) -> None:
+        from models.rewards import asymmetry_from_settings
+
+        self.settings = settings
+        self.blocks = set(calibration_blocks)
+        self.root = Path(session_dir)
+        self.path = self.root / PERSONAL_FILE
+        self.seed = seed
+        self.use_flagged = use_flagged
+        self.fallback = asymmetry_from_settings(settings)
+        self.epochs: dict[int, tuple[EpochData, bool]] = {}  # trial -> (epoch, flagged)
+        self.ratings: dict[int, tuple[float, float, float]] = {}  # trial -> (valence, lo, hi)
+        self.reward = None  # a models.personal_reward.PersonalReward once fitted
+        self._lock = threading.Lock()
+        if self.path.with_suffix(".json").exists():
+            self._load()
+        else:
+            self._restore_ratings()
+
+    @property
+    def ready(self) -> bool:
+        """Whether epochs can be scored (the estimator, or its fallback)."""
+        return self.reward is not None
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The ``personal_estimator`` record once fitted."""
+        return None if self.reward is None else dict(self.reward.record)
+
+    def keep(self, epoch: EpochData, marker: dict[str, Any], trial_id: int, flags) -> dict | None:
+        """An epoch of a calibration block is kept for the fit; any other is not."""
+        block = marker.get("block")
+        if block not in self.blocks:
+            return None
+        with self._lock:
+            self.epochs[trial_id] = (epoch, bool(flags))
+            rated = trial_id in self.ratings
+        return {"block": block, "rated": rated, "flags": list(flags or [])}
+
+    def add_rating(self, msg) -> dict[str, Any] | None:
+        """A valence rating of a calibration trial (or of an unnamed block) is kept."""
+        if msg.valence is None or (msg.block and msg.block not in self.blocks):
+            return None
+        lo, hi = (float(v) for v in msg.scale)
+        if not hi > lo or not np.isfinite(msg.valence):
+            raise RewardError(
+                f"rating of trial {msg.trial_id}: scale {[lo, hi]}, valence {msg.valence}"
+            )
+        item = (float(msg.valence), lo, hi)
+        with self._lock:
+            if self.ratings.get(msg.trial_id) == item:
+                return None  # the same rating again (PUB and ROUTER)
+            self.ratings[msg.trial_id] = item
+        return {"block": msg.block, "valence": item[0], "scale": [lo, hi]}
+
+    def n_usable(self) -> int:
+        """Calibration trials with both their epoch and their rating."""
+        with self._lock:
+            return len(self.epochs.keys() & self.ratings.keys())
+
+    def can_fit(self) -> bool:
+        """Always, until fitted: with too few rated trials the fit is the fallback."""
+        return not self.ready
+
+    def fit(self) -> dict[str, Any]:
+        """Fit (or fall back), save, switch; returns the ``personal_estimator`` record."""
+        from models.personal_reward import PersonalReward
+
+        with self._lock:
+            trials = sorted(self.epochs.keys() & self.ratings.keys())
+            used = [t for t in trials if self.use_flagged or not self.epochs[t][1]]
+            epochs = [self.epochs[t][0] for t in used]
+            rated = [self.ratings[t] for t in used]
+            n_epochs, n_ratings = len(self.epochs), len(self.ratings)
+        if rated:
+            _, lo, hi = rated[0]  # every rating on the first one's scale
+            ratings = [lo + (v - a) / (b - a) * (hi - lo) for v, a, b in rated]
+            reward, _ = personal_reward_for(
+                epochs, ratings, (lo, hi), self.settings, seed=self.seed
+            )
+        else:
+            lo = hi = None
+            reward = PersonalReward(
+                None,
+                self.fallback,
+                reason=f"not fitted: no rated calibration trial ({n_epochs} calibration "
+                f"epochs, {n_ratings} ratings): does the protocol ask valence ratings "
+                "(presentation.ratings)?",
+                n_trials=0,
+            )
+        if not reward.decodes:
+            reward.record["reason"] += "; the reward is the asymmetry index"
+        reward.save(self.path)
+        self.reward = reward
+        return {
+            **reward.record,
+            "n_calibration_epochs": n_epochs,
+            "n_ratings": n_ratings,
+            "n_flagged_left_out": len(trials) - len(used),
+            "rating_scale": None if lo is None else [lo, hi],
+            "file": str(PERSONAL_FILE),
+        }
+
+    def __call__(self, epoch: EpochData) -> Reward:
+        """The predicted valence in [0, 1], or the asymmetry index (the fallback)."""
+        reward = self.reward
+        if reward is None:
+            raise DecoderNotReady("the personal estimator is not fitted yet")
+        return reward(epoch)
+
+    def _load(self) -> None:
+        from models.personal_reward import PersonalReward
+
+        self.reward = PersonalReward.load(self.path, self.fallback)
+
+    def _restore_ratings(self) -> None:
+        """A resumed worker before the fit: the ratings the last one logged."""
+        from workers.session_store import EVENTS_FILE, read_events
+
+        events = self.root / EVENTS_FILE
+        if not events.exists():
+            return
+        for e in read_events(events):
+            if e.get("event") == "calibration_rating" and e.get("valence") is not None:
+                lo, hi = e["scale"]
+                self.ratings[int(e["trial_id"])] = (float(e["valence"]), float(lo), float(hi))

@@ -16,7 +16,10 @@ ZeroMQ ROUTER socket (loopback by default; any other interface needs CURVE, see
   holds the images that were ready (exploration images at once, children from their
   latest inner step) and says ``deadline_missed``;
 - a :class:`~workers.messages.StatusRequest` is answered by a
-  :class:`~workers.messages.StatusReply`.
+  :class:`~workers.messages.StatusReply`;
+- a :class:`~workers.messages.RatingMessage` (the participant's self-report of a trial)
+  is kept for the personal reward's fit (:mod:`workers.calibration`) and not answered,
+  whether it comes on the ROUTER or with the epochs on the SUB socket.
 
 Anything else (not JSON, another schema version, oversize, invalid fields, a type the
 worker does not serve) gets an :class:`~workers.messages.ErrorReply` and the worker
@@ -57,7 +60,12 @@ from models.backends.pool import ImagePool
 from models.heuristic import Candidate, HeuristicGenerator
 from models.rewards import EpochData, RewardError, RewardFunction, as_reward
 from workers import transport
-from workers.calibration import CALIBRATION, CalibratedDecoderReward
+from workers.calibration import (
+    CALIBRATION,
+    CalibratedDecoderReward,
+    PersonalSessionReward,
+    SessionFittedReward,
+)
 from workers.errors import InputError
 from workers.messages import (
     EpochMessage,
@@ -67,6 +75,7 @@ from workers.messages import (
     ImageRequest,
     Message,
     MessageError,
+    RatingMessage,
     RewardReply,
     StatusReply,
     StatusRequest,
@@ -222,7 +231,7 @@ class GenerationService:
         self.best_reward: float | None = None
         self._pending_files: tuple | None = None
         self._wake_tx: zmq.Socket | None = None
-        self._calibration = reward_fn if isinstance(reward_fn, CalibratedDecoderReward) else None
+        self._calibration = reward_fn if isinstance(reward_fn, SessionFittedReward) else None
         self._parked: list[tuple[EpochMessage, list[np.ndarray]]] = []
         self._loop_started = False  # an image request came: calibration is over
         self._decoder_fit: threading.Thread | None = None
@@ -237,8 +246,11 @@ class GenerationService:
             self.store.log(event, **fields)
 
     # -- dispatch ----------------------------------------------------------------------
-    def handle(self, frames: list[bytes]) -> list[bytes] | ImageRequest:
-        """Answer one request's payload frames; an image request is returned to the loop."""
+    def handle(self, frames: list[bytes]) -> list[bytes] | ImageRequest | None:
+        """Answer one request's payload frames; an image request is returned to the loop.
+
+        A rating is not answered (None).
+        """
         size = sum(len(f) for f in frames)
         if size > self.g.max_request_bytes:
             return self._error(
@@ -256,6 +268,8 @@ class GenerationService:
             return encode(self.status())
         if isinstance(msg, ImageRequest):
             return msg  # answered later: see start_request() and poll_job()
+        if isinstance(msg, RatingMessage):
+            return self.add_rating(msg)
         return self._error("unsupported", f"the generation worker does not serve {msg.type!r}")
 
     def _error(self, error: str, detail: str) -> list[bytes]:
@@ -348,21 +362,26 @@ class GenerationService:
         )
 
     def _before_decoder(
-        self, cal: CalibratedDecoderReward, msg: EpochMessage, arrays, epoch: EpochData
+        self, cal: SessionFittedReward, msg: EpochMessage, arrays, epoch: EpochData
     ) -> list[bytes]:
-        """A labelled epoch is kept for the decoder's fit; any other waits for the fit."""
-        label = cal.label_of(msg.marker)
-        if label is not None:
-            try:
-                cal.add(epoch, label)
-            except RewardError as err:
-                return self._error("reward_failed", f"trial {msg.trial_id}: {err}")
-            reason = "calibration epoch: kept to fit the decoder"
-            self._log("calibration_epoch", trial_id=msg.trial_id, label=cal.labels[label])
-            if len(cal.y) >= self._n_calibration > 0 and cal.can_fit():
-                self._start_decoder_fit(cal)
+        """A calibration epoch is kept for the fit; any other waits for the fit."""
+        try:
+            kept = cal.keep(epoch, msg.marker, msg.trial_id, msg.quality.get("flags") or [])
+        except RewardError as err:
+            return self._error("reward_failed", f"trial {msg.trial_id}: {err}")
+        if kept is not None:
+            reason = f"calibration epoch: kept to fit {cal.what}"
+            self._log("calibration_epoch", trial_id=msg.trial_id, **kept)
+            if cal.park_kept:  # rewarded after the fit
+                with self._obs_lock:
+                    parked = not cal.ready
+                    if parked:
+                        self._parked.append((msg, arrays))
+                if not parked:  # fitted meanwhile (on fewer trials): rewarded now
+                    return self.score_epoch(msg, arrays)
+            self._maybe_block_complete(cal)
         else:
-            reason = "waiting for the calibration decoder"
+            reason = f"waiting for {cal.what}"
             with self._obs_lock:  # atomic with the fit thread's hand-over of parked epochs
                 parked = not cal.ready
                 if parked:
@@ -372,15 +391,35 @@ class GenerationService:
             self._log("epoch_parked", trial_id=msg.trial_id, reason=reason)
         return encode(RewardReply(trial_id=msg.trial_id, reward=0.0, used=False, reason=reason))
 
+    def _maybe_block_complete(self, cal: SessionFittedReward) -> None:
+        """Fit as soon as every trial of the calibration block is in."""
+        if cal.n_usable() >= self._n_calibration > 0 and cal.can_fit():
+            self._start_decoder_fit(cal)
+
+    def add_rating(self, msg: RatingMessage) -> None:
+        """Keep a self-report for the personal reward (other rewards ignore ratings)."""
+        cal = self._calibration
+        if cal is None or cal.ready:
+            return None
+        try:
+            kept = cal.add_rating(msg)
+        except RewardError as err:
+            self._error("invalid", str(err))  # logged; a rating is never answered
+            return None
+        if kept is not None:
+            self._log("calibration_rating", trial_id=msg.trial_id, **kept)
+            self._maybe_block_complete(cal)
+        return None
+
     def maybe_fit_decoder(self) -> None:
-        """Fit the calibration decoder once the closed loop has begun, if not done yet."""
+        """Fit the calibration model once the closed loop has begun, if not done yet."""
         cal = self._calibration
         if cal is None or self._decoder_fit is not None or not self._loop_started:
             return  # checked on every pass of the serving loop: cheapest tests first
         if cal.can_fit():
             self._start_decoder_fit(cal)
 
-    def _start_decoder_fit(self, cal: CalibratedDecoderReward) -> None:
+    def _start_decoder_fit(self, cal: SessionFittedReward) -> None:
         """Fit in a thread of its own, so that round 0's images never wait for it."""
         if self._decoder_fit is not None:
             return
@@ -392,15 +431,15 @@ class GenerationService:
     def _fitting_decoder(self) -> bool:
         return self._decoder_fit is not None and self._decoder_fit.is_alive()
 
-    def _fit_decoder(self, cal: CalibratedDecoderReward) -> None:
+    def _fit_decoder(self, cal: SessionFittedReward) -> None:
         try:
             info = cal.fit()
         except Exception as err:  # the session goes on; its epochs stay unscored
-            logger.exception("the calibration decoder could not be fitted")
+            logger.exception("%s could not be fitted", cal.what)
             self._log("decoder_fit_failed", error=f"{type(err).__name__}: {err}")
             return
-        self._log("decoder_fitted", **info)
-        logger.info("calibration decoder fitted: %s", info)
+        self._log(cal.fit_event, **info)
+        logger.info("%s fitted: %s", cal.what, info)
         with self._obs_lock:
             parked, self._parked = self._parked, []
         for msg, arrays in parked:
@@ -509,8 +548,10 @@ class GenerationService:
             waiting = set(job.request.trials) - self.trials_scored
             if waiting and now < job.wait_until:
                 return None
-            if self._fitting_decoder() and now < job.t_received + 0.5 * (
-                job.deadline - job.t_received
+            if (
+                job.request.trials
+                and self._fitting_decoder()
+                and now < job.t_received + 0.5 * (job.deadline - job.t_received)
             ):
                 return None  # the previous round's rewards come with the decoder
             if waiting:
@@ -705,7 +746,7 @@ class GenerationService:
             self.maybe_fit_decoder()
             self.maybe_refit()
 
-    def _safe_handle(self, payload: list[bytes]) -> list[bytes] | ImageRequest:
+    def _safe_handle(self, payload: list[bytes]) -> list[bytes] | ImageRequest | None:
         """:meth:`handle`, with any unexpected failure turned into an error reply."""
         try:
             return self.handle(payload)
@@ -747,6 +788,14 @@ def run(config: GenerationConfig, stop=lambda: False) -> GenerationService:
             if g.reward.mode == "affective" and g.reward.decoder == CALIBRATION:
                 reward_fn = CalibratedDecoderReward(
                     protocol.decoder, g.reward.target_class, store.root
+                )
+            elif g.reward.mode == "personal":
+                reward_fn = PersonalSessionReward(
+                    g.reward,
+                    [b.label for b in protocol.presentation.blocks if b.kind == "calibration"],
+                    store.root,
+                    seed=g.seed,
+                    use_flagged=g.use_flagged_epochs,
                 )
             else:
                 reward_fn = from_settings(g.reward)

@@ -240,6 +240,24 @@ def encode_image_batch(
 # answered by a :class:`RewardReply`; a :class:`StatusRequest` by a :class:`StatusReply`.
 
 
+class RatingMessage(Message):
+    """The participant's self-report of one trial, forwarded from its ``rating`` marker.
+
+    ``eegs acquire`` reads the presentation's markers and publishes one of these per
+    rated trial beside the epochs, so the worker can pair each calibration epoch with
+    the participant's own rating (the personal reward) in a live session and in a replay.
+    """
+
+    type: Literal["rating"] = "rating"
+    session: str
+    trial_id: int = Field(ge=0)
+    block: str = ""
+    valence: float | None = None
+    arousal: float | None = None
+    scale: tuple[float, float] = Field(description="The scale's lowest and highest point.")
+    rt_ms: dict[str, float | None] = Field(default_factory=dict)
+
+
 class RewardReply(Message):
     """The reward of one epoch, and the image it was credited to (None: not used)."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from experiment_protocols import Protocol, load_protocol
 
 #: Rewards the closed loop can run without extra files (``semantic`` needs a target).
-LOOP_REWARDS = ("lpp", "asymmetry", "affective")
+LOOP_REWARDS = ("personal", "lpp", "asymmetry", "affective")
 
 
 def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "default.toml") -> None:
@@ -28,9 +28,11 @@ def add_reward_argument(parser: argparse.ArgumentParser) -> None:
         "--reward",
         choices=LOOP_REWARDS,
         default=None,
-        help="reward of the loop: lpp (training-free LPP index, arousal), asymmetry "
-        "(training-free frontal alpha asymmetry, valence) or affective (P(amusement) from a "
-        "decoder fitted on the calibration block); default: the protocol's",
+        help="reward of the loop: personal (an estimator of the participant's own valence "
+        "ratings, fitted on the calibration block; the asymmetry index when they do not "
+        "decode), lpp (training-free LPP index, arousal), asymmetry (training-free frontal "
+        "alpha asymmetry, valence) or affective (P(amusement) from a decoder fitted on the "
+        "calibration block); default: the protocol's (personal in pilot.toml)",
     )
 
 
