@@ -260,6 +260,39 @@ def affective_reward(
     return reward
 
 
+def calibration_ratings(protocol: Protocol, rec: Recorder, calib: StimulusSet) -> list[int]:
+    """The simulated participant's own valence ratings of the calibration images.
+
+    As in a live session, where the brain model answers the rating screen
+    (:mod:`models.brain_ratings`): its hidden valence through its own scale use and noise.
+    """
+    from models.brain_ratings import RatingModel
+
+    r = protocol.presentation.ratings
+    model = RatingModel.draw(protocol.brain_model.subject_seed)
+    rng = np.random.default_rng(noise_seed(protocol.brain_model.subject_seed, "ratings"))
+    return [model.rate(*rec.brain.affect(path), r.low, r.high, rng)[0] for path in calib.images]
+
+
+def personal_reward(
+    protocol: Protocol, rec: Recorder, calib: StimulusSet, X_calib
+) -> tuple[Any, dict[str, Any]]:
+    """The live worker's personal estimator, fitted on the calibration epochs and ratings."""
+    from models.rewards import EpochData
+    from workers.calibration import personal_reward_for
+
+    r = protocol.presentation.ratings
+    epochs = [EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin) for x in X_calib]
+    ratings = calibration_ratings(protocol, rec, calib)
+    return personal_reward_for(
+        epochs,
+        ratings,
+        (r.low, r.high),
+        protocol.generation.reward,
+        seed=protocol.brain_model.subject_seed,
+    )
+
+
 def run_loop(
     protocol: Protocol,
     rec: Recorder,
@@ -267,11 +300,18 @@ def run_loop(
     sizes: list[int],
     subject: int,
     calibration: tuple[list[Path], np.ndarray] | None = None,
+    score=None,
+    progress: bool = True,
+    backend=None,
+    pool=None,
 ) -> LoopResult:
     """The closed loop offline: generator -> images -> simulated EEG -> reward -> GP.
 
     ``calibration`` (images, epochs): rewarded and given to the GP before round 0, as the
-    live worker credits the calibration block's epochs (LPP reward).
+    live worker credits the calibration block's epochs (LPP reward). ``score(images)``
+    (the benchmark's controls: a blind or an oracle reward) replaces the EEG and
+    ``reward_fn``: no epochs are simulated. ``backend`` and ``pool`` (default: built from
+    the protocol) let several loops of one subject share the costly build.
     """
     from PIL import Image
 
@@ -280,8 +320,8 @@ def run_loop(
     from workers.generation import build_backend, build_pool
 
     g = protocol.generation
-    backend = build_backend(protocol)
-    pool = build_pool(protocol, backend)
+    backend = build_backend(protocol) if backend is None else backend
+    pool = build_pool(protocol, backend) if pool is None else pool
     gen = HeuristicGenerator(g.heuristic, g.gp, backend, pool, seed=g.seed)
     if calibration is not None:
         paths, X = calibration
@@ -295,28 +335,35 @@ def run_loop(
         checkpoint()
         batch = gen.next_round(n_images=n)
         seed = noise_seed(subject, "loop", r)
-        X = rec.epochs([c.image for c in batch], seed)
-        for j, (c, x) in enumerate(zip(batch, X, strict=True)):
-            value = as_reward(reward_fn(EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin)))
-            gen.observe(f"r{r:02d}-{j}", c.embedding, value.value)
+        if score is None:
+            X = rec.epochs([c.image for c in batch], seed)
+            values = [
+                as_reward(reward_fn(EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin))).value
+                for x in X
+            ]
+            epochs.append(rec.decoder_view(X))
+        else:
+            values = [float(v) for v in score([c.image for c in batch])]
+        for j, (c, value) in enumerate(zip(batch, values, strict=True)):
+            gen.observe(f"r{r:02d}-{j}", c.embedding, value)
             images.append(c.image)
-            rewards.append(value.value)
+            rewards.append(value)
             rounds.append(r)
             kinds.append(c.kind)
-        epochs.append(rec.decoder_view(X))
         seeds.append(seed)
         gen.refit()
-        say(
-            f"seed {subject}: loop round {r + 1}/{len(sizes)}, {len(batch)} images, "
-            f"mean reward {np.mean(rewards[-len(batch) :]):.3f}"
-        )
+        if progress:
+            say(
+                f"seed {subject}: loop round {r + 1}/{len(sizes)}, {len(batch)} images, "
+                f"mean reward {np.mean(rewards[-len(batch) :]):.3f}"
+            )
     mode, target = g.reward.mode, g.reward.chases
     return LoopResult(
         images,
         np.asarray(rewards),
         np.asarray(rounds),
         kinds,
-        np.concatenate(epochs),
+        np.concatenate(epochs) if epochs else np.empty((0,)),
         seeds,
         mode,
         target,
@@ -454,6 +501,9 @@ def run_subject(cfg: Config, subject: int, session: Path | None, encoder) -> dic
         protocol.generation.reward.mode = cfg.reward
         if cfg.reward == "affective":
             reward_fn = affective_reward(protocol, rec, calib, X_calib, d)
+        elif cfg.reward == "personal":
+            reward_fn, info["personal_estimator"] = personal_reward(protocol, rec, calib, X_calib)
+            prior = (calib.images, X_calib)
         else:
             from models.rewards import from_settings
 

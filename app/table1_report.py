@@ -263,6 +263,14 @@ def notes_for(
             "the subject's EEG response, NOT amusement vs sadness, so its 'F1-Amuse' and "
             "'F1-Sad' columns are the F1 of high_arousal and low_arousal."
         )
+    elif reward == "personal":
+        notes.append(
+            "The personal reward is the participant's own pseudo reward estimator: fitted "
+            "on the calibration epochs against the simulated participant's own valence "
+            "ratings (cross-validated; the training-free asymmetry index where they do not "
+            f"decode); the EEGS classes are high vs low estimated valence, labelled "
+            f"high_{target} / low_{target}."
+        )
     elif reward == "asymmetry":
         notes.append(
             "The asymmetry reward is a training-free frontal valence index (frontal alpha "

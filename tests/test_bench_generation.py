@@ -47,6 +47,7 @@ def test_full_size_dry_run_loads_through_the_lab_path(tmp_path):
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     dry = json.loads(out.read_text())["full_size_dry_run"]
+    print(json.dumps(dry, indent=1))  # the figures README quotes (pytest -m slow -s)
     assert dry["images_valid"] == dry["batch"] == 4
     assert dry["components_s"]["unet_calls"] == dry["lightning_steps"] == 1
     assert dry["files"] == 21  # SDXL base (15 files from model_index.json) + 3 repos (6)

@@ -260,7 +260,7 @@ def test_bench_optimizer_reports_both_modes_and_the_paired_difference(tmp_path):
 
 
 def test_stats_t_interval():
-    from app.bench.optimizer import stats
+    from app.bench._stats import stats
 
     s = stats([1.0, 2.0, 3.0, -1.0])
     assert s["mean"] == 1.25

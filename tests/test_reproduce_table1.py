@@ -69,7 +69,7 @@ def test_writes_table1_beside_the_poster(table1):
         assert got == poster
         assert r["f1_avg_by_seed"].startswith(f"sim-{SEED}:")
     assert {r["poster_dataset"] for r in rows} == {"ArtPhoto", "EEGS (Ours)"}
-    # the pilot's asymmetry reward chases amusement: the EEGS classes are named after it
+    # the pilot's personal reward chases the rated valence (amusement): classes named after it
     assert (rows[2]["class1"], rows[2]["class0"]) == ("high_amusement", "low_amusement")
     assert (rows[0]["class1"], rows[0]["class0"]) == ("amusement", "sadness")
 
@@ -77,7 +77,7 @@ def test_writes_table1_beside_the_poster(table1):
     assert "| Dataset | Classes (1 vs 0) | Classifier | F1-Amuse ↑ | F1-Sad ↑ | F1-avg ↑" in md
     assert "**Verdict.** Figure" in md
     assert "randomly initialised frozen ATM-S encoder" in md
-    assert "training-free frontal valence index" in md  # what the EEGS classes are, said
+    assert "own pseudo reward estimator" in md  # what the EEGS classes are, said
     assert "Decoders: 64 channels (decoder.channels: all of the brain model)" in md
     assert "Oracle check" in md
     result = json.loads((out / "table1.json").read_text())

@@ -20,12 +20,11 @@ the paired per-seed difference embedding minus render when both modes ran.
 from __future__ import annotations
 
 import argparse
-import copy
-import threading
 import time
-from collections import OrderedDict
 
 import numpy as np
+
+from app.bench._stats import stats
 
 MODES = ("render", "embedding")
 
@@ -97,39 +96,6 @@ def run_random(backend, brain, target, sizes, seed) -> list[float]:
     return curve
 
 
-def _twin(backend):
-    """The procedural backend with its own copy of the anchors it has learnt so far.
-
-    Its only state that a run changes is the anchor table (``embed`` adds every render):
-    each run starts from a twin, so that runs on one subject start from the same state
-    and no run depends on the ones before (the fitted map and renderer are shared,
-    read-only; the renderer's noise cache is a pure cache).
-    """
-    twin = copy.copy(backend)
-    twin._anchors = OrderedDict(backend._anchors)
-    twin._lock = threading.Lock()
-    return twin
-
-
-def stats(values) -> dict:
-    """Mean, 95% t-interval over seeds, share of seeds > 0, SD (ddof 1) and n."""
-    from scipy.stats import t
-
-    x = np.asarray(values, dtype=np.float64)
-    n = len(x)
-    mean = float(x.mean())
-    sd = float(x.std(ddof=1)) if n > 1 else 0.0
-    half = float(t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
-    ci = [round(mean - half, 4), round(mean + half, 4)] if n > 1 else None
-    return {
-        "mean": round(mean, 4),
-        "ci95": ci,
-        "share_gt_0": round(float((x > 0).mean()), 4),
-        "sd": round(sd, 4),
-        "n": n,
-    }
-
-
 def run(args: argparse.Namespace) -> dict:
     """Run the optimisers over the seeds and summarise."""
     import torch
@@ -156,13 +122,13 @@ def run(args: argparse.Namespace) -> dict:
     random_curves, per_seed = [], []
     for seed in range(args.seeds):
         brain = BrainModel(subject_seed=seed)
-        backend = _twin(fresh)
+        backend = fresh.fork()
         pool = procedural_pool(backend, p.pool_size, seed=seed)
         by_mode = {}
         for m in modes:
             t_run = time.perf_counter()
             c = run_heuristic(
-                _twin(backend),
+                backend.fork(),
                 pool,
                 gen_settings,
                 brain,

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         bp = sub.add_parser(name, help=mod.__doc__.splitlines()[0], description=mod.__doc__)
         mod.add_arguments(bp)
         bp.add_argument("--out", default=None, metavar="FILE", help="also write the JSON here")
+        bp.add_argument(
+            "--json", action="store_true", help="print the figures as JSON, last (always on)"
+        )
         bp.set_defaults(_bench=mod.run)
 
 

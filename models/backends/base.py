@@ -53,6 +53,13 @@ class Backend(ABC):
         says so in the image's ``info["eegs_seed"]``.
         """
 
+    def fork(self) -> Backend:
+        """A backend for an independent run (the optimiser benches).
+
+        A backend whose state a run changes returns a copy; a stateless one, itself.
+        """
+        return self
+
     def warmup(self, batch: int = 1) -> None:  # noqa: B027 - optional hook
         """Run the models once, at the batch size of a round, so round 1 is not slow."""
         if self.can_generate:

@@ -26,6 +26,7 @@ Everything this backend produces is labelled ``procedural``.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -284,6 +285,18 @@ class ProceduralBackend(Backend):
         self.anchor_radius = float(np.median(np.linalg.norm(back - z[:n], axis=1)))
 
     # -- parameters <-> images <-> embeddings ------------------------------------------
+    def fork(self) -> ProceduralBackend:
+        """A backend sharing the fitted map, with its own copy of the anchors learnt so far.
+
+        The anchor table (``embed`` adds every render) is the only state a run changes:
+        runs that each start from a fork of one backend start alike and do not depend on
+        one another, without refitting the map.
+        """
+        twin = copy.copy(self)
+        twin._anchors = OrderedDict(self._anchors)
+        twin._lock = threading.Lock()
+        return twin
+
     def render(self, params: np.ndarray, seeds: Sequence[int]) -> list[Image.Image]:
         """Images from parameter vectors (n, 18)."""
         rgb = self.renderer.render(params, seeds)

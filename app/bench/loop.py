@@ -1,0 +1,353 @@
+"""The closed loop over a population of simulated participants, per reward and subject family.
+
+Each participant is a brain-model subject (seed, ``brain_model.family``) the loop was not
+tuned on. Per participant, everything runs offline and faster than real time, with the
+session's own code: the pilot protocol's generator (procedural backend, GP, heuristic),
+the acquisition's epoching (:class:`app.table1.Recorder`) and the worker's rewards.
+Calibration: the pilot's labelled calibration images are shown, the participant rates
+each one (:mod:`models.brain_ratings`: the brain model answering like a person), and
+the personal estimator is fitted on those ratings as the worker fits it. Then, for each
+reward, round 0 (the same random pool sample for every reward of a participant) and the
+protocol's closed-loop rounds:
+
+- ``personal``: the estimator fitted on the participant's own ratings (or its fallback);
+- ``asymmetry``, ``lpp``: the training-free indices;
+- controls: ``random`` (random pool images every round: no loop at all), ``blind`` (a
+  reward of pure noise through the same generator: the generator's own drift), and
+  ``oracle`` (the hidden valence itself as the reward: the ceiling).
+
+Both gains are read from the brain model's oracle after the run, never during it:
+(a) mean hidden valence of the last two rounds minus round 0; (b) within the session,
+the images the loop chose (children, nearest) minus the random images shown beside them.
+Figures per reward and family: n, means with 95 % t-intervals over participants, and the
+share of participants whose gain (a) is positive; a plot is written beside the JSON.
+Participants run in parallel on Dask: a LocalCluster by default (no service to start),
+or a lab's scheduler with ``--address``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.bench._stats import stats
+
+REWARDS = ("personal", "asymmetry", "lpp", "random", "blind", "oracle")
+FAMILIES = ("asymmetry", "lpp", "mixed", "weak")
+GOALS = {"gain_a_min": 0.30, "frac_improved_min": 0.85, "vs_controls": 2.0, "vs_oracle": 0.70}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the options."""
+    p.add_argument("--participants", type=int, default=40, help="participants in all")
+    p.add_argument("--families", default=",".join(FAMILIES), help="comma list, round robin")
+    p.add_argument("--rewards", default=",".join(REWARDS), help="comma list")
+    p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds after round 0")
+    p.add_argument("--first-subject", type=int, default=1000, help="seed of participant 1")
+    p.add_argument("--protocol", default=None, metavar="FILE", help="default: pilot.toml")
+    p.add_argument("--workers", type=int, default=2, help="local Dask worker processes")
+    p.add_argument("--address", default=None, help="a Dask scheduler (tcp://HOST:PORT)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
+
+
+# -- one participant (runs in a Dask worker) --------------------------------------------------
+def _gains(valence: np.ndarray, rounds: np.ndarray, kinds: list[str]) -> dict[str, Any]:
+    curve = [float(valence[rounds == r].mean()) for r in range(int(rounds.max()) + 1)]
+    kinds_a = np.asarray(kinds)
+    later = rounds >= 1
+    chosen = later & np.isin(kinds_a, ["child", "nearest"])
+    beside = later & (kinds_a == "random")
+    gain_b = None
+    if chosen.any() and beside.any():
+        gain_b = float(valence[chosen].mean() - valence[beside].mean())
+    return {
+        "curve": [round(v, 4) for v in curve],
+        "gain_a": round(float(np.mean(curve[-2:]) - curve[0]), 4),
+        "gain_b": None if gain_b is None else round(gain_b, 4),
+    }
+
+
+def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
+    """Calibration, then one closed loop per reward, for one simulated participant."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from app.table1 import (
+        Recorder,
+        calibration_trials,
+        noise_seed,
+        normative_sets,
+        run_loop,
+        subject_protocol,
+    )
+    from experiment_protocols import load_protocol
+    from models.brain_ratings import RatingModel
+    from models.rewards import EpochData, from_settings
+    from workers.calibration import personal_reward_for
+    from workers.generation import build_backend, build_pool
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    subject, family = spec["subject"], spec["family"]
+    with threadpool_limits(1), tempfile.TemporaryDirectory(prefix="eegs-loop-") as tmp:
+        base = load_protocol(spec["protocol"])
+        protocol = subject_protocol(base, subject).with_overrides({"brain_model.family": family})
+        rec = Recorder(protocol)
+        calib, _ = normative_sets(Path(tmp), calibration_trials(protocol), 0, subject)
+        X_cal = rec.epochs(calib.images, noise_seed(subject, "calibration"))
+        rating_model = RatingModel.draw(subject)
+        rng = np.random.default_rng(noise_seed(subject, "ratings"))
+        scale = (protocol.presentation.ratings.low, protocol.presentation.ratings.high)
+        ratings = []
+        for path in calib.images:
+            valence, arousal = rec.brain.affect(path)
+            ratings.append(rating_model.rate(valence, arousal, *scale, rng)[0])
+        cal_epochs = [EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin) for x in X_cal]
+        sizes = [spec["round0"]] * (spec["rounds"] + 1)
+        out: dict[str, Any] = {"subject": subject, "family": family, "by_reward": {}}
+
+        def hidden(images) -> np.ndarray:
+            return np.asarray([rec.brain.affect(im)[0] for im in images])
+
+        backend = build_backend(protocol)  # built once; each loop runs on its own fork
+        pool = build_pool(protocol, backend)
+
+        for reward in spec["rewards"]:
+            p = protocol.model_copy(deep=True)
+            score, reward_fn, prior = None, None, None
+            if reward == "personal":
+                reward_fn, report = personal_reward_for(
+                    cal_epochs, ratings, scale, p.generation.reward, seed=subject
+                )
+                out["personal"] = report
+                prior = (calib.images, X_cal)
+            elif reward in ("asymmetry", "lpp"):
+                p.generation.reward.mode = reward
+                reward_fn = from_settings(p.generation.reward)
+                prior = (calib.images, X_cal)
+            elif reward == "blind":
+                noise = np.random.default_rng(noise_seed(subject, "blind"))
+
+                def score(images, noise=noise):
+                    return noise.uniform(0, 1, len(images))
+            elif reward == "oracle":
+
+                def score(images):
+                    return (hidden(images) + 1.0) / 2.0
+
+            fork = backend.fork()
+            if reward == "random":
+                loop = _random_search(p, sizes, fork, pool)
+            else:
+                loop = run_loop(p, rec, reward_fn, sizes, subject, prior, score, False, fork, pool)
+            valence = hidden(loop.images)
+            out["by_reward"][reward] = _gains(valence, loop.rounds, loop.kinds)
+    out["wall_s"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def _random_search(protocol, sizes: list[int], backend, pool):
+    """Random unseen pool images every round: what the loop must beat."""
+    from app.table1 import LoopResult
+    from models.heuristic import HeuristicGenerator
+
+    g = protocol.generation
+    gen = HeuristicGenerator(g.heuristic, g.gp, backend, pool, g.seed)
+    images, rounds, kinds = [], [], []
+    for r, n in enumerate(sizes):
+        batch = gen.initial_batch(n)
+        images += [c.image for c in batch]
+        rounds += [r] * len(batch)
+        kinds += ["random" if r else "initial"] * len(batch)
+    return LoopResult(images, np.zeros(len(images)), np.asarray(rounds), kinds,
+                      np.empty((0,)), [], "random", "valence")  # fmt: skip
+
+
+# -- the population --------------------------------------------------------------------------
+def summarise(results: list[dict[str, Any]], rewards: list[str], families: list[str]) -> dict:
+    """``by_reward.REWARD.by_family.FAMILY`` figures and the goals of the personal reward."""
+    by_reward: dict[str, Any] = {}
+    for reward in rewards:
+        fams = {}
+        for fam in families:
+            rows = [r["by_reward"][reward] for r in results if r["family"] == fam]
+            if not rows:
+                continue
+            a = [row["gain_a"] for row in rows]
+            b = [row["gain_b"] for row in rows]
+            sa, sb = stats(a), stats(b)
+            fams[fam] = {
+                "n": len(rows),
+                "gain_a_mean": sa["mean"],
+                "gain_a_ci95": sa["ci95"],
+                "gain_b_mean": sb["mean"],
+                "gain_b_ci95": sb["ci95"],
+                "frac_improved": sa["share_gt_0"],
+            }
+        by_reward[reward] = {"by_family": fams}
+    out: dict[str, Any] = {"by_reward": by_reward}
+    if "personal" in rewards:
+        decodes = {}
+        for fam in families:
+            reps = [r["personal"] for r in results if r["family"] == fam and "personal" in r]
+            if reps:
+                decodes[fam] = round(float(np.mean([bool(x["decodes"]) for x in reps])), 3)
+        out["personal_decodes_share"] = decodes
+        out["goals"] = _goals(by_reward, families)
+    return out
+
+
+def _goals(by_reward: dict, families: list[str]) -> dict[str, Any]:
+    goals = {}
+    for fam in families:
+        if fam == "weak":
+            continue
+        fig = by_reward["personal"]["by_family"].get(fam)
+        if fig is None:
+            continue
+        controls = [
+            by_reward[c]["by_family"][fam]["gain_a_mean"]
+            for c in ("random", "blind")
+            if c in by_reward and fam in by_reward[c]["by_family"]
+        ]
+        oracle = by_reward.get("oracle", {}).get("by_family", {}).get(fam, {}).get("gain_a_mean")
+        m, lo = fig["gain_a_mean"], (fig["gain_a_ci95"] or [None])[0]
+        goals[fam] = {
+            "gain_a_ge_0.30": m is not None and m >= GOALS["gain_a_min"],
+            "ci_above_0": lo is not None and lo > 0,
+            "frac_improved_ge_0.85": (fig["frac_improved"] or 0) >= GOALS["frac_improved_min"],
+            "ge_2x_best_control": bool(controls)
+            and m is not None
+            and m >= GOALS["vs_controls"] * max(max(controls), 0.0),
+            "ge_70pct_oracle": oracle is not None
+            and m is not None
+            and m >= GOALS["vs_oracle"] * oracle,
+        }
+    return goals
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Gain (a) per reward and family, mean with its 95 % CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_reward = summary["by_reward"]
+    rewards = list(by_reward)
+    families = sorted({f for r in by_reward.values() for f in r["by_family"]})
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(families), 3.6))
+    width = 0.8 / max(1, len(rewards))
+    for i, reward in enumerate(rewards):
+        xs, ms, errs = [], [], [[], []]
+        for j, fam in enumerate(families):
+            f = by_reward[reward]["by_family"].get(fam)
+            if f is None or f["gain_a_mean"] is None:
+                continue
+            lo, hi = f["gain_a_ci95"] or (None, None)
+            m = f["gain_a_mean"]
+            xs.append(j + (i - (len(rewards) - 1) / 2) * width)
+            ms.append(m)
+            errs[0].append(0 if lo is None else m - lo)
+            errs[1].append(0 if hi is None else hi - m)
+        ax.bar(xs, ms, width, yerr=errs, capsize=2, label=reward)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.axhline(GOALS["gain_a_min"], color="grey", ls="--", lw=0.8)
+    ax.set_xticks(range(len(families)), families)
+    ax.set_ylabel("gain (a): hidden valence,\nlast two rounds - round 0")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _client(args):
+    from dask.distributed import Client, LocalCluster
+
+    if args.address:
+        return Client(args.address), None
+    cluster = LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+    )
+    return Client(cluster), cluster
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run every participant on Dask and summarise."""
+    from dask.distributed import as_completed
+
+    from app.table1 import closed_loop_shape
+    from experiment_protocols import load_protocol
+    from workers.errors import InputError
+
+    rewards = [r for r in args.rewards.split(",") if r]
+    families = [f for f in args.families.split(",") if f]
+    bad = [r for r in rewards if r not in REWARDS] + [f for f in families if f not in FAMILIES]
+    if bad:
+        raise InputError(f"unknown reward or family {bad}: rewards {REWARDS}, families {FAMILIES}")
+    if args.participants < 1:
+        raise InputError("--participants must be at least 1")
+    protocol_file = args.protocol or str(
+        Path(__file__).parents[2] / "experiment_protocols" / "pilot.toml"
+    )
+    protocol = load_protocol(protocol_file)
+    n_rounds, per_round = closed_loop_shape(protocol)
+    rounds = args.rounds if args.rounds is not None else n_rounds - 1
+    specs = [
+        {
+            "subject": args.first_subject + i,
+            "family": families[i % len(families)],
+            "rewards": rewards,
+            "rounds": rounds,
+            "round0": per_round,
+            "protocol": protocol_file,
+        }
+        for i in range(args.participants)
+    ]
+    t0 = time.perf_counter()
+    client, cluster = _client(args)
+    results = []
+    try:
+        futures = [client.submit(run_participant, s, pure=False) for s in specs]
+        for k, fut in enumerate(as_completed(futures), 1):
+            res = fut.result()
+            results.append(res)
+            el = time.perf_counter() - t0
+            print(
+                f"[bench loop] {k}/{len(specs)} participants ({res['family']}, subject "
+                f"{res['subject']}, {res['wall_s']:.0f} s); elapsed {el:.0f} s, "
+                f"left ~{el / k * (len(specs) - k):.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    results.sort(key=lambda r: r["subject"])
+    summary = summarise(results, rewards, families)
+    out = {
+        "benchmark": "loop",
+        "protocol": protocol_file,
+        "participants": len(results),
+        "rounds_after_round0": rounds,
+        "images_per_round": per_round,
+        "engine": f"dask: {args.address or f'LocalCluster, {args.workers} worker process(es)'}",
+        "wall_s": round(time.perf_counter() - t0, 1),
+        **summary,
+        "per_participant": results,
+    }
+    path = args.plot or (Path(args.out).with_suffix(".png") if args.out else Path("bench-loop.png"))
+    plot(summary, path)
+    out["plot"] = str(path)
+    return out
