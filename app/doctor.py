@@ -85,6 +85,19 @@ def _reward_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
     from models.rewards import from_settings
 
     r = protocol.generation.reward
+    if r.mode == "personal":  # reads every channel; its fallback reads the frontal pairs
+        found = from_settings(r.model_copy(update={"mode": "asymmetry"})).reads(names)
+        if not found:
+            return [
+                Finding(
+                    "reward channels",
+                    WARN,
+                    "reward 'personal' reads every channel, but its fallback for a "
+                    "participant who does not decode (asymmetry) needs one of the frontal "
+                    f"pairs {[list(p) for p in r.asymmetry_pairs]}: none is in the stream",
+                )
+            ]
+        return [Finding("reward channels", OK, f"reward 'personal'; its fallback reads {found}")]
     if r.mode == "lpp":
         wanted = f"LPP channels {r.lpp_channels}"
     elif r.mode == "asymmetry":

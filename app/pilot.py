@@ -64,7 +64,8 @@ class SessionConfig:
     headless: bool = False
     source: str = "brain-model"  # brain-model | amplifier | replay:FILE
     worker: str | None = None  # an existing worker's endpoint instead of starting one
-    reward: str | None = None  # "lpp" | "asymmetry" | "affective" (calibration-block decoder)
+    reward: str | None = None  # a generation.reward.mode (LOOP_REWARDS); None: the protocol's
+    family: str | None = None  # brain_model.family of the simulated participant
     timeout_s: float = 1800.0
 
 
@@ -174,6 +175,8 @@ def prepare_protocol(config: SessionConfig, store: SessionStore) -> Protocol:
         overrides["presentation.ratings"] = {**ratings, "enabled": False}
     bm = base.brain_model.model_dump()
     bm["subject_seed"] = config.seed
+    if config.family is not None:
+        bm["family"] = config.family
     overrides["brain_model"] = bm
     protocol = base.with_overrides(overrides)
     return write_protocol(protocol, store.root / SESSION_PROTOCOL)

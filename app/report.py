@@ -197,6 +197,43 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
         report.add_figure(fig, title="Ratings of the rated blocks", section="Self-report")
         plt.close(fig)
         report.add_html(_ratings_html(summary), title="Ratings summary", section="Self-report")
+    personal = summary.get("personal_estimator")
+    if personal:  # the personal reward: did this participant decode, and what ran instead
+        verdict = (
+            "decodes above chance: the loop's reward is the estimator of the participant's "
+            "own valence ratings"
+            if personal.get("decodes")
+            else f"does NOT decode above chance: the reward fell back to "
+            f"'{personal.get('fallback')}' ({personal.get('reason', '')})"
+        )
+        report.add_html(
+            f"<p>Personal pseudo reward estimator, fitted on {personal.get('n_trials')} rated "
+            f"calibration trials: {verdict}. Out-of-fold r = {personal.get('cv_r')} (95% CI "
+            f"{personal.get('cv_r_ci95')}), permutation p = {personal.get('p_value')}.</p>",
+            title="Personal reward estimator",
+            section="Estimator",
+        )
+    panels = [
+        (key, label)
+        for key, label in (
+            ("semantic_similarity", ("(a) similarity to the best-rated images", "reward")),
+            ("estimator_vs_ratings", ("(b) estimator's predicted valence", "own valence rating")),
+        )
+        if summary.get(key)
+    ]
+    if panels:
+        fig, ax = _figure(ncols=len(panels), size=(4 * len(panels), 3.4))
+        for k, (key, (xlabel, ylabel)) in enumerate(panels):
+            fig3 = summary[key]
+            xy = np.asarray(fig3["pairs"], dtype=float)
+            ax[0, k].scatter(xy[:, 0], xy[:, 1], s=12)
+            ci = fig3["ci95"] or [float("nan")] * 2
+            ax[0, k].set_title(f"r = {fig3['r']}, 95% CI [{ci[0]}, {ci[1]}], n = {fig3['n']}")
+            ax[0, k].set_xlabel(xlabel)
+            ax[0, k].set_ylabel(ylabel)
+        fig.tight_layout()
+        report.add_figure(fig, title="Poster Fig. 3 (a, b) from this session", section="Estimator")
+        plt.close(fig)
     lat = [e["latency_ms"] for e in events if e["event"] == "epoch"]
     frames = [v for e in events if e["event"] == "trial" for v in e.get("frame_intervals_ms", [])]
     fig, ax = _figure(ncols=2, size=(8, 3))

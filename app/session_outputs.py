@@ -150,6 +150,68 @@ def ratings_summary(trials: list[Trial], protocol: Protocol) -> dict[str, Any] |
     return out
 
 
+def _r_with_ci(x: list[float], y: list[float]) -> dict[str, Any]:
+    """Pearson r of paired values with its 95 % CI (Fisher z) and n."""
+    from models.personal_reward import fisher_ci
+
+    r = _corr(x, y)
+    ci = None if r is None else [round(v, 4) for v in fisher_ci(r, len(x))]
+    return {"n": len(x), "r": None if r is None else round(r, 4), "ci95": ci}
+
+
+def estimator_vs_ratings(trials: list[Trial]) -> dict[str, Any] | None:
+    """Poster Fig. 3b: the estimator's predicted valence vs the participant's own rating.
+
+    On the validation block, which the estimator was never fitted on.
+    """
+    pairs = [
+        (float(t.reward_details["predicted_valence"]), v)
+        for t in trials
+        if t.block == "validation"
+        and (v := t.rated("valence")) is not None
+        and isinstance(t.reward_details.get("predicted_valence"), int | float)
+    ]
+    if not pairs:
+        return None
+    out = _r_with_ci([p for p, _ in pairs], [v for _, v in pairs])
+    out["pairs"] = [[round(p, 3), v] for p, v in pairs]
+    return out
+
+
+def semantic_similarity(session: Path, loop: list[Trial]) -> dict[str, Any] | None:
+    """Poster Fig. 3a: an image's semantic similarity to the best-rated ones vs its reward.
+
+    Per closed-loop image: the cosine of its embedding (the backend's semantic space) to
+    the mean embedding of the top quarter of rewarded images, itself left out; correlated
+    with its reward over the session.
+    """
+    from safetensors.numpy import load_file
+
+    rows = []
+    for t in loop:
+        rel = t.provenance.get("embedding")
+        path = session / rel if isinstance(rel, str) else None
+        if t.reward is None or path is None or not path.is_file():
+            continue
+        try:
+            e = load_file(str(path))["embedding"].astype(np.float64)
+        except (OSError, KeyError, ValueError):
+            continue
+        rows.append((t.reward, e / max(np.linalg.norm(e), 1e-12)))
+    if len(rows) < 8:
+        return None
+    rewards = np.asarray([r for r, _ in rows])
+    E = np.stack([e for _, e in rows])
+    top = np.argsort(-rewards)[: max(2, len(rows) // 4)]
+    sims = []
+    for i in range(len(rows)):
+        ref = E[[j for j in top if j != i]].mean(0)
+        sims.append(float(E[i] @ ref / max(np.linalg.norm(ref), 1e-12)))
+    out = _r_with_ci(sims, rewards.tolist())
+    out["pairs"] = [[round(a, 4), round(b, 4)] for a, b in zip(sims, rewards, strict=True)]
+    return out
+
+
 def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, Any]:
     """The figures of a session (``summary.json``)."""
     trials, events = collect_trials(session)
@@ -183,6 +245,12 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
         summary["calibration_decoder"] = {
             k: v for k, v in fitted.items() if k not in ("t_wall", "event")
         }
+    fig3b = estimator_vs_ratings(trials)
+    if fig3b is not None:
+        summary["estimator_vs_ratings"] = fig3b
+    fig3a = semantic_similarity(session, loop)
+    if fig3a is not None:
+        summary["semantic_similarity"] = fig3a
     personal = next((e for e in events if e["event"] == "personal_estimator"), None)
     if personal is not None:  # the personal reward: decodes or fell back, and its CV figures
         summary["personal_estimator"] = {

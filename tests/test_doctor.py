@@ -17,9 +17,18 @@ def test_doctor_passes_then_flags_missing_channels(tmp_path, stream_name):
         assert findings["eeg stream"]["status"] == "ok"
         assert "3 channels, 500 Hz" in findings["eeg stream"]["detail"]
         assert findings["disk"]["status"] in ("ok", "warn")
+        # the personal reward (default) reads every channel; its asymmetry fallback has
+        # no frontal pair here: a warning, not a failure
+        assert findings["reward channels"]["status"] == "warn"
+        assert "fallback" in findings["reward channels"]["detail"]
+        assert "decoder channels" not in findings  # decoder.channels = []: every channel
+
+        lpp = tmp_path / "lpp.toml"
+        lpp.write_text('[generation.reward]\nmode = "lpp"\n')
+        res = run_eegs("doctor", "--protocol", str(lpp), "--eeg", stream_name, "--json")
+        findings = {f["check"]: f for f in json.loads(res.stdout)}
         assert findings["reward channels"]["status"] == "ok"  # the LPP reward reads Pz
         assert "Pz" in findings["reward channels"]["detail"]
-        assert "decoder channels" not in findings  # decoder.channels = []: every channel
 
         proto = tmp_path / "p.toml"
         proto.write_text(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
 from app.commands._common import add_protocol_argument, add_reward_argument
+from experiment_protocols.brain_model import SubjectFamily
 
 NAME = "pilot"
 HELP = "full closed-loop pilot against the brain model (CPU)"
@@ -35,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--headless", action="store_true", help="run the presentation on a virtual display (Xvfb)"
     )
+    p.add_argument(
+        "--family",
+        choices=get_args(SubjectFamily),
+        default=None,
+        help="the simulated participant's family (brain_model.family; default: the protocol's)",
+    )
     add_reward_argument(p)
 
 
@@ -55,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             headless=args.headless,
             reward=args.reward,
+            family=args.family,
         ),
         stop=STOP.is_set,
     )
