@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from experiment_protocols.brain_model import BrainModelSettings
 from experiment_protocols.decoder import Decoder
@@ -130,8 +130,20 @@ class Network(_Section):
         None, description="Path of the peer's CURVE public key file (clients)."
     )
     curve_authorized_dir: str | None = Field(
-        None, description="Folder of public keys allowed to connect (servers)."
+        None,
+        description="Folder of public keys allowed to connect (servers); `eegs keys` makes "
+        "it. Allowing any key ('*') is refused.",
     )
+
+    @field_validator("curve_authorized_dir")
+    @classmethod
+    def _no_allow_any(cls, v: str | None) -> str | None:
+        if v is not None and v.strip() in ("*", ""):
+            raise ValueError(
+                f"{v!r} would let any key in; name a folder of authorised public keys "
+                "(`eegs keys` writes one)"
+            )
+        return v
 
 
 class Recording(_Section):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import platform
 import socket
@@ -24,8 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from workers.errors import InputError
+
+logger = logging.getLogger("eegs.session")
 SESSION_FILE = "session.json"
 EVENTS_FILE = "events.jsonl"
+TORN_FILE = "events-torn.txt"
 RECORDING_FILE = "recording.xdf"
 EPOCHS_DIR = "epochs"
 
@@ -94,6 +99,7 @@ class SessionStore:
         """Create the directory (or join an existing session) and record who opened it."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.epochs_dir.mkdir(exist_ok=True)
+        _set_aside_torn_line(self.root / EVENTS_FILE)
         self._events_fd = os.open(
             self.root / EVENTS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
         )
@@ -164,11 +170,21 @@ class SessionStore:
 
     # -- reading -----------------------------------------------------------------------
     def read_info(self) -> dict[str, Any]:
-        """``session.json`` as a dict ({} when absent)."""
+        """``session.json`` as a dict ({} when absent); a corrupt one is an InputError."""
         path = self.root / SESSION_FILE
         if not path.exists():
             return {}
-        return json.loads(path.read_text())
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise InputError(
+                f"{path}: not readable JSON ({err}); events.jsonl and the recordings beside "
+                "it are intact: restore session.json from a backup, or rebuild the outputs "
+                "from events.jsonl"
+            ) from None
+        if not isinstance(info, dict):
+            raise InputError(f"{path}: expected a JSON object, found {type(info).__name__}")
+        return info
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Every event line; a torn last line (power cut) is skipped."""
@@ -203,16 +219,56 @@ def next_recording_file(root: str | Path) -> str:
     return RECORDING_FILE if n == 0 else f"recording-part{n + 1}.xdf"
 
 
+def _set_aside_torn_line(path: Path) -> None:
+    """Move a torn last line (a crash mid-write) to ``events-torn.txt`` before appending.
+
+    Appending onto the fragment would glue the next event to it and make both unreadable;
+    the fragment itself is kept, byte for byte, beside the log.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        back = min(size, 1 << 20)
+        fh.seek(size - back)
+        tail = fh.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n") + 1
+        fragment = tail[cut:]
+        with (path.parent / TORN_FILE).open("ab") as torn:
+            torn.write(fragment + b"\n")
+            torn.flush()
+            os.fsync(torn.fileno())
+        fh.truncate(size - back + cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+    logger.warning("%s: torn last line (%d bytes) moved to %s", path, len(fragment), TORN_FILE)
+
+
 def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Parse an ``events.jsonl`` file line by line."""
+    """Parse an ``events.jsonl`` file line by line.
+
+    A torn final line is skipped; a line that is not a JSON object (a disk fault, a
+    hand edit) is skipped with a warning, never a crash: every other event still counts.
+    """
     path = Path(path)
     if not path.exists():
         return
     with path.open("rb") as fh:
-        for line in fh:
+        for n, line in enumerate(fh, 1):
             if not line.endswith(b"\n"):
                 return  # torn final line
-            yield json.loads(line)
+            try:
+                record = json.loads(line)
+            except (UnicodeDecodeError, ValueError):
+                record = None
+            if not isinstance(record, dict):
+                if line.strip():
+                    logger.warning("%s line %d is not a JSON object: skipped", path, n)
+                continue
+            yield record
 
 
 class EventTail:

@@ -57,6 +57,16 @@ def bind(
                 "and network.curve_authorized_dir (generate keys with `eegs keys`), or "
                 "bind to 127.0.0.1"
             )
+        authorized = Path(authorized_dir)
+        keys = sorted(authorized.glob("*.key")) if authorized.is_dir() else []
+        if not keys:
+            sock.close()
+            raise InsecureEndpointError(
+                f"network.curve_authorized_dir {authorized} "
+                + ("holds no public key (*.key)" if authorized.is_dir() else "does not exist")
+                + ": no client could connect; put the clients' public keys there "
+                "(`eegs keys` writes them)"
+            )
         auth = ThreadAuthenticator(ctx)
         auth.start()
         auth.configure_curve(domain="*", location=str(Path(authorized_dir)))

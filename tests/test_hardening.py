@@ -1,0 +1,128 @@
+"""Session files that survive faults, and CURVE keys a lab can make and trust."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import zmq
+import zmq.auth
+from conftest import REPO
+from zmq.auth.thread import ThreadAuthenticator
+
+from experiment_protocols import ProtocolError, load_protocol
+from workers import transport
+from workers.session_store import EVENTS_FILE, TORN_FILE, SessionStore, read_events
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _eegs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=50,
+    )  # fmt: skip
+
+
+def test_a_torn_last_line_is_set_aside_before_the_next_append(tmp_path):
+    store = SessionStore(tmp_path).open(role="test")
+    store.log("trial", trial=1)
+    store.close()
+    with (tmp_path / EVENTS_FILE).open("ab") as fh:
+        fh.write(b'{"event": "trial", "tri')  # power cut mid-write
+    store = SessionStore(tmp_path).open(role="resume")  # eegs resume appends again
+    store.log("trial", trial=2)
+    store.close()
+    events = list(read_events(tmp_path / EVENTS_FILE))
+    assert [e["trial"] for e in events if e["event"] == "trial"] == [1, 2]
+    assert (tmp_path / TORN_FILE).read_bytes() == b'{"event": "trial", "tri\n'
+
+
+def test_a_corrupt_line_is_skipped_not_fatal(tmp_path, caplog):
+    (tmp_path / EVENTS_FILE).write_bytes(
+        b'{"event": "a"}\n\x00\xff garbage\n[1, 2]\n{"event": "b"}\n'
+    )
+    with caplog.at_level("WARNING", logger="eegs.session"):
+        events = list(read_events(tmp_path / EVENTS_FILE))
+    assert [e["event"] for e in events] == ["a", "b"]
+    assert "line 2 is not a JSON object" in caplog.text
+
+
+def test_a_corrupt_session_json_exits_2_naming_the_file(tmp_path):
+    SessionStore(tmp_path).open(role="test").close()
+    (tmp_path / "session.json").write_text('{"status": "runn')
+    res = _eegs("summarize", str(tmp_path))
+    assert res.returncode == 2, res.stderr
+    assert "session.json" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("value", ["*", " * ", ""])
+def test_allowing_any_curve_key_is_refused(tmp_path, value):
+    path = tmp_path / "p.toml"
+    path.write_text(f'[network]\ncurve_authorized_dir = "{value}"\n')
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(path)
+    assert err.value.field == "network.curve_authorized_dir"
+
+
+def test_a_server_with_no_authorised_key_does_not_start(tmp_path):
+    ctx = zmq.Context.instance()
+    zmq.auth.create_certificates(str(tmp_path), "server")
+    secret = str(tmp_path / "server.key_secret")
+    for folder in (tmp_path / "missing", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir()
+        with pytest.raises(transport.InsecureEndpointError, match="no client could connect"):
+            transport.bind(
+                ctx, zmq.ROUTER, "tcp://0.0.0.0:5999", secret_key=secret, authorized_dir=str(folder)
+            )
+
+
+def test_eegs_keys_makes_a_layout_curve_accepts(tmp_path):
+    keys = tmp_path / "keys"
+    res = _eegs("keys", "--dir", str(keys), "gpu", "lab")
+    assert res.returncode == 0, res.stderr
+    assert f'network.curve_authorized_dir = "{keys / "authorized-on-gpu"}"' in res.stdout
+    assert sorted(p.name for p in (keys / "authorized-on-gpu").iterdir()) == ["lab.key"]
+    again = _eegs("keys", "--dir", str(keys), "gpu", "lab")
+    assert again.returncode == 2  # never overwrites a secret key
+    assert "refusing to overwrite" in again.stderr
+
+    # a real CURVE handshake with these files (on loopback, CURVE forced on)
+    ctx = zmq.Context()
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(keys / "authorized-on-gpu"))
+    server = ctx.socket(zmq.REP)
+    server.setsockopt(zmq.LINGER, 0)
+    server.curve_publickey, server.curve_secretkey = zmq.auth.load_certificate(
+        str(keys / "gpu.key_secret")
+    )
+    server.curve_server = True
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    stranger_dir = tmp_path / "stranger"
+    stranger_dir.mkdir()
+    zmq.auth.create_certificates(str(stranger_dir), "x")
+    try:
+        replies = {}
+        for who, secret in (("lab", keys / "lab.key_secret"), ("x", stranger_dir / "x.key_secret")):
+            client = ctx.socket(zmq.REQ)
+            client.setsockopt(zmq.LINGER, 0)
+            client.curve_publickey, client.curve_secretkey = zmq.auth.load_certificate(str(secret))
+            client.curve_serverkey, _ = zmq.auth.load_certificate(str(keys / "gpu.key"))
+            client.connect(f"tcp://127.0.0.1:{port}")
+            client.send(b"ping")
+            if server.poll(2000):
+                server.send(server.recv())
+            replies[who] = client.recv() if client.poll(2000) else None
+            client.close()
+        assert replies == {"lab": b"ping", "x": None}  # only the authorised key gets in
+    finally:
+        server.close()
+        auth.stop()
+        ctx.term()
+    info = json.dumps(res.stdout)
+    assert "curve_public_key" in info
