@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from experiment_protocols._section import Section
 
 #: Which components carry the simulated subject's affect (models/brain_response.py).
 SubjectFamily = Literal["standard", "asymmetry", "lpp", "mixed", "weak"]
 
 
-class BrainModelSettings(BaseModel):
+class BrainModelSettings(Section):
     """Every parameter of the simulated participant and of its stream."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     subject_seed: int = Field(
         0, description="Draws the hidden subject: affect weights, ERP latencies, alpha."

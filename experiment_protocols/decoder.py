@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from experiment_protocols._section import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class _EarlyStopping(_Section):
+class _EarlyStopping(Section):
     """Early stopping, the same for both classifiers (off by default)."""
 
     val_fraction: float = Field(
@@ -54,7 +52,7 @@ class EegNet(_EarlyStopping):
     )
 
 
-class Evaluation(_Section):
+class Evaluation(Section):
     """Cross-validation of ``eegs evaluate`` (Table 1)."""
 
     folds: int = Field(5, ge=2, description="Stratified k-fold within each subject.")
@@ -64,7 +62,7 @@ class Evaluation(_Section):
     )
 
 
-class EncoderTraining(_Section):
+class EncoderTraining(Section):
     """``eegs train-encoder``: ATM-S with the symmetric CLIP loss."""
 
     epochs: int = Field(40, ge=1)
@@ -81,7 +79,7 @@ class EncoderTraining(_Section):
     )
 
 
-class Decoder(_Section):
+class Decoder(Section):
     """EEG emotion decoders: which one the loop fits, how they are trained and tested."""
 
     classifier: Literal["atms_fc", "eegnet"] = "atms_fc"

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from experiment_protocols._section import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class Heuristic(_Section):
+class Heuristic(Section):
     """The heuristic generator of docs/architecture.md section 3."""
 
     initial_images: int = Field(8, ge=1, description="Round 0: random pool images shown.")
     n_parents: int = Field(4, ge=2, description="Parents kept per round (softmax sampling).")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature over rewards.")
     n_children: int = Field(4, ge=0, description="Children made by crossover per round.")
-    inner_steps: int = Field(15, ge=1, description="Generate-embed-ascend steps per child.")
+    inner_steps: int = Field(
+        15, ge=1, le=1000, description="Generate-embed-ascend steps per child."
+    )
     step_size: float = Field(30.0, ge=0, description="eta_0 of eta_k = eta_0 / (1 + decay k).")
     step_decay: float = Field(0.1, ge=0)
     max_step_fraction: float = Field(
@@ -49,14 +49,14 @@ class Heuristic(_Section):
     )
 
 
-class GP(_Section):
+class GP(Section):
     """The exact GP surrogate (constant mean, scaled RBF kernel with ARD)."""
 
     fit_iters: int = Field(100, ge=1, description="Adam iterations of the first fit.")
     refit_iters: int = Field(
         10, ge=0, description="Warm-started Adam iterations between rounds (bounded budget)."
     )
-    refit_budget_s: float = Field(2.0, gt=0, description="Wall-time cap of one (re)fit.")
+    refit_budget_s: float = Field(2.0, gt=0, le=600, description="Wall-time cap of one (re)fit.")
     lr: float = Field(0.05, gt=0, description="Adam learning rate.")
     noise_min: float = Field(1e-4, gt=0, description="Lower bound of the noise variance.")
     threads: int = Field(
@@ -67,7 +67,7 @@ class GP(_Section):
     )
 
 
-class Reward(_Section):
+class Reward(Section):
     """How an EEG epoch becomes a reward in [0, 1]."""
 
     mode: Literal["personal", "lpp", "asymmetry", "affective", "semantic"] = Field(
@@ -159,7 +159,7 @@ class Reward(_Section):
         return self
 
 
-class SDXL(_Section):
+class SDXL(Section):
     """SDXL base + SDXL-Lightning UNet + fp16-fix VAE + IP-Adapter ViT-H."""
 
     base: str = Field(
@@ -176,23 +176,25 @@ class SDXL(_Section):
     image_encoder_subfolder: str = "models/image_encoder"
     ip_adapter_scale: float = Field(0.5, ge=0)
     prompt: str = Field("", description="Text prompt (guidance 0: conditioning only).")
-    width: int = Field(1024, ge=64, multiple_of=8)
-    height: int = Field(1024, ge=64, multiple_of=8)
+    width: int = Field(1024, ge=64, le=4096, multiple_of=8)
+    height: int = Field(1024, ge=64, le=4096, multiple_of=8)
     local_files_only: bool = Field(True, description="Never download during a session.")
 
 
-class Procedural(_Section):
+class Procedural(Section):
     """The CPU renderer (no weights): parametric images embedded by low-level features."""
 
-    size: int = Field(256, ge=32, description="Image side in pixels.")
-    pool_size: int = Field(256, ge=8, description="Rendered stimulus pool (round 0, exploration).")
+    size: int = Field(256, ge=32, le=4096, description="Image side in pixels.")
+    pool_size: int = Field(
+        256, ge=8, le=100_000, description="Rendered stimulus pool (round 0, exploration)."
+    )
     fit_samples: int = Field(
         2048, ge=64, description="Random renders used to fit the embedding -> parameter map."
     )
     ridge_alpha: float = Field(1.0, gt=0, description="Ridge penalty of that map.")
 
 
-class Pool(_Section):
+class Pool(Section):
     """A folder of images (the lab's licensed stimulus set) with cached embeddings."""
 
     folder: str = Field("", description="Image folder; required for backends sdxl and pool.")
@@ -202,7 +204,7 @@ class Pool(_Section):
     extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".webp"])
 
 
-class Generation(_Section):
+class Generation(Section):
     """The generation worker (``eegs worker``)."""
 
     backend: Literal["procedural", "sdxl", "pool"] = "procedural"
@@ -216,16 +218,16 @@ class Generation(_Section):
         False, description="Also reward every epoch published on network.epochs_endpoint."
     )
     deadline_s: float = Field(
-        10.0, gt=0, description="Time budget of an image request that names none."
+        10.0, gt=0, le=3600, description="Time budget of an image request that names none."
     )
     reward_wait_s: float = Field(
-        2.0, ge=0, description="Wait this long for the rewards of a request's trials."
+        2.0, ge=0, le=3600, description="Wait this long for the rewards of a request's trials."
     )
     use_flagged_epochs: bool = Field(
         False, description="Credit rewards of quality-flagged epochs to their images."
     )
     max_request_bytes: int = Field(
-        64 << 20, ge=1024, description="Larger requests get an error reply."
+        64 << 20, ge=1024, le=1 << 30, description="Larger requests get an error reply."
     )
     image_key: str = Field("image", description="Marker field naming the image shown.")
     image_encoding: Literal["png", "rgb"] = Field(

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+from experiment_protocols._section import Section
 
 BlockKind = Literal["calibration", "closed_loop", "validation"]
 Corner = Literal["bottom_left", "bottom_right", "top_left", "top_right"]
 
 
-class Block(_Section):
+class Block(Section):
     """One block of trials: where its images come from and how many are shown."""
 
     kind: BlockKind
@@ -43,7 +40,7 @@ class Block(_Section):
         return self.name or self.kind
 
 
-class Timing(_Section):
+class Timing(Section):
     """Trial timing; each phase lasts base ± uniform jitter, rounded to whole frames."""
 
     fixation_s: float = Field(0.5, ge=0)
@@ -54,7 +51,7 @@ class Timing(_Section):
     iti_jitter_s: float = Field(0.2, ge=0)
 
 
-class Screen(_Section):
+class Screen(Section):
     """The participant's display."""
 
     index: int = Field(0, ge=0, description="Which screen (0 = primary).")
@@ -90,7 +87,7 @@ class Screen(_Section):
     )
 
 
-class Photodiode(_Section):
+class Photodiode(Section):
     """A corner square: white while a stimulus is on, black otherwise."""
 
     enabled: bool = False
@@ -99,7 +96,7 @@ class Photodiode(_Section):
     channel: str = Field("Photodiode", min_length=1, description="EEG channel it feeds.")
 
 
-class Ratings(_Section):
+class Ratings(Section):
     """Self-report after each stimulus of the rated blocks (Self-Assessment-Manikin-style).
 
     Answered with the mouse, a number key, or a response box publishing on LSL
@@ -139,7 +136,7 @@ class Ratings(_Section):
         return self.enabled and kind in self.blocks
 
 
-class Keys(_Section):
+class Keys(Section):
     """Experimenter and participant keys (PsychoPy key names)."""
 
     pause: str = "p"
@@ -155,7 +152,7 @@ class Keys(_Section):
         return self
 
 
-class TimingCheck(_Section):
+class TimingCheck(Section):
     """``eegs timing-check``: photodiode flashes against their markers."""
 
     n_flashes: int = Field(50, ge=2)
@@ -164,7 +161,7 @@ class TimingCheck(_Section):
     max_lag_ms: float = Field(200.0, gt=0, description="Light later than this is missed.")
 
 
-class Presentation(_Section):
+class Presentation(Section):
     """The whole ``[presentation]`` section."""
 
     seed: int = Field(0, description="Seed of image order and jitter.")

@@ -11,8 +11,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from experiment_protocols._section import Section
 from experiment_protocols.brain_model import BrainModelSettings
 from experiment_protocols.decoder import Decoder
 from experiment_protocols.generation import Generation
@@ -20,6 +21,10 @@ from experiment_protocols.presentation import Presentation
 
 PROTOCOL_DIR = Path(__file__).resolve().parent
 DEFAULT_PROTOCOL = PROTOCOL_DIR / "default.toml"
+
+
+#: A protocol file is a page of settings; anything larger is the wrong file.
+MAX_PROTOCOL_BYTES = 1 << 20
 
 
 class ProtocolError(ValueError):
@@ -33,11 +38,7 @@ class ProtocolError(ValueError):
         super().__init__(f"{where}field '{field}': {message}")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class Meta(_Section):
+class Meta(Section):
     """Who wrote the protocol and what it is for."""
 
     name: str = "unnamed"
@@ -45,31 +46,34 @@ class Meta(_Section):
     version: int = Field(1, ge=1, description="Version of the protocol file format.")
 
 
-class Streams(_Section):
+class Streams(Section):
     """Which LSL streams the session reads."""
 
     eeg: str = Field("EEGS-EEG", min_length=1, description="Name of the EEG stream.")
     eeg_type: str = Field("EEG", description="LSL type of the EEG stream ('' = any).")
     markers: str = Field("EEGS-markers", min_length=1, description="Marker stream name.")
     sfreq: float | None = Field(
-        None, gt=0, description="Expected sampling rate of the EEG stream; None = any."
+        None, gt=0, le=100_000, description="Expected sampling rate of the EEG stream; None = any."
     )
-    connect_timeout_s: float = Field(10.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0, le=3600)
     buffer_s: float = Field(
         5.0,
         gt=0,
+        le=600,
         description="Ring buffer length of the EEG: longer than an epoch plus any stall; "
         "the whole buffer is shifted on every chunk, so longer costs CPU.",
     )
-    gap_s: float = Field(1.0, gt=0, description="No EEG sample for this long counts as a gap.")
+    gap_s: float = Field(
+        1.0, gt=0, le=3600, description="No EEG sample for this long counts as a gap."
+    )
 
 
-class Epochs(_Section):
+class Epochs(Section):
     """Which markers are epoched, and the epoch window (seconds, marker = 0)."""
 
     event: str = Field("stimulus_onset", min_length=1)
-    tmin: float = -0.2
-    tmax: float = 1.0
+    tmin: float = Field(-0.2, ge=-60, le=60)
+    tmax: float = Field(1.0, ge=-60, le=60)
     baseline: tuple[float, float] | None = (-0.2, 0.0)
 
     @model_validator(mode="after")
@@ -86,14 +90,14 @@ class Epochs(_Section):
         return self
 
 
-class Preprocessing(_Section):
+class Preprocessing(Section):
     """Online preprocessing: causal IIR filters on the stream, then per-epoch steps."""
 
     notch_hz: list[float] = Field(default_factory=lambda: [50.0])
     l_freq: float | None = Field(0.5, gt=0)
     h_freq: float | None = Field(40.0, gt=0)
     filter_order: int = Field(4, ge=1, le=10, description="Butterworth order.")
-    resample_hz: float | None = Field(250.0, gt=0)
+    resample_hz: float | None = Field(250.0, gt=0, le=20_000)
     montage: list[str] = Field(
         default_factory=list,
         description="Channels to keep, in order; empty keeps every channel.",
@@ -111,7 +115,7 @@ class Preprocessing(_Section):
         return self
 
 
-class Quality(_Section):
+class Quality(Section):
     """Thresholds that flag (never silently drop) an epoch, in µV."""
 
     flat_uv: float = Field(0.5, ge=0, description="Peak-to-peak below this is flat.")
@@ -119,7 +123,7 @@ class Quality(_Section):
     reject_uv: float = Field(150.0, gt=0, description="Peak-to-peak above this.")
 
 
-class Network(_Section):
+class Network(Section):
     """ZeroMQ endpoints. Non-loopback endpoints require CURVE keys."""
 
     epochs_endpoint: str = "tcp://127.0.0.1:5556"
@@ -146,7 +150,7 @@ class Network(_Section):
         return v
 
 
-class Recording(_Section):
+class Recording(Section):
     """Whole-session XDF recording through LabRecorder."""
 
     enabled: bool = True
@@ -155,7 +159,7 @@ class Recording(_Section):
     )
 
 
-class Protocol(_Section):
+class Protocol(Section):
     """A whole protocol file."""
 
     meta: Meta = Field(default_factory=Meta)
@@ -221,9 +225,16 @@ def load_protocol(path: str | Path | None = None) -> Protocol:
     """Read and validate a protocol file; ``None`` loads the shipped default."""
     path = Path(path) if path is not None else DEFAULT_PROTOCOL
     try:
-        raw = path.read_bytes()
+        if path.exists() and not path.is_file():
+            raise ProtocolError(path, "(file)", "not a regular file")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_PROTOCOL_BYTES + 1)
     except OSError as err:
         raise ProtocolError(path, "(file)", f"cannot read: {err.strerror}") from None
+    if len(raw) > MAX_PROTOCOL_BYTES:
+        raise ProtocolError(
+            path, "(file)", f"larger than {MAX_PROTOCOL_BYTES} bytes: not a protocol file"
+        )
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:

@@ -126,3 +126,54 @@ def test_eegs_keys_makes_a_layout_curve_accepts(tmp_path):
         ctx.term()
     info = json.dumps(res.stdout)
     assert "curve_public_key" in info
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("[generation]\ndeadline_s = 1e308\n", "generation.deadline_s"),
+        ("[generation]\nreward_wait_s = nan\n", "generation.reward_wait_s"),
+        ("[streams]\nbuffer_s = inf\n", "streams.buffer_s"),
+        ("[streams]\nbuffer_s = 1e12\n", "streams.buffer_s"),
+        ("[epochs]\ntmax = 1e9\n", "epochs.tmax"),
+        ("[preprocessing]\nresample_hz = 1e15\n", "preprocessing.resample_hz"),
+        ("[generation.sdxl]\nwidth = 1048576\n", "generation.sdxl.width"),
+        ("[generation.heuristic]\ninner_steps = 100000000\n", "generation.heuristic.inner_steps"),
+        ("[brain_model]\nsnr = nan\n", "brain_model.snr"),
+        ("[presentation.timing]\nstimulus_s = -inf\n", "presentation.timing.stimulus_s"),
+    ],
+)
+def test_absurd_or_non_finite_numbers_are_refused_naming_the_field(tmp_path, text, field):
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(path)
+    assert err.value.field == field
+
+
+def test_a_protocol_that_is_not_a_small_regular_file_is_refused(tmp_path):
+    with pytest.raises(ProtocolError, match="not a regular file"):
+        load_protocol("/dev/zero")
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (1 << 21) + "\n")
+    with pytest.raises(ProtocolError, match="larger than"):
+        load_protocol(big)
+    res = _eegs("doctor", "--protocol", "/dev/zero", "--timeout", "0.2")
+    assert res.returncode == 2
+    assert "/dev/zero" in res.stderr
+
+
+def test_a_repeated_trial_id_never_overwrites_an_epoch(tmp_path):
+    import numpy as np
+
+    store = SessionStore(tmp_path).open(role="test")
+    first = store.write_epoch(7, np.zeros((2, 3)), {"trial_id": 7})
+    again = store.write_epoch(7, np.ones((2, 3)), {"trial_id": 7})
+    store.close()
+    assert first.name == "epoch-000007.npz"
+    assert again.name == "repeated-000007-1.npz"
+    (only,) = SessionStore(tmp_path).epochs()
+    assert only.data.sum() == 0  # the first epoch is the trial's; the repeat is kept beside
+    for bad in (True, -1, 2.0):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            SessionStore(tmp_path).write_epoch(bad, np.zeros((2, 3)), {})

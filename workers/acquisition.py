@@ -367,7 +367,8 @@ class Acquisition:
             if marker["event"] != self.protocol.epochs.event:
                 continue
             trial = marker.get("trial")
-            trial_id = int(trial) if isinstance(trial, int) and trial >= 0 else self.next_trial
+            valid = isinstance(trial, int) and not isinstance(trial, bool) and trial >= 0
+            trial_id = int(trial) if valid else self.next_trial
             self.next_trial = max(self.next_trial, trial_id + 1)
             self.pending.append(_Pending(trial_id, t, marker))
 
@@ -380,7 +381,10 @@ class Acquisition:
             self.store.log(
                 "rating_invalid",
                 t_lsl=t_lsl,
-                trial_id=marker.get("trial") if isinstance(marker.get("trial"), int) else None,
+                trial_id=marker.get("trial")
+                if isinstance(marker.get("trial"), int)
+                and not isinstance(marker.get("trial"), bool)
+                else None,
                 problems=problems,
                 forwarded=msg is not None,
             )
@@ -512,7 +516,9 @@ class Acquisition:
         self.publisher.send_multipart(encode(msg, (x32,)), copy=False)
         latency = (msg.sent_lsl - window_end) * 1e3
         self.latencies_ms.append(latency)
-        self.store.write_epoch(p.trial_id, x32, meta)
+        path = self.store.write_epoch(p.trial_id, x32, meta)
+        if not path.name.startswith("epoch-"):
+            self.store.log("trial_id_repeated", trial_id=p.trial_id, file=path.name)
         self.store.log(
             "epoch",
             trial_id=p.trial_id,

@@ -157,8 +157,19 @@ class SessionStore:
         atomic_write_json(self.root / SESSION_FILE, info)
 
     def write_epoch(self, trial_id: int, data: np.ndarray, meta: dict[str, Any]) -> Path:
-        """Store one preprocessed epoch (µV, float32) with its metadata."""
+        """Store one preprocessed epoch (µV, float32) with its metadata; never overwrites.
+
+        A trial id seen before (a marker stream that repeats ids) keeps the first epoch
+        as ``epoch-NNNNNN.npz`` and stores the next as ``repeated-NNNNNN-K.npz`` beside it,
+        which :meth:`epochs` does not read as a trial.
+        """
+        if isinstance(trial_id, bool) or not isinstance(trial_id, int) or trial_id < 0:
+            raise ValueError(f"trial id must be a non-negative integer, not {trial_id!r}")
         path = self.epochs_dir / f"epoch-{trial_id:06d}.npz"
+        k = 1
+        while path.exists():
+            path = self.epochs_dir / f"repeated-{trial_id:06d}-{k}.npz"
+            k += 1
         buf = io.BytesIO()
         np.savez(
             buf,
