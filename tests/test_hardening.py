@@ -177,3 +177,30 @@ def test_a_repeated_trial_id_never_overwrites_an_epoch(tmp_path):
     for bad in (True, -1, 2.0):
         with pytest.raises(ValueError, match="non-negative integer"):
             SessionStore(tmp_path).write_epoch(bad, np.zeros((2, 3)), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "exceeds"),
+        ('{"event": "x", "a": ' + "[" * 5000 + "]" * 5000 + "}", "nests deeper"),
+        ('{"event": "x", "a": ' + "[" * 40 + "]" * 40 + "}", "nests deeper"),
+        ('{"event": "x", "pad": "' + "x" * 70_000 + '"}', "exceeds"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"trial": 1}', "no string 'event'"),
+        ("{nope", "not JSON"),
+    ],
+)
+def test_hostile_markers_are_refused_with_a_reason(text, reason):
+    from workers.messages import MessageError, parse_marker
+
+    with pytest.raises(MessageError, match=reason):
+        parse_marker(text)
+
+
+def test_a_deeply_nested_message_header_is_an_error_reply_not_a_crash():
+    from workers.messages import MessageError, decode
+
+    header = b'{"type": "status_request", "v": 1, "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    with pytest.raises(MessageError, match="nests deeper"):
+        decode([header])

@@ -41,7 +41,7 @@ from scipy.signal import firwin, resample_poly
 from experiment_protocols import Protocol
 from workers import transport
 from workers.errors import InputError
-from workers.messages import EpochMessage, RatingMessage, array_spec, encode
+from workers.messages import EpochMessage, RatingMessage, array_spec, encode, parse_marker
 from workers.session_store import RECORDING_FILE, SessionStore, next_recording_file
 
 logger = logging.getLogger("eegs.acquisition")
@@ -161,19 +161,6 @@ def rating_message(
     except ValueError as err:  # pydantic's ValidationError: whatever was missed above
         return None, [*problems, f"not a valid rating message: {err}"]
     return msg, problems
-
-
-def parse_marker(text: str) -> dict[str, Any]:
-    """Decode one JSON marker; raises ValueError with the reason."""
-    try:
-        marker = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"not JSON: {err.msg}") from None
-    if not isinstance(marker, dict):
-        raise ValueError(f"expected a JSON object, got {type(marker).__name__}")
-    if not isinstance(marker.get("event"), str):
-        raise ValueError("no string 'event' field")
-    return marker
 
 
 class Acquisition:

@@ -42,6 +42,7 @@ from models.brain_features import ImageError
 from models.brain_response import ATM_CHANNELS, STANDARD_64, BrainModel, StreamSimulator
 from workers.errors import InputError
 from workers.lsl_clock import SampleClock, make_eeg_info, push_chunk_at_clock
+from workers.messages import parse_marker
 
 logger = logging.getLogger("eegs.brain_model")
 
@@ -150,13 +151,6 @@ def single_threaded_blas():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def _parse_marker(text: str) -> dict[str, Any]:
-    marker = json.loads(text)
-    if not isinstance(marker, dict) or not isinstance(marker.get("event"), str):
-        raise ValueError("expected a JSON object with a string 'event'")
-    return marker
 
 
 class MarkerReader:
@@ -389,7 +383,7 @@ class BrainModelStream:
         """Apply one marker (onset: schedule the response; offset: end the stimulus)."""
         s = self.config.settings
         try:
-            marker = _parse_marker(text)
+            marker = parse_marker(text)
         except ValueError as err:
             logger.warning("ignoring malformed marker %r: %s", text[:200], err)
             return

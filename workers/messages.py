@@ -24,6 +24,50 @@ class MessageError(ValueError):
     """A message that cannot be accepted: malformed, oversize or of another version."""
 
 
+#: A marker is a line of JSON; anything larger or deeper is refused before it is used.
+MAX_MARKER_BYTES = 64 << 10
+MAX_JSON_DEPTH = 32
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of decoded JSON, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(node, dict):
+            stack += [(v, d + 1) for v in node.values()]
+        elif isinstance(node, list):
+            stack += [(v, d + 1) for v in node]
+    return deepest
+
+
+def loads_limited(text: str | bytes, max_bytes: int, what: str) -> Any:
+    """``json.loads`` with a size and a nesting limit; raises :class:`MessageError`."""
+    size = len(text.encode() if isinstance(text, str) else text)
+    if size > max_bytes:
+        raise MessageError(f"{what} of {size} bytes exceeds {max_bytes}")
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        raise MessageError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MessageError(f"{what} is not JSON: {err}") from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise MessageError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
+def parse_marker(text: str) -> dict[str, Any]:
+    """One JSON marker of the presentation's stream; raises :class:`MessageError`."""
+    marker = loads_limited(text, MAX_MARKER_BYTES, "marker")
+    if not isinstance(marker, dict):
+        raise MessageError(f"expected a JSON object, got {type(marker).__name__}")
+    if not isinstance(marker.get("event"), str):
+        raise MessageError("no string 'event' field")
+    return marker
+
+
 class Message(BaseModel):
     """Base of every message type."""
 
@@ -114,10 +158,7 @@ def decode(frames: list[bytes]) -> tuple[Message, list[np.ndarray]]:
         raise MessageError(f"message of {total} bytes exceeds {MAX_MESSAGE_BYTES}")
     if len(frames[0]) > MAX_HEADER_BYTES:
         raise MessageError(f"header of {len(frames[0])} bytes exceeds {MAX_HEADER_BYTES}")
-    try:
-        raw = json.loads(frames[0])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MessageError(f"header is not JSON: {err}") from None
+    raw = loads_limited(frames[0], MAX_HEADER_BYTES, "header")
     if not isinstance(raw, dict):
         raise MessageError("header must be a JSON object")
     if raw.get("v") != SCHEMA_VERSION:
