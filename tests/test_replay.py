@@ -13,6 +13,7 @@ from conftest import EEGLAB_SET, run_eegs
 from helpers import wait_for_event
 from scipy.signal import resample_poly
 
+from experiment_protocols import load_protocol
 from workers.replay import load_recording
 from workers.session_store import SessionStore
 
@@ -123,6 +124,8 @@ def test_replay_into_acquire_matches_offline_mne(processes, tmp_path, stream_nam
     assert len(epochs) == len(stored)
     assert list(epochs.events[:, 2]) == [e.trial_id for e in stored]
     assert set(epochs.metadata["marker_event"]) == {"square"}
+    pre = load_protocol().preprocessing  # what the acquisition ran with (0.5-40 Hz)
+    assert (epochs.info["highpass"], epochs.info["lowpass"]) == (pre.l_freq, pre.h_freq)
     assert "bad" in epochs.metadata
     np.testing.assert_allclose(epochs.get_data()[0] * 1e6, stored[0].data, rtol=1e-5, atol=1e-4)
 

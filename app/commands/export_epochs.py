@@ -21,6 +21,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
 
+def _filter_band(session: Path, sfreq: float) -> tuple[float, float] | None:
+    """(highpass, lowpass) of the preprocessing the session ran (``session.json``)."""
+    from workers.session_store import SessionStore
+
+    pre = SessionStore(session).read_info().get("protocol", {}).get("preprocessing")
+    if not isinstance(pre, dict):
+        return None
+    nyquist = sfreq / 2
+    low, high = pre.get("l_freq"), pre.get("h_freq")
+    return (float(low or 0.0), float(min(high or nyquist, nyquist)))
+
+
 def session_epochs(session: Path):
     """A session's stored epochs as :class:`mne.EpochsArray` (volts)."""
     import mne
@@ -35,6 +47,11 @@ def session_epochs(session: Path):
         raise InputError(f"{session}: no epochs under {session / 'epochs'}")
     first = stored[0].meta
     info = mne.create_info(first["ch_names"], first["sfreq"], "eeg")
+    band = _filter_band(session, float(first["sfreq"]))
+    if band is not None:  # the band eegs acquire filtered with, not MNE's 0 Hz to Nyquist
+        # MNE has no public setter for data filtered before it saw them; mne-lsl does this
+        with info._unlock():
+            info["highpass"], info["lowpass"] = band
     data = np.stack([e.data for e in stored]).astype(np.float64) * 1e-6
     ids = np.array([e.trial_id for e in stored])
     sfreq = first["sfreq"]
