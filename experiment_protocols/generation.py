@@ -22,7 +22,7 @@ class Heuristic(Section):
     temperature: float = Field(0.1, gt=0, description="Softmax temperature over rewards.")
     n_children: int = Field(4, ge=0, description="Children made by crossover per round.")
     inner_steps: int = Field(
-        15, ge=1, le=1000, description="Generate-embed-ascend steps per child."
+        15, ge=1, le=100_000, description="Generate-embed-ascend steps per child."
     )
     step_size: float = Field(30.0, ge=0, description="eta_0 of eta_k = eta_0 / (1 + decay k).")
     step_decay: float = Field(0.1, ge=0)

@@ -177,7 +177,7 @@ def test_rounds_rewards_and_provenance(worker):
 
 
 def test_bad_requests_get_error_replies_and_the_worker_keeps_serving(worker, tmp_path):
-    client, _, _ = worker
+    client, session, _ = worker
 
     def ask(frames: list[bytes]) -> ErrorReply:
         client.send_frames(frames)
@@ -208,8 +208,14 @@ def test_bad_requests_get_error_replies_and_the_worker_keeps_serving(worker, tmp
     unknown, _ = client.request(_epoch(900, "/not/issued/by/the/worker.png")[0], (x,))
     assert isinstance(unknown, RewardReply)
     assert not unknown.used
-    assert "knows" in unknown.reason
-    image = tmp_path / "readable.png"
+    assert "outside the session" in unknown.reason  # never even looked for
+    outside = tmp_path / "outside.png"  # a real file, but not the session's or the pool's
+    Image.new("RGB", (32, 32), (10, 20, 200)).save(outside)
+    refused, _ = client.request(_epoch(903, str(outside))[0], (x,))
+    assert not refused.used
+    assert "outside the session" in refused.reason
+    image = session / "stimuli" / "readable.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (32, 32), (10, 20, 200)).save(image)
     first, _ = client.request(_epoch(901, str(image))[0], (x,))
     again, _ = client.request(_epoch(901, str(image))[0], (x,))  # the same trial twice
@@ -224,7 +230,8 @@ def test_bad_requests_get_error_replies_and_the_worker_keeps_serving(worker, tmp
 
 def test_epochs_published_by_acquisition_are_rewarded(worker, tmp_path):
     client, session, publisher = worker
-    image = tmp_path / "calibration-amuse-01.png"  # not from the worker: embedded on arrival
+    image = session / "stimuli" / "calibration-amuse-01.png"  # embedded on arrival
+    image.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (40, 40), (250, 200, 20)).save(image)
     before = client.request(StatusRequest())[0].n_observations
     msg, x = _epoch(500, str(image), bump_uv=5.0)

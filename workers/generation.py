@@ -95,6 +95,27 @@ class GenerationError(InputError):
     """A generation setting or resource the worker cannot use; says what to fix."""
 
 
+def image_roots(protocol: Protocol, store: SessionStore | None) -> list[Path]:
+    """The folders a marker may name an image in: the session's, the pool's, the blocks'.
+
+    The worker opens no other file a marker names (a marker is input from the network).
+    """
+    base = Path(protocol.source).resolve().parent if protocol.source else Path.cwd()
+    roots = [store.root] if store is not None else []
+    if protocol.generation.pool.folder:
+        roots.append(Path(protocol.generation.pool.folder))
+    roots += [base / b.folder for b in protocol.presentation.blocks if b.folder]
+    return [r.expanduser().resolve() for r in roots]
+
+
+def _inside(path: str, roots: list[Path]) -> bool:
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):
+        return False
+    return any(resolved.is_relative_to(root) for root in roots)
+
+
 @dataclass
 class GenerationConfig:
     """What one ``eegs worker`` process does."""
@@ -232,6 +253,7 @@ class GenerationService:
         self._pending_files: tuple | None = None
         self._wake_tx: zmq.Socket | None = None
         self._calibration = reward_fn if isinstance(reward_fn, SessionFittedReward) else None
+        self._image_roots = image_roots(protocol, store)
         self._parked: list[tuple[EpochMessage, list[np.ndarray]]] = []
         self._loop_started = False  # an image request came: calibration is over
         self._decoder_fit: threading.Thread | None = None
@@ -332,6 +354,8 @@ class GenerationService:
         elif image_id is not None:
             self.credit(msg.trial_id, image_id, self.issued[image_id].embedding, None, value)
             used = True
+        elif path is not None and not _inside(path, self._image_roots):
+            reason = "the marker names an image outside the session, pool and block folders"
         elif path is not None and Path(path).is_file():
             image_id = Path(path).stem
             self.credit(msg.trial_id, image_id, None, path, value)
