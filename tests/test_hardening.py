@@ -204,3 +204,20 @@ def test_a_deeply_nested_message_header_is_an_error_reply_not_a_crash():
     header = b'{"type": "status_request", "v": 1, "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
     with pytest.raises(MessageError, match="nests deeper"):
         decode([header])
+
+
+def test_a_child_that_outlives_the_session_process_does_not_complete_the_session(tmp_path):
+    session = SessionStore(tmp_path).open(role="session")
+    worker = SessionStore(tmp_path).open(role="generation")
+    # the session process is SIGKILLed here: it never closes; its child ends cleanly
+    worker.close("completed")
+    info = SessionStore(tmp_path).read_info()
+    assert info["status"] == "running"  # not "completed": eegs resume will take it
+    assert info["processes"]["generation"]["status"] == "completed"
+    session.close("crashed")
+    assert SessionStore(tmp_path).read_info()["status"] == "crashed"
+
+
+def test_a_standalone_process_owns_its_session(tmp_path):
+    SessionStore(tmp_path).open(role="acquisition").close("completed")
+    assert SessionStore(tmp_path).read_info()["status"] == "completed"

@@ -31,6 +31,8 @@ logger = logging.getLogger("eegs.session")
 SESSION_FILE = "session.json"
 EVENTS_FILE = "events.jsonl"
 TORN_FILE = "events-torn.txt"
+#: The role of the process that runs a whole session (``eegs pilot``, ``run``, ``resume``).
+SESSION_ROLE = "session"
 RECORDING_FILE = "recording.xdf"
 EPOCHS_DIR = "epochs"
 
@@ -93,6 +95,7 @@ class SessionStore:
         self.root = Path(root)
         self.epochs_dir = self.root / EPOCHS_DIR
         self._events_fd: int | None = None
+        self.role: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self, *, role: str, protocol: Any = None, **fields: Any) -> SessionStore:
@@ -120,16 +123,30 @@ class SessionStore:
             info["protocol_sha256"] = protocol.sha256
         info.update(fields)
         info.setdefault("processes", {})[role] = {"pid": os.getpid(), "started": _now_iso()}
+        if role == SESSION_ROLE or "owner" not in info:
+            info["owner"] = role  # the process whose end is the session's end
         info["status"] = "running"
+        self.role = role
         atomic_write_json(self.root / SESSION_FILE, info)
         self.log("process_start", role=role, pid=os.getpid())
         return self
 
     def close(self, status: str = "completed", **fields: Any) -> None:
-        """Mark the session's end state; safe to call twice."""
+        """Record this process's end state; safe to call twice.
+
+        Only the session's owner (``eegs pilot``/``run``/``resume``, else the process that
+        made the directory) sets the session's status: a child that outlives a killed
+        session process must not mark the unfinished session "completed".
+        """
         if self._events_fd is None:
             return
-        self.update_info(status=status, ended=_now_iso(), **fields)
+        info = self.read_info()
+        proc = info.setdefault("processes", {}).setdefault(self.role, {})
+        proc.update(status=status, ended=_now_iso())
+        info.update(fields)
+        if info.get("owner", self.role) == self.role:
+            info.update(status=status, ended=_now_iso())
+        atomic_write_json(self.root / SESSION_FILE, info)
         self.log("process_end", status=status)
         os.close(self._events_fd)
         self._events_fd = None
