@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.shutdown import PARENT_ENV
 from workers.session_store import SessionStore
 
 logger = logging.getLogger("eegs.supervisor")
@@ -64,7 +65,8 @@ class Supervisor:
     def __init__(self, store: SessionStore, env: dict[str, str] | None = None) -> None:
         self.store = store
         self.children: dict[str, Child] = {}
-        self.env = {**os.environ, **(env or {})}
+        # children stop when this process dies, however it dies (app/shutdown.py)
+        self.env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
         (store.root / LOG_DIR).mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str, args: list[str], *, expected_exit: bool = False) -> Child:

@@ -37,6 +37,11 @@ class Processes:
 
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
+        self.pids: list[int] = []  # grandchildren the test learnt of: killed by pid
+
+    def adopt(self, pid: int) -> None:
+        """Kill ``pid`` too when the test ends (a process started by a started process)."""
+        self.pids.append(pid)
 
     def eegs(self, *args: str, **kwargs) -> subprocess.Popen:
         """Start ``python -m app.cli ARGS`` in its own process group."""
@@ -52,6 +57,9 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for proc in self.procs:
             if proc.poll() is None:
                 try:

@@ -221,3 +221,37 @@ def test_a_child_that_outlives_the_session_process_does_not_complete_the_session
 def test_a_standalone_process_owns_its_session(tmp_path):
     SessionStore(tmp_path).open(role="acquisition").close("completed")
     assert SessionStore(tmp_path).read_info()["status"] == "completed"
+
+
+@pytest.mark.timeout(90)
+def test_children_stop_when_the_session_process_is_killed(processes, tmp_path, stream_name):
+    import os
+    import signal
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from app.supervisor import Supervisor\n"
+        "from workers.session_store import SessionStore\n"
+        f"store = SessionStore({str(tmp_path)!r}).open(role='session')\n"
+        "child = Supervisor(store).start('brain-model', ['brain-model', '--name', "
+        f"{stream_name!r}, '--channels', '8', '--sfreq', '250'])\n"
+        "print(child.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    session = processes.start([sys.executable, "-c", script])
+    child_pid = int(session.stdout.readline())
+    processes.adopt(child_pid)
+    time.sleep(3)  # the brain model streams
+    os.kill(session.pid, signal.SIGKILL)  # the session process dies without a word
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the brain model kept streaming after its session process died")
+    info = SessionStore(tmp_path).read_info()
+    assert info["status"] == "running"  # unfinished: eegs resume takes it
