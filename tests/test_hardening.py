@@ -255,3 +255,62 @@ def test_children_stop_when_the_session_process_is_killed(processes, tmp_path, s
         pytest.fail("the brain model kept streaming after its session process died")
     info = SessionStore(tmp_path).read_info()
     assert info["status"] == "running"  # unfinished: eegs resume takes it
+
+
+def _bomb_png(path, side: int = 100_000) -> None:
+    """A valid tiny PNG whose header claims side x side pixels."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 4  # signature, chunk length
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", side, side)
+    crc = zlib.crc32(bytes(data[ihdr : ihdr + 17]))
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+
+
+def test_a_decompression_bomb_is_a_reason_not_a_crash(tmp_path):
+    from app.presentation.images import ImageRef, read_image
+    from models.backends.base import BackendUnavailableError
+    from models.backends.pool import _open_rgb
+
+    bomb = tmp_path / "bomb.png"
+    _bomb_png(bomb)
+    with pytest.raises(ValueError, match="not a readable image|exceeds"):
+        read_image(ImageRef(bomb, None, 0))
+    with pytest.raises(BackendUnavailableError, match="cannot read pool image"):
+        _open_rgb(bomb)
+
+
+def test_rewards_survive_an_embedding_failure(tmp_path):
+    from PIL import Image
+
+    from models.backends.procedural import ProceduralBackend, procedural_pool
+    from models.rewards import LppReward
+    from workers.generation import GenerationService
+
+    protocol = load_protocol()
+    backend = ProceduralBackend(size=64, fit_samples=64, seed=0)
+    pool = procedural_pool(backend, 16, seed=0)
+    service = GenerationService(protocol, backend, pool, LppReward((0.4, 0.8), ["Pz"], 5.0))
+    image = tmp_path / "calibration.png"
+    Image.new("RGB", (64, 64), (200, 100, 50)).save(image)
+    service.credit(1, "calibration", None, str(image), 0.7)
+    real = backend.embed
+
+    def out_of_memory(images):
+        raise RuntimeError("CUDA out of memory")
+
+    backend.embed = out_of_memory
+    with pytest.raises(RuntimeError, match="out of memory"):
+        service._drain()
+    assert service.generator.n_observations == 0
+    backend.embed = real
+    service._drain()  # the next round: the reward is still there
+    assert service.generator.ids == ["calibration"]
+    assert service.generator.rewards == [0.7]
+    service.close()

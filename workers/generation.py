@@ -485,11 +485,16 @@ class GenerationService:
         self.best_reward = value if self.best_reward is None else max(self.best_reward, value)
 
     def _drain(self) -> None:
-        """Move new rewards into the generator (background thread only)."""
+        """Move new rewards into the generator (background thread only).
+
+        If embedding fails (a CUDA out-of-memory, say), the rewards go back to the queue
+        for the next round instead of being lost.
+        """
         with self._obs_lock:
             items = list(self._pending_obs)
             self._pending_obs.clear()
         to_embed = [(i, p, r) for i, e, p, r in items if e is None]
+        embedded = []
         if to_embed:
             images, keep = [], []
             for image_id, path, r in to_embed:
@@ -497,11 +502,19 @@ class GenerationService:
                     with Image.open(path) as im:
                         images.append(im.convert("RGB"))
                     keep.append((image_id, r))
-                except OSError as err:
+                except (OSError, Image.DecompressionBombError) as err:
                     logger.warning("cannot read %s for its embedding: %s", path, err)
+                    self._log("reward_unusable", image=str(path), reason=str(err))
             if images:
-                for (image_id, r), e in zip(keep, self.backend.embed(images), strict=True):
-                    self.generator.observe(image_id, e, r)
+                try:
+                    embedded = list(zip(keep, self.backend.embed(images), strict=True))
+                except Exception as err:  # noqa: BLE001 - keep the rewards for the next round
+                    with self._obs_lock:
+                        self._pending_obs.extendleft(reversed(items))
+                    self._log("embedding_failed", n_rewards=len(items), error=repr(err))
+                    raise
+        for (image_id, r), e in embedded:
+            self.generator.observe(image_id, e, r)
         for image_id, e, _, r in items:
             if e is not None:
                 self.generator.observe(image_id, e, r)

@@ -156,11 +156,11 @@ def read_image(ref: ImageRef, max_size: int = 16384) -> StimulusImage:
     sha = hashlib.sha256(data).hexdigest()
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            if max(im.size) > max_size:
+            if max(im.size) > max_size:  # read from the header: nothing decoded yet
                 raise ValueError(f"{im.size[0]}x{im.size[1]} exceeds {max_size} pixels")
+            im.load()
             rgba = im.convert("RGBA")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"not a readable image: {err}") from None
     pixels = np.ascontiguousarray(np.asarray(rgba, dtype=np.uint8))
     return StimulusImage(ref, sha, pixels)

@@ -140,7 +140,7 @@ def _open_rgb(path: Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         raise BackendUnavailableError(f"cannot read pool image {path}: {err}") from None
 
 
