@@ -230,6 +230,12 @@ class Generation(Section):
         64 << 20, ge=1024, le=1 << 30, description="Larger requests get an error reply."
     )
     image_key: str = Field("image", description="Marker field naming the image shown.")
+    session: str = Field(
+        "",
+        description="The session whose messages the worker takes ('' = its --session "
+        "folder's name, as every process of one session names it); a worker on another "
+        "machine sets the lab PC's session name here.",
+    )
     image_encoding: Literal["png", "rgb"] = Field(
         "rgb", description="rgb: raw HxWx3 uint8 (no encode cost); png: PNG bytes per image."
     )

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.timeout(240)
 
 _PROTOCOL = """
 [generation]
+session = "s"  # the session name these tests send
 max_request_bytes = 65536
 deadline_s = 60.0
 reward_wait_s = 0.0

@@ -314,3 +314,33 @@ def test_rewards_survive_an_embedding_failure(tmp_path):
     assert service.generator.ids == ["calibration"]
     assert service.generator.rewards == [0.7]
     service.close()
+
+
+def test_a_worker_takes_only_its_own_sessions_messages(tmp_path):
+    import numpy as np
+
+    from models.backends.procedural import ProceduralBackend, procedural_pool
+    from models.rewards import LppReward
+    from workers.generation import GenerationService
+    from workers.messages import EpochMessage, ErrorReply, RewardReply, decode, encode
+
+    store = SessionStore(tmp_path / "S01-2026").open(role="generation")
+    backend = ProceduralBackend(size=64, fit_samples=64, seed=0)
+    service = GenerationService(
+        load_protocol(), backend, procedural_pool(backend, 16, seed=0),
+        LppReward((0.4, 0.8), ["Pz"], 5.0), store,
+    )  # fmt: skip
+    x = np.zeros((1, 301), np.float32)
+
+    def epoch(session: str) -> list[bytes]:
+        msg = EpochMessage.of(x, session=session, trial_id=3, marker={"event": "stimulus_onset"},
+                              ch_names=["Pz"], sfreq=250.0, tmin=-0.2)  # fmt: skip
+        return encode(msg, (x,))
+
+    stranger, _ = decode(service.handle(epoch("someone-else")))
+    assert isinstance(stranger, ErrorReply)
+    assert stranger.error == "wrong_session"
+    own, _ = decode(service.handle(epoch("S01-2026")))
+    assert isinstance(own, RewardReply)
+    service.close()
+    store.close()

@@ -248,6 +248,7 @@ _PROTOCOL = """
 [network]
 epochs_endpoint = "{epochs}"
 [generation]
+session = "s"  # the session name these tests send
 subscribe_epochs = true
 max_request_bytes = 65536
 deadline_s = 60.0

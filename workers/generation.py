@@ -254,6 +254,8 @@ class GenerationService:
         self._wake_tx: zmq.Socket | None = None
         self._calibration = reward_fn if isinstance(reward_fn, SessionFittedReward) else None
         self._image_roots = image_roots(protocol, store)
+        #: The session whose messages this worker takes (None: any, e.g. a benchmark).
+        self.session = (protocol.generation.session or store.root.name) if store else None
         self._parked: list[tuple[EpochMessage, list[np.ndarray]]] = []
         self._loop_started = False  # an image request came: calibration is over
         self._decoder_fit: threading.Thread | None = None
@@ -284,6 +286,13 @@ class GenerationService:
             msg, arrays = decode(frames)
         except MessageError as err:
             return self._error("invalid", str(err))
+        session = getattr(msg, "session", None)
+        if self.session is not None and session is not None and session != self.session:
+            return self._error(
+                "wrong_session",
+                f"message of session {session!r}; this worker serves {self.session!r} "
+                "(generation.session names another)",
+            )
         if isinstance(msg, EpochMessage):
             return self.score_epoch(msg, arrays)
         if isinstance(msg, StatusRequest):
