@@ -166,3 +166,33 @@ def test_timing_check_against_the_brain_model(tmp_path, stream_name):
     assert report["offset_ms"]["mean"] == pytest.approx(20.0, abs=1.0)
     assert report["offset_ms"]["sd"] == pytest.approx(2.0, abs=1.0)
     assert Path(tmp_path / "s" / "session.json").exists()
+
+
+@pytest.mark.timeout(120)
+def test_timing_check_refuses_a_display_without_the_protocols_refresh(
+    processes, tmp_path, stream_name
+):
+    """Xvfb has no vsync: a correction measured there would be wrong, so none is written."""
+    import os
+    import subprocess
+    import sys
+
+    xvfb = processes.start(
+        ["Xvfb", "-displayfd", "1", "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+        stdout=subprocess.PIPE,
+    )
+    display = ":" + xvfb.stdout.readline().strip()
+    amp = PhotodiodeAmplifier(stream_name, f"{stream_name}-m", lag_s=0.020, jitter_s=0.002)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "app.cli", "timing-check", "--session", str(tmp_path / "s"),
+             "--eeg", stream_name, "--markers", f"{stream_name}-m", "--windowed"],
+            cwd=REPO, capture_output=True, text=True, timeout=100,
+            env={**os.environ, "DISPLAY": display},
+        )  # fmt: skip
+    finally:
+        amp.stop.set()
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "the display runs at" in res.stderr
+    info = json.loads((tmp_path / "s" / "session.json").read_text())
+    assert "timing_check" not in info  # no correction written into the session

@@ -23,7 +23,7 @@ import numpy as np
 import pylsl
 
 from app.presentation.controls import Aborted, Controls
-from app.presentation.display import FramePacer, lsl_offset, open_window
+from app.presentation.display import FramePacer, check_refresh, lsl_offset, open_window
 from app.presentation.eventlog import EventWriter
 from app.presentation.frames import FrameRecorder
 from app.presentation.markers import MarkerStream
@@ -123,6 +123,10 @@ def run(config: TimingCheckConfig) -> dict[str, Any]:
             protocol.streams.eeg, pres.photodiode.channel, protocol.streams.connect_timeout_s
         )
         win = open_window(pres, windowed=config.windowed)
+        if pres.screen.check_refresh and not pres.screen.pace_frames:
+            # as the runner does: a display without the protocol's vsync gives a timing
+            # correction that is wrong, and it would be written into the session
+            check_refresh(win, pres)
         offset = lsl_offset()
         markers = MarkerStream(win, protocol.streams.markers, log, offset)
         if not markers.wait_for_consumers(protocol.streams.connect_timeout_s):
