@@ -344,3 +344,21 @@ def test_a_worker_takes_only_its_own_sessions_messages(tmp_path):
     assert isinstance(own, RewardReply)
     service.close()
     store.close()
+
+
+def test_damaged_files_are_reasons_not_tracebacks(tmp_path):
+    import numpy as np
+
+    bad_xdf = tmp_path / "bad.xdf"
+    bad_xdf.write_bytes(b"XDF:" + bytes(range(256)) * 4)
+    res = _eegs("replay", str(bad_xdf))
+    assert res.returncode == 2, res.stderr[-1000:]
+    assert "not a readable XDF file" in res.stderr
+    assert "Traceback" not in res.stderr
+
+    store = SessionStore(tmp_path / "s").open(role="test")
+    store.write_epoch(1, np.ones((2, 5)), {"trial_id": 1})
+    path = store.write_epoch(2, np.ones((2, 5)), {"trial_id": 2})
+    store.close()
+    path.write_bytes(path.read_bytes()[:40])  # truncated by a full disk
+    assert [e.trial_id for e in SessionStore(tmp_path / "s").epochs()] == [1]

@@ -111,10 +111,33 @@ def _load_mne(path: Path) -> Recording:
     )
 
 
+class _PyxdfErrors(logging.Handler):
+    """Collects what pyxdf logs about a damaged file, to report it as one line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _load_xdf(path: Path) -> Recording:
     import pyxdf
 
-    streams, _ = pyxdf.load_xdf(str(path))
+    problems = _PyxdfErrors()
+    log = logging.getLogger("pyxdf")
+    log.addHandler(problems)
+    propagate, log.propagate = log.propagate, False  # its tracebacks become one reason
+    try:
+        streams, _ = pyxdf.load_xdf(str(path))
+    except Exception as err:  # noqa: BLE001 - a damaged file fails in many ways inside pyxdf
+        raise ReplayError(f"{path}: not a readable XDF file: {type(err).__name__}: {err}") from None
+    finally:
+        log.removeHandler(problems)
+        log.propagate = propagate
+    if problems.messages and not any(len(s["time_stamps"]) for s in streams):
+        raise ReplayError(f"{path}: not a readable XDF file: {'; '.join(problems.messages[:3])}")
     eeg = [s for s in streams if float(s["info"]["nominal_srate"][0]) > 0 and len(s["time_stamps"])]
     markers = [s for s in streams if s["info"]["channel_format"][0] == "string"]
     if not eeg:

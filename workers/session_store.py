@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -222,9 +223,13 @@ class SessionStore:
         """Every stored epoch, in trial order."""
         out = []
         for path in sorted(self.epochs_dir.glob("epoch-*.npz")):
-            with np.load(path, allow_pickle=False) as npz:
-                meta = json.loads(npz["meta"].tobytes().decode())
-                out.append(StoredEpoch(int(meta["trial_id"]), npz["data"], meta))
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    meta = json.loads(npz["meta"].tobytes().decode())
+                    out.append(StoredEpoch(int(meta["trial_id"]), npz["data"], meta))
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                # a truncated file (disk full, power cut): the others still count
+                logger.warning("%s is unreadable (%s): left out", path, err)
         return out
 
 

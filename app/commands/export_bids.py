@@ -115,14 +115,20 @@ def run(args: argparse.Namespace) -> int:
             root=args.out,
             datatype="eeg",
         )
-        write_raw_bids(
-            raw,
-            path,
-            format="BrainVision",
-            allow_preload=True,
-            overwrite=args.overwrite,
-            verbose="error",
-            extra_columns_descriptions={k: EVENT_COLUMNS[k] for k in columns} or None,
-        )
+        try:
+            write_raw_bids(
+                raw,
+                path,
+                format="BrainVision",
+                allow_preload=True,
+                overwrite=args.overwrite,
+                verbose="error",
+                extra_columns_descriptions={k: EVENT_COLUMNS[k] for k in columns} or None,
+            )
+        except FileExistsError as err:
+            raise InputError(
+                f"{args.out}: this subject's recording is there already ({err}); choose a "
+                "new folder or add --overwrite"
+            ) from None
         print(f"BIDS-EEG written: {path.fpath} (from {xdf.name})")
     return 0
