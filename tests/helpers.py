@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 import time
 from pathlib import Path
+
+import pylsl
 
 from workers.session_store import read_events
 
@@ -54,3 +58,40 @@ def short_pilot_protocol(tmp_path: Path, **extra: str) -> Path:
     path = tmp_path / "short.toml"
     path.write_text(text)
     return path
+
+
+class MarkerReader:
+    """Reads the presentation's marker stream in a thread, with LSL timestamps."""
+
+    def __init__(self, name: str) -> None:
+        found = pylsl.resolve_byprop("name", name, 1, 20)
+        assert found, f"no marker stream {name}"
+        self.inlet = pylsl.StreamInlet(found[0], max_buflen=60)
+        self.inlet.open_stream(timeout=10)
+        self.markers: list[tuple[dict, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sample, ts = self.inlet.pull_sample(timeout=0.05)
+            if sample is not None:
+                self.markers.append((json.loads(sample[0]), ts))
+
+    def events(self, name: str) -> list[dict]:
+        return [m for m, _ in self.markers if m["event"] == name]
+
+    def wait_for(self, name: str, count: int = 1, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.events(name)
+            if len(found) >= count:
+                return found[count - 1]
+            time.sleep(0.02)
+        raise AssertionError(f"no marker {name!r} #{count} within {timeout} s: {self.markers}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.inlet.close_stream()

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pylsl
 import pytest
 import zmq
 from conftest import run_eegs
+from helpers import MarkerReader
 from PIL import Image
 
 from app.presentation.display import read_display_number
@@ -139,43 +139,6 @@ def _protocol(
     path = tmp_path / "protocol.toml"
     path.write_text(text + blocks)
     return path
-
-
-class MarkerReader:
-    """Reads the presentation's marker stream in a thread, with LSL timestamps."""
-
-    def __init__(self, name: str) -> None:
-        found = pylsl.resolve_byprop("name", name, 1, 20)
-        assert found, f"no marker stream {name}"
-        self.inlet = pylsl.StreamInlet(found[0], max_buflen=60)
-        self.inlet.open_stream(timeout=10)
-        self.markers: list[tuple[dict, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sample, ts = self.inlet.pull_sample(timeout=0.05)
-            if sample is not None:
-                self.markers.append((json.loads(sample[0]), ts))
-
-    def events(self, name: str) -> list[dict]:
-        return [m for m, _ in self.markers if m["event"] == name]
-
-    def wait_for(self, name: str, count: int = 1, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.events(name)
-            if len(found) >= count:
-                return found[count - 1]
-            time.sleep(0.02)
-        raise AssertionError(f"no marker {name!r} #{count} within {timeout} s: {self.markers}")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.inlet.close_stream()
 
 
 def _present(processes, xvfb, protocol, session, *extra):

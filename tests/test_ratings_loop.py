@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pylsl
 import pytest
 import zmq
 from conftest import run_eegs
-from helpers import events_named, wait_for_event
+from helpers import MarkerReader, events_named, wait_for_event
 from PIL import Image
 
 from app.presentation.display import read_display_number
@@ -134,43 +133,6 @@ def _protocol(tmp_path, name, *, port=1, record=False, timeout=8.0, n_rated=3) -
     )
     path.write_text(text)
     return path
-
-
-class MarkerReader:
-    """Reads the presentation's marker stream in a thread."""
-
-    def __init__(self, name: str) -> None:
-        found = pylsl.resolve_byprop("name", name, 1, 30)
-        assert found, f"no marker stream {name}"
-        self.inlet = pylsl.StreamInlet(found[0], max_buflen=60)
-        self.inlet.open_stream(timeout=10)
-        self.markers: list[dict] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sample, _ = self.inlet.pull_sample(timeout=0.05)
-            if sample is not None:
-                self.markers.append(json.loads(sample[0]))
-
-    def events(self, name: str) -> list[dict]:
-        return [m for m in self.markers if m["event"] == name]
-
-    def wait_for(self, name: str, count: int = 1, timeout: float = 30.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.events(name)
-            if len(found) >= count:
-                return found[count - 1]
-            time.sleep(0.01)
-        raise AssertionError(f"no marker {name!r} #{count} within {timeout} s: {self.markers}")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.inlet.close_stream()
 
 
 def _present(processes, xvfb, protocol, session, images, *extra):
