@@ -267,6 +267,7 @@ def test_train_encoder_from_session_directories(tmp_path):
     assert "--image-embeddings" in res.stderr
 
 
+@pytest.mark.timeout(400)  # two classifiers x 3 folds x 60 epochs, twice: ~45-80 s on 2 cores
 def test_both_classifiers_decode_brain_model_valence():
     """Hidden oracle-valence labels are decoded from simulated EEG (clear SNR, 3 folds)."""
     from app.bench.decoders import KINDS, _f1, brain_model_set
