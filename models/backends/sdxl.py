@@ -33,6 +33,9 @@ from models.backends.sdxl_random import (
     SDXL_TEXT_CONFIGS,
     SDXL_UNET_CONFIG,
     SDXL_VAE_CONFIG,
+    TINY_UNET_CONFIG,
+    TINY_VAE_CONFIG,
+    TINY_VIT_CONFIG,
     VIT_H_CONFIG,
     random_ip_adapter_state_dict,
     random_unet,
@@ -340,41 +343,16 @@ class SDXLBackend(Backend):
 
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            block_out_channels=channels,
-            layers_per_block=layers,
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, layers),
-            projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + 32 pooled text
-            cross_attention_dim=64,
-            norm_num_groups=1,
+            **{
+                **TINY_UNET_CONFIG,
+                "block_out_channels": list(channels),
+                "layers_per_block": layers,
+                "transformer_layers_per_block": [1, layers],
+            }
         )
-        vae = AutoencoderKL(
-            block_out_channels=list(channels),
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            latent_channels=4,
-            norm_num_groups=8,
-        )
+        vae = AutoencoderKL(**{**TINY_VAE_CONFIG, "block_out_channels": list(channels)})
         encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=32,
-                projection_dim=embed_dim,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=37,
-                image_size=32,
-                patch_size=8,
-            )
+            CLIPVisionConfig(**{**TINY_VIT_CONFIG, "projection_dim": embed_dim})
         )
         gen = torch.Generator().manual_seed(seed + 1)
         if ip_adapter_for is None:
