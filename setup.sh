@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Set up EEGS on a fresh machine: system packages (Xvfb and OpenGL for the PsychoPy
-# window, needs root + apt), then .venv in the repository root with the exact versions of
-# requirements.lock (refresh it with scripts/refresh-lock.sh) and `eegs` installed, then an
+# window, Chromium for the dashboard's browser test; needs root + apt), then .venv in the
+# repository root with the exact versions of requirements.lock (refresh it with scripts/refresh-lock.sh) and `eegs` installed, then an
 # import check of every heavy module, so that a broken install fails here, not at first use.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 if command -v apt-get >/dev/null 2>&1; then
-  pkgs=(xvfb xauth libgl1 libglu1-mesa libgl1-mesa-dri libegl1 libxtst6)
+  pkgs=(xvfb xauth libgl1 libglu1-mesa libgl1-mesa-dri libegl1 libxtst6 chromium)
   missing=()
   for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
