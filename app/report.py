@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from app.session_trials import collect_trials
 from experiment_protocols import Protocol
 from workers.session_store import SessionStore
 
@@ -148,8 +149,6 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
     """Write ``report.html``: curves, image grids, calibration ERPs, self-report, timing."""
     import matplotlib.pyplot as plt
     import mne
-
-    from app.session_outputs import collect_trials
 
     trials, events = collect_trials(session)
     report = mne.Report(title=f"EEGS session {session.name}", verbose="error")

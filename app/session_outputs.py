@@ -10,41 +10,17 @@ from __future__ import annotations
 import json
 import shutil
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.report import write_report
+from app.session_trials import Trial, collect_trials
 from experiment_protocols import Protocol
-from workers.session_store import SessionStore, atomic_write_json, read_events
+from workers.session_store import SessionStore, atomic_write_json
 
 DATASET_DIR = "dataset"
-
-
-@dataclass
-class Trial:
-    """One shown image with everything the session learnt about it."""
-
-    trial: int
-    block: str
-    round: int
-    image: Path
-    label: str | None
-    t_wall: float
-    reward: float | None = None
-    reward_details: dict[str, Any] = field(default_factory=dict)
-    bad: bool | None = None
-    rating: Any = None
-    dropped_frames: int = 0
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    def rated(self, scale: str) -> float | None:
-        """The participant's rating of this trial on ``scale`` (None: not rated)."""
-        value = self.rating.get(scale) if isinstance(self.rating, dict) else None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        return float(value) if np.isfinite(value) else None
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -52,38 +28,6 @@ def _stats(values: list[float]) -> dict[str, float] | None:
         return None
     a = np.asarray(values, dtype=float)
     return {"median": round(float(np.median(a)), 3), "p95": round(float(np.percentile(a, 95)), 3)}
-
-
-def collect_trials(session: Path) -> tuple[list[Trial], list[dict[str, Any]]]:
-    """Join presentation trials, rewards, epoch flags and image sidecars; also the events."""
-    events = list(read_events(session / "events.jsonl"))
-    trials: dict[int, Trial] = {}
-    rewards, flags = {}, {}
-    for e in events:
-        if e["event"] == "trial" and not e.get("stand_in"):
-            trials[e["trial"]] = Trial(
-                e["trial"],
-                e["block"],
-                e["round"],
-                Path(e["image"]),
-                e.get("label"),
-                e["t_wall"],
-                rating=e.get("rating"),
-                dropped_frames=e.get("dropped_frames", 0),
-            )
-        elif e["event"] == "reward":
-            rewards[e["trial_id"]] = e
-        elif e["event"] == "epoch":
-            flags[e["trial_id"]] = e["bad"]
-    for t in trials.values():
-        if t.trial in rewards:
-            t.reward = rewards[t.trial]["reward"]
-            t.reward_details = rewards[t.trial].get("details", {})
-        t.bad = flags.get(t.trial)
-        sidecar = t.image.with_suffix(".json")
-        if sidecar.exists():
-            t.provenance = json.loads(sidecar.read_text()).get("provenance", {})
-    return sorted(trials.values(), key=lambda t: t.trial), events
 
 
 def _by_round(trials: list[Trial], value) -> list[float | None]:
@@ -347,8 +291,6 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
 
 def write_outputs(session: Path, protocol: Protocol, pilot: bool) -> dict[str, Any]:
     """Write the dataset, ``summary.json`` and ``report.html`` of a session."""
-    from app.report import write_report
-
     export_dataset(session, protocol)
     summary = build_summary(session, protocol, pilot)
     atomic_write_json(session / "summary.json", summary)

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from safetensors.numpy import load_file, save_file
 
 from models.backends.base import Backend, BackendUnavailableError
-from models.backends.procedural import image_features
+from models.backends.features import image_features
 
 Embedder = Callable[[Sequence[Image.Image]], np.ndarray]
 
