@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up EEGS on a fresh machine: system packages (Xvfb and OpenGL for the PsychoPy
 # window, Chromium for the dashboard's browser test; needs root + apt), then .venv in the
-# repository root with the exact versions of requirements.lock (refresh it with scripts/refresh-lock.sh) and `eegs` installed, then an
-# import check of every heavy module, so that a broken install fails here, not at first use.
+# repository root with the exact versions of requirements.lock (refresh it with
+# scripts/refresh-lock.sh) and `eegs` installed, then an import check of every heavy module,
+# so that a broken install fails here, not at first use.
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -514,6 +514,7 @@ class Acquisition:
             processing_ms=round((msg.sent_lsl - t_cut) * 1e3, 3),
             bad=bool(quality["flags"]),
             flags=quality["flags"],
+            flag_channels=quality["channels"],  # the dashboard's share per channel
         )
         self.n_epochs += 1
 

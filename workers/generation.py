@@ -317,6 +317,12 @@ class GenerationService:
             round=self.generator.round,
             n_observations=self.n_observations,
             best_reward=self.best_reward,
+            **_device_status(self.backend),
+            queue={
+                "parked_epochs": len(self._parked),
+                "pending_observations": len(self._pending_obs),
+                "running_jobs": int(self._job is not None),
+            },
         )
 
     # -- rewards -----------------------------------------------------------------------
@@ -900,6 +906,16 @@ def run(config: GenerationConfig, stop=lambda: False) -> GenerationService:
             auth.stop()
         store.close(status)
     return service
+
+
+def _device_status(backend: Any) -> dict[str, Any]:
+    """The backend's device and, on a GPU, the memory torch holds there (the dashboard)."""
+    device = str(getattr(backend, "device", "cpu"))
+    if not device.startswith("cuda"):
+        return {"device": device}
+    import torch
+
+    return {"device": device, "gpu_memory_mb": round(torch.cuda.memory_allocated() / 2**20, 1)}
 
 
 # -- client ---------------------------------------------------------------------------------

@@ -328,3 +328,8 @@ class StatusReply(Message):
     round: int
     n_observations: int
     best_reward: float | None = None
+    device: str = "cpu"
+    gpu_memory_mb: float | None = Field(None, description="Allocated by torch on the GPU.")
+    queue: dict[str, int] = Field(
+        default_factory=dict, description="Work waiting: parked epochs, observations, requests."
+    )

@@ -45,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="before the first trial, wait up to S s for the session's XDF recording",
     )
     p.add_argument(
+        "--control",
+        metavar="ENDPOINT",
+        help="take pause/resume/abort from the dashboard on this loopback ZeroMQ endpoint",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="continue the session's blocks where they stopped (images not shown yet)",
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
                 stop=STOP,
                 wait_recording_s=args.wait_recording,
                 resume=args.resume,
+                control=args.control,
             )
         )
     cpu = result.get("own_cpu_ms", {})

@@ -2,16 +2,29 @@
 
 Keys are read once per frame (PsychoPy's event queue; no blocking). A SIGTERM or
 Ctrl-C (``app.shutdown.STOP``) counts as an abort, so a supervisor that stops the
-presentation gets the same clean end as the abort key.
+presentation gets the same clean end as the abort key. The experimenter's dashboard
+sends the same three commands to a ZeroMQ PULL socket (:class:`RemoteControl`), read
+in the same place without blocking, so a command from the page is a key press.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 import threading
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import zmq
 
 from experiment_protocols.presentation import Keys
+from workers import transport
+
+logger = logging.getLogger("eegs.present")
+
+#: What the dashboard may ask for (``{"command": NAME}`` on the control socket).
+REMOTE_COMMANDS = ("pause", "resume", "abort")
 
 
 class Aborted(Exception):
@@ -22,15 +35,58 @@ class Aborted(Exception):
         self.reason = reason
 
 
+class RemoteControl:
+    """The dashboard's pause, resume and abort: a loopback PULL socket drained per frame.
+
+    The presentation binds (it outlives any dashboard, which connects and may restart);
+    :meth:`commands` never blocks, and anything but a known command is logged and dropped.
+    """
+
+    def __init__(self, endpoint: str, on_event: Callable[..., Any] | None = None) -> None:
+        self.endpoint = endpoint
+        self.on_event = on_event
+        self.sock, _ = transport.bind(zmq.Context.instance(), zmq.PULL, endpoint)
+        self.sock.setsockopt(zmq.RCVHWM, 16)
+
+    def commands(self) -> list[str]:
+        """The commands received since the last call."""
+        out = []
+        while True:
+            try:
+                raw = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                command = json.loads(raw[:1024]).get("command") if len(raw) <= 1024 else None
+            except (ValueError, AttributeError):
+                command = None
+            if command in REMOTE_COMMANDS:
+                out.append(command)
+                if self.on_event is not None:
+                    self.on_event("remote_control", command=command)
+            else:
+                logger.warning("control message ignored: %r", raw[:80])
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close(0)
+
+
 class Controls:
     """Latches the experimenter's keys between the moments the runner looks at them."""
 
-    def __init__(self, keys: Keys, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        keys: Keys,
+        stop: threading.Event | None = None,
+        remote: RemoteControl | None = None,
+    ) -> None:
         from psychopy import event
 
         self._event = event
         self.keys = keys
         self.stop = stop
+        self.remote = remote
         self._key_list = [keys.pause, keys.resume, keys.abort, keys.proceed]
         self.extra: list[str] = []
         self.pause_requested = False
@@ -50,6 +106,14 @@ class Controls:
                 self.resume_pressed = True
             elif key == self.keys.proceed:
                 self.proceed_pressed = True
+        if self.remote is not None:
+            for command in self.remote.commands():
+                if command == "abort":
+                    raise Aborted("abort from the dashboard")
+                if command == "pause":
+                    self.pause_requested = True
+                else:
+                    self.resume_pressed = True
         if self.stop is not None and self.stop.is_set():
             raise Aborted("stop signal")
 

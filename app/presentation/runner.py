@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pylsl
 
-from app.presentation.controls import Aborted, Controls, StatusLine
+from app.presentation.controls import Aborted, Controls, RemoteControl, StatusLine
 from app.presentation.display import (
     FramePacer,
     check_refresh,
@@ -79,6 +79,7 @@ class PresentConfig:
     stop: threading.Event | None = None
     wait_recording_s: float = 0.0  # wait for the session's XDF recording to start
     resume: bool = False  # continue an interrupted session (see app.presentation.resume)
+    control: str | None = None  # the dashboard's control endpoint (controls.RemoteControl)
 
 
 @dataclass(frozen=True)
@@ -735,6 +736,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
     loader = ImageLoader()
     client = None
     box = None
+    remote = None
     win = runner = None
     status = "failed"
     summary: dict[str, Any] = {}
@@ -758,6 +760,8 @@ def run(config: PresentConfig) -> dict[str, Any]:
             )
         if pres.response_stream and any(pres.ratings.rates(p.block.kind) for p in plans):
             box = ResponseBox(pres.response_stream, log)
+        if config.control:
+            remote = RemoteControl(config.control, log)
         runner = Runner(
             protocol,
             plans,
@@ -767,7 +771,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             markers=markers,
             loader=loader,
             client=client,
-            controls=Controls(pres.keys, config.stop),
+            controls=Controls(pres.keys, config.stop, remote),
             status=status_line,
             clock_offset=offset,
             progress=progress,
@@ -789,6 +793,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             ],
             gl_max_texture=runner.max_texture,
             response_stream=box.name if box is not None else None,
+            control=config.control,
         )
         if not markers.wait_for_consumers(protocol.streams.connect_timeout_s):
             logger.warning("nobody reads the marker stream '%s' yet", protocol.streams.markers)
@@ -824,6 +829,8 @@ def run(config: PresentConfig) -> dict[str, Any]:
                 client.close()
             if box is not None:
                 box.close()
+            if remote is not None:
+                remote.close()
             loader.close()
             if win is not None:
                 win.close()
