@@ -151,7 +151,7 @@ def _load_xdf(path: Path) -> Recording:
         ch_names = [c["label"][0] for c in chans]
     except (KeyError, IndexError, TypeError):
         ch_names = [f"EEG{i:03d}" for i in range(n_ch)]
-    t0 = s["time_stamps"][0]
+    stamps = np.asarray(s["time_stamps"], dtype=np.float64)
     out: list[tuple[int, dict]] = []
     for m in markers:
         for text, t in zip(m["time_series"], m["time_stamps"], strict=True):
@@ -161,9 +161,24 @@ def _load_xdf(path: Path) -> Recording:
                 marker = {"event": text[0]}
             if not isinstance(marker, dict) or "event" not in marker:
                 marker = {"event": str(text[0])}
-            out.append((int(round((t - t0) * sfreq)), marker))
+            out.append((sample_at(stamps, float(t), sfreq), marker))
     out.sort(key=lambda e: e[0])
     return Recording(np.asarray(s["time_series"], dtype=np.float32), sfreq, ch_names, out)
+
+
+def sample_at(stamps: np.ndarray, t: float, sfreq: float) -> int:
+    """Index of the sample recorded nearest to LSL time ``t`` (by its real timestamp).
+
+    The samples of a recording with a gap (a stalled amplifier) are stored back to
+    back, so counting ``(t - t0) * sfreq`` would place every later event late by the
+    gap. A time before the first or after the last sample stays outside the data.
+    """
+    if t < stamps[0]:
+        return int(round((t - stamps[0]) * sfreq))
+    if t > stamps[-1]:
+        return stamps.size - 1 + int(round((t - stamps[-1]) * sfreq))
+    i = int(np.searchsorted(stamps, t))
+    return i - 1 if i > 0 and t - stamps[i - 1] <= stamps[i] - t else i
 
 
 def run(config: ReplayConfig, stop=lambda: False) -> int:
