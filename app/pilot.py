@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import socket
 import sys
 import time
@@ -67,6 +68,9 @@ class SessionConfig:
     reward: str | None = None  # a generation.reward.mode (LOOP_REWARDS); None: the protocol's
     family: str | None = None  # brain_model.family of the simulated participant
     timeout_s: float = 1800.0
+    dashboard: bool = True  # the experimenter's dashboard (app/dashboard), an optional child
+    dashboard_port: int | None = None  # None: a free port
+    dashboard_host: str = "127.0.0.1"
 
 
 def _free_port() -> int:
@@ -298,6 +302,7 @@ def _supervise(
     sup = Supervisor(store)
     progress = Progress(store)
     try:
+        control = _start_dashboard(config, store, sup, ppath)
         if config.source == "brain-model":
             sup.start("brain-model", ["brain-model", "--protocol", ppath])
         elif config.source.startswith("replay:"):
@@ -321,6 +326,8 @@ def _supervise(
             present += ["--wait-recording", "30"]
         if resume:
             present.append("--resume")
+        if control:
+            present += ["--control", control]
         present.append("--headless" if config.headless else "--windowed")
         child = sup.start("present", present, expected_exit=True)
         deadline = time.monotonic() + config.timeout_s
@@ -351,6 +358,31 @@ def _supervise(
         summary = write_outputs(store.root, protocol, pilot=config.source == "brain-model")
         store.close(status, summary_file="summary.json")
     return summary
+
+
+def _start_dashboard(
+    config: SessionConfig, store: SessionStore, sup: Supervisor, ppath: str
+) -> str | None:
+    """Start the experimenter's dashboard, an optional child; returns its control endpoint.
+
+    Its tokens reach it in its environment, never on a command line; the URL is printed
+    and logged (``dashboard_started``). A dashboard that fails is logged and ignored.
+    """
+    if not config.dashboard:
+        return None
+    from app.dashboard import OBSERVER_TOKEN_ENV, TOKEN_ENV, url
+
+    tokens = {TOKEN_ENV: secrets.token_urlsafe(16), OBSERVER_TOKEN_ENV: secrets.token_urlsafe(16)}
+    host, port = config.dashboard_host, config.dashboard_port or _free_port()
+    control = f"tcp://127.0.0.1:{_free_port()}"
+    args = ["dashboard", "--session", str(store.root), "--protocol", ppath]
+    args += ["--port", str(port), "--host", host, "--control", control]
+    sup.start("dashboard", args, optional=True, env=tokens)
+    page, observer = url(host, port, tokens[TOKEN_ENV]), url(host, port, tokens[OBSERVER_TOKEN_ENV])
+    store.log("dashboard_started", url=page, observer_url=observer, control=control)
+    sys.stderr.write(f"[eegs] dashboard: {page}\n[eegs] observer:  {observer}\n")
+    sys.stderr.flush()
+    return control
 
 
 def _stop_in_order(sup: Supervisor, protocol: Protocol) -> None:

@@ -47,6 +47,7 @@ class Child:
     argv: list[str]
     expected_exit: bool = False
     started: float = field(default_factory=time.monotonic)
+    optional: bool = False  # a crash is logged, never ends the session
 
     def log_tail(self, n_bytes: int = 4000) -> str:
         """The end of the child's log."""
@@ -69,8 +70,20 @@ class Supervisor:
         self.env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
         (store.root / LOG_DIR).mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, args: list[str], *, expected_exit: bool = False) -> Child:
-        """Start ``eegs ARGS`` as child ``name``; ``expected_exit`` marks one-shot jobs."""
+    def start(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        expected_exit: bool = False,
+        optional: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> Child:
+        """Start ``eegs ARGS`` as child ``name``; ``expected_exit`` marks one-shot jobs.
+
+        ``optional``: its crash is logged (``child_crashed``) and the session goes on
+        (the dashboard); ``env``: added to this child's environment only.
+        """
         log_path = self.store.root / LOG_DIR / f"{name}.log"
         argv = [sys.executable, "-m", "app.cli", *args]
         with log_path.open("ab") as log:
@@ -80,9 +93,10 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env=self.env,
+                env={**self.env, **(env or {})},
             )
         child = Child(name, proc, log_path, argv, expected_exit)
+        child.optional = optional
         self.children[name] = child
         self.store.log("child_started", name=name, pid=proc.pid, argv=args)
         logger.info("started %s (pid %d)", name, proc.pid)
@@ -90,9 +104,20 @@ class Supervisor:
 
     def check(self) -> None:
         """Raise :class:`ProcessCrashed` for any child that died unexpectedly."""
-        for child in self.children.values():
+        for child in list(self.children.values()):
             code = child.proc.poll()
             if code is None or (child.expected_exit and code == 0):
+                continue
+            if child.optional:
+                self.children.pop(child.name, None)
+                self.store.log(
+                    "child_crashed",
+                    name=child.name,
+                    returncode=code,
+                    log_tail=child.log_tail(),
+                    optional=True,
+                )
+                logger.warning("optional %s exited (status %s); going on", child.name, code)
                 continue
             tail = child.log_tail()
             self.store.log("child_crashed", name=child.name, returncode=code, log_tail=tail)

@@ -12,7 +12,12 @@ import argparse
 from pathlib import Path
 from typing import get_args
 
-from app.commands._common import add_protocol_argument, add_reward_argument
+from app.commands._common import (
+    add_dashboard_arguments,
+    add_protocol_argument,
+    add_reward_argument,
+    dashboard_options,
+)
 from experiment_protocols.brain_model import SubjectFamily
 
 NAME = "pilot"
@@ -44,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the simulated participant's family (brain_model.family; default: the protocol's)",
     )
     add_reward_argument(p)
+    add_dashboard_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             headless=args.headless,
             reward=args.reward,
             family=args.family,
+            **dashboard_options(args),
         ),
         stop=STOP.is_set,
     )

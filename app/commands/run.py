@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from app.commands._common import add_dashboard_arguments, dashboard_options
+
 NAME = "run"
 HELP = "closed-loop session with an amplifier (or --source replay:FILE)"
 POLLS_STOP = True  # SIGTERM/Ctrl-C: stop cleanly (app.shutdown)
@@ -43,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="S", help="generator seed")
     p.add_argument("--headless", action="store_true", help="virtual display (tests, demos)")
     p.add_argument("--skip-doctor", action="store_true", help="skip the pre-flight check")
+    add_dashboard_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             headless=args.headless,
             source=args.source,
             worker=args.worker,
+            **dashboard_options(args),
         ),
         stop=STOP.is_set,
     )

@@ -1,0 +1,255 @@
+"""The dashboard's web server: one page, one websocket, thumbnails and three controls.
+
+Starlette (a small, well-kept ASGI toolkit with native websockets) served by uvicorn,
+so no HTTP is written by hand. Every route needs a token in the URL: the controller's
+token sees the controls, the observer's token the same page without them; anything else
+gets 403. A tick task folds what the sources brought into the :class:`~app.dashboard.view.View`
+20 times a second and pushes the change to every page as one JSON message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from app.dashboard.view import View
+
+logger = logging.getLogger("eegs.dashboard")
+
+STATIC = Path(__file__).parent / "static"
+TICK_S = 0.05
+#: Messages a slow page may fall behind before it is dropped (it reconnects).
+QUEUE_MAX = 200
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+
+
+def plotly_js() -> Path:
+    """plotly.min.js as bundled in the installed plotly package (never a CDN)."""
+    import plotly
+
+    return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+@dataclass
+class Tokens:
+    """The controller's and the observer's tokens (random unless given)."""
+
+    controller: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    observer: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+
+    def role(self, token: str | None) -> str | None:
+        """``controller``, ``observer`` or None for a missing or wrong token."""
+        if not token:
+            return None
+        if secrets.compare_digest(token.encode(), self.controller.encode()):
+            return "controller"
+        if secrets.compare_digest(token.encode(), self.observer.encode()):
+            return "observer"
+        return None
+
+
+class Controller:
+    """Sends pause/resume/abort to the presentation's control socket (a PUSH that never blocks)."""
+
+    def __init__(self, endpoint: str | None) -> None:
+        self.endpoint = endpoint
+        self.sock = None
+        if endpoint:
+            from workers import transport
+
+            self.sock = transport.connect(zmq.Context.instance(), zmq.PUSH, endpoint)
+            self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no presentation: refuse, do not queue
+
+    def send(self, command: str) -> bool:
+        """True when the command left for a connected presentation."""
+        if self.sock is None:
+            return False
+        try:
+            self.sock.send(json.dumps({"command": command}).encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self.sock is not None:
+            self.sock.close(0)
+
+
+def allowed_roots(session: Path, protocol: Any | None) -> list[Path]:
+    """Folders whose images a page may fetch: the session's and the protocol's image folders."""
+    roots = [session.resolve()]
+    if protocol is not None:
+        base = Path(protocol.source).resolve().parent if protocol.source else session
+        folders = [b.folder for b in protocol.presentation.blocks if b.folder]
+        folders += [protocol.presentation.pool_folder, protocol.generation.pool.folder]
+        roots += [(base / f).resolve() for f in folders if f]
+    return roots
+
+
+def safe_image(path: str, roots: list[Path]) -> Path | None:
+    """``path`` resolved (links followed) if it is an image file inside one of ``roots``."""
+    try:
+        p = Path(path)
+        p = (p if p.is_absolute() else roots[0] / p).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    if p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+        return None
+    return p if any(p.is_relative_to(r) for r in roots) else None
+
+
+def build_app(
+    view: View,
+    tokens: Tokens,
+    *,
+    control: str | None = None,
+    roots: list[Path] | None = None,
+) -> Starlette:
+    """The dashboard's ASGI application."""
+    roots = roots or [view.session]
+    clients: set[asyncio.Queue] = set()
+    controller = Controller(control)
+    page = (STATIC / "index.html").read_text()
+
+    def role_of(request: Request | WebSocket) -> str | None:
+        return tokens.role(request.query_params.get("token"))
+
+    def forbidden() -> PlainTextResponse:
+        return PlainTextResponse("forbidden: a valid token is needed in the URL", 403)
+
+    async def index(request: Request):
+        role = role_of(request)
+        if role is None:
+            return forbidden()
+        live = view.live and role == "controller" and controller.sock is not None
+        token = request.query_params["token"]  # checked above: URL-safe characters only
+        html = page.replace("__ROLE__", role).replace("__CONTROLS__", "1" if live else "0")
+        html = html.replace("__TOKEN__", token)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    async def static(request: Request):
+        if role_of(request) is None:
+            return forbidden()
+        name = request.path_params["name"]
+        if name == "plotly.min.js":
+            return FileResponse(plotly_js(), media_type="text/javascript")
+        if name == "dashboard.js":
+            return FileResponse(STATIC / name, media_type="text/javascript")
+        return PlainTextResponse("not found", 404)
+
+    async def image(request: Request):
+        if role_of(request) is None:
+            return forbidden()
+        p = safe_image(request.query_params.get("path", ""), roots)
+        if p is None:
+            return PlainTextResponse("not an image of this session", 404)
+        return FileResponse(p, headers={"Cache-Control": "max-age=3600"})
+
+    async def control_route(request: Request):
+        if role_of(request) != "controller":
+            return forbidden()
+        try:
+            command = (await request.json()).get("command")
+        except (ValueError, AttributeError):
+            command = None
+        if command not in ("pause", "resume", "abort"):
+            return JSONResponse({"error": "command must be pause, resume or abort"}, 400)
+        if not view.live or not controller.send(command):
+            return JSONResponse({"sent": False, "error": "the presentation is not reachable"}, 503)
+        logger.info("dashboard command: %s", command)
+        return JSONResponse({"sent": True, "command": command})
+
+    async def ws_route(ws: WebSocket):
+        if role_of(ws) is None:
+            await ws.close(code=1008)  # before accept: the handshake gets 403
+            return
+        await ws.accept()
+        queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
+        queue.put_nowait(json.dumps(view.snapshot(), allow_nan=False, default=str))
+        clients.add(queue)
+        try:
+            while True:
+                text = await queue.get()
+                if text is None:
+                    break
+                await ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            clients.discard(queue)
+            with contextlib.suppress(RuntimeError):
+                await ws.close()
+
+    async def ticker() -> None:
+        while True:
+            try:
+                delta = view.tick()
+            except Exception:  # a bad line or source must not end the page
+                logger.exception("dashboard tick failed")
+                delta = None
+            if delta is not None:
+                text = json.dumps(delta, default=str)
+                for queue in list(clients):
+                    try:
+                        queue.put_nowait(text)
+                    except asyncio.QueueFull:  # too slow: closed; it reconnects, gets a snapshot
+                        clients.discard(queue)
+                        while not queue.empty():
+                            queue.get_nowait()
+                        queue.put_nowait(None)
+            await asyncio.sleep(TICK_S)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(ticker())
+        try:
+            yield
+        finally:
+            task.cancel()
+            controller.close()
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/static/{name}", static),
+            Route("/image", image),
+            Route("/control", control_route, methods=["POST"]),
+            Route("/favicon.ico", lambda request: Response(status_code=204)),
+            WebSocketRoute("/ws", ws_route),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def serve(app: Starlette, host: str, port: int) -> None:
+    """Run the app with uvicorn until SIGTERM/Ctrl-C."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=2,
+    )
