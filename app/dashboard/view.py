@@ -90,6 +90,7 @@ class View:
         self._eeg_count = 0
         self._marker_count = 0
         self._next_quality = 0.0
+        self._quality_rows: list[dict[str, Any]] | None = None
         self._changed: set[str] = set()
 
     # -- events ------------------------------------------------------------------------
@@ -233,12 +234,23 @@ class View:
         mean = eeg.window(2.0)[chans].mean(axis=1, keepdims=True)
         return {"t": np.round(t, 3).tolist(), "y": np.round(x - mean, 1).tolist()}
 
-    def _quality(self) -> None:
+    def compute_quality(self) -> list[dict[str, Any]] | None:
+        """The quality rows of the last seconds (thread-safe: run off the event loop)."""
         eeg = self.eeg
         if eeg is None or not eeg.eeg_idx:
-            return
+            return None
         x = eeg.window(QUALITY_WINDOW_S)[eeg.eeg_idx]
-        rows = channel_quality(x, eeg.sfreq, self.th)
+        return channel_quality(x, eeg.sfreq, self.th)
+
+    def quality_ready(self, rows: list[dict[str, Any]] | None) -> None:
+        """Take rows of :meth:`compute_quality` into the page's table (next tick)."""
+        self._quality_rows = rows
+
+    def _quality(self) -> None:
+        eeg = self.eeg
+        rows, self._quality_rows = self._quality_rows, None
+        if eeg is None or rows is None or len(rows) != len(eeg.eeg_idx):
+            return
         epochs = max(self.counts["epochs"], 1)
         out, bad = [], set()
         for i, row in zip(eeg.eeg_idx, rows, strict=True):
@@ -350,9 +362,10 @@ class View:
         if markers:
             out["markers"] = markers
             t_events += [m["t_event"] for m in markers]
+        if self._quality_rows is not None:
+            self._quality()
         if self.live and now >= self._next_quality:
             self._next_quality = now + QUALITY_EVERY_S
-            self._quality()
             self._stall()
             out["worker"] = self._worker()
         if len(self.rewards) > n_rewards:

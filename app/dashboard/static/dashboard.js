@@ -12,7 +12,7 @@ const HIST_NAMES = {
 const TRACE_POINTS = 250; // 5 s at 50 Hz
 const SPACING = 60; // µV between traced channels
 // what the tests (and the footer) read: latency of each event from its time to the page
-window.eegs = { messages: 0, latencies: [], eegSamples: 0, snapshot: null, state: "", busyMs: {} };
+window.eegs = { messages: 0, latencies: [], serverLatencies: [], eegSamples: 0, snapshot: null, state: "", busyMs: {} };
 function timed(name, fn) {  // where the page's time goes (window.eegs.busyMs)
   return (...args) => {
     const t0 = performance.now();
@@ -219,8 +219,12 @@ function handle(msg) {
   if (rewardsDirty) { drawRewards(); rewardsDirty = false; }
   if (msg.t_events && msg.kind === "delta") {  // the page now shows them
     const now = Date.now() / 1000;
-    for (const t of msg.t_events) e.latencies.push(1000 * (now - t));
+    for (const t of msg.t_events) {
+      e.latencies.push(1000 * (now - t));
+      e.serverLatencies.push(1000 * (msg.t_server - t));  // the part before the page got it
+    }
     if (e.latencies.length > 5000) e.latencies.splice(0, e.latencies.length - 5000);
+    if (e.serverLatencies.length > 5000) e.serverLatencies.splice(0, e.serverLatencies.length - 5000);
   }
 }
 
