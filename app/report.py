@@ -198,13 +198,22 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
         report.add_html(_ratings_html(summary), title="Ratings summary", section="Self-report")
     personal = summary.get("personal_estimator")
     if personal:  # the personal reward: did this participant decode, and what ran instead
-        verdict = (
-            "decodes above chance: the loop's reward is the estimator of the participant's "
-            "own valence ratings"
-            if personal.get("decodes")
-            else f"does NOT decode above chance: the reward fell back to "
-            f"'{personal.get('fallback')}' ({personal.get('reason', '')})"
-        )
+        if personal.get("reward", "personal") == "personal" and personal.get("decodes"):
+            verdict = (
+                "decodes above chance: the loop's reward is the estimator of the "
+                "participant's own valence ratings"
+            )
+        elif personal.get("decodes"):
+            verdict = (
+                f"decodes above chance, but the '{personal.get('fallback')}' index agrees "
+                f"better with the participant's ratings, so it is the loop's reward "
+                f"({personal.get('reason', '')})"
+            )
+        else:
+            verdict = (
+                f"does NOT decode above chance: the reward fell back to "
+                f"'{personal.get('fallback')}' ({personal.get('reason', '')})"
+            )
         report.add_html(
             f"<p>Personal pseudo reward estimator, fitted on {personal.get('n_trials')} rated "
             f"calibration trials: {verdict}. Out-of-fold r = {personal.get('cv_r')} (95% CI "

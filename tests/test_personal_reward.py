@@ -43,7 +43,9 @@ SFREQ, TMIN, N_TIMES = 250.0, -0.2, 301
 SCALE = (1.0, 9.0)
 
 
-def synthetic_epoch(valence: float, seed: int, effect: float = 1.0) -> np.ndarray:
+def synthetic_epoch(
+    valence: float, seed: int, effect: float = 1.0, alpha: bool = True
+) -> np.ndarray:
     """(channels, times) µV: background + 10 Hz alpha whose left-right balance follows
     valence (less left-frontal alpha when pleasant) + a parietal bump (0.3-0.7 s)."""
     rng = np.random.default_rng(seed)
@@ -51,8 +53,9 @@ def synthetic_epoch(valence: float, seed: int, effect: float = 1.0) -> np.ndarra
     x = np.cumsum(rng.normal(0, 1.0, (len(CH), N_TIMES)), axis=1) * 0.4
     x += rng.normal(0, 3.0, (len(CH), N_TIMES))
     amp = np.full(len(CH), 4.0)
-    amp[LEFT] *= np.exp(-0.5 * effect * valence)
-    amp[RIGHT] *= np.exp(0.5 * effect * valence)
+    if alpha:
+        amp[LEFT] *= np.exp(-0.5 * effect * valence)
+        amp[RIGHT] *= np.exp(0.5 * effect * valence)
     x += amp[:, None] * np.sin(2 * np.pi * 10.0 * t + rng.uniform(0, 2 * np.pi, len(CH))[:, None])
     x[PARIETAL] += 3.0 * effect * valence * np.exp(-0.5 * ((t - 0.5) / 0.1) ** 2)
     x -= x[:, t < 0].mean(1, keepdims=True)  # baseline-corrected, as eegs acquire does
@@ -64,11 +67,11 @@ def rate(valence: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.round(5.0 + 3.5 * valence + rng.normal(0, 0.8, len(valence))), 1, 9)
 
 
-def dataset(n: int, seed: int, effect: float = 1.0):
+def dataset(n: int, seed: int, effect: float = 1.0, alpha: bool = True):
     rng = np.random.default_rng(seed)
     valence = rng.uniform(-1, 1, n)
     epochs = [
-        EpochData(synthetic_epoch(v, seed * 1000 + i, effect), CH, SFREQ, TMIN)
+        EpochData(synthetic_epoch(v, seed * 1000 + i, effect, alpha), CH, SFREQ, TMIN)
         for i, v in enumerate(valence)
     ]
     return epochs, valence, rate(valence, rng)
@@ -88,7 +91,9 @@ def test_estimator_recovers_a_known_mapping():
     assert cv["n_trials"] == 48
     assert cv["folds"] == 5
     assert cv["n_permutations"] == 200
-    assert cv["n_features"] == len(CH) * (3 + 8)  # 3 bands + 8 ERP bins per channel
+    # components: the asymmetry, LPP (Cz CPz Pz) and frontal (F3 F4) regions x 3 windows;
+    # then 3 bands + 8 ERP bins per channel
+    assert cv["n_features"] == 1 + 3 + 3 + len(CH) * (3 + 8)
     # held-out epochs of the same participant: the reward follows their hidden valence
     test, valence, _ = dataset(40, seed=2)
     rewards = [est(e) for e in test]
@@ -140,11 +145,65 @@ def test_fallback_is_the_asymmetry_index():
     flat = personal_reward(epochs, np.full(48, 5.0), SCALE, fallback)
     assert not flat.decodes
     assert "do not vary" in flat.record["reason"]
+    # valence in the parietal ERP only: the asymmetry index reads nothing of it
+    epochs, _, ratings = dataset(48, seed=7, effect=2.0, alpha=False)
     ok = personal_reward(epochs, ratings, SCALE, fallback)
     assert ok.decodes
+    assert ok.record["fallback_r"] < ok.record["cv_r"]
     assert ok.record["fallback"] is None
     assert ok.record["reward"] == "personal"
     assert ok(epochs[0]).details["out_of_fold"]
+
+
+def test_the_index_drives_the_loop_where_it_agrees_better_with_the_ratings():
+    fallback = AsymmetryReward(
+        list(zip(CH[0:10:2], CH[1:10:2], strict=True)), (8, 13), (0.3, 1.0), 0.5
+    )
+    epochs, _, ratings = dataset(48, seed=11)
+    est = fit_personal(epochs, ratings, SCALE, seed=0, permutations=50)
+    assert est.decodes
+    r = est.cv["r"]
+    better = PersonalReward(est, fallback, fallback_r=min(r + 0.1, 1.0), fallback_p=0.01)
+    assert better.decodes
+    assert not better.uses_estimator
+    assert better.record["reward"] == "asymmetry"
+    assert "index is used" in better.record["reason"]
+    out = better(epochs[0])
+    assert out.value == pytest.approx(fallback(epochs[0]).value)
+    assert out.details["fallback"] == "asymmetry"
+    worse = PersonalReward(est, fallback, fallback_r=r - 0.1, fallback_p=0.01)
+    assert worse.uses_estimator
+    assert worse.record["reward"] == "personal"
+    # and the real comparison on these trials follows the same rule
+    real = personal_reward(epochs, ratings, SCALE, fallback, permutations=50)
+    rec = real.record
+    assert -1 <= rec["fallback_r"] <= 1
+    assert 0 < rec["fallback_p"] <= 1
+    assert rec["reward"] == ("personal" if rec["cv_r"] >= rec["fallback_r"] else "asymmetry")
+
+
+def test_component_block_reads_the_asymmetry_and_the_lpp():
+    from models.personal_reward import FeatureSpec, component_features, epoch_features
+
+    epochs, valence, _ = dataset(60, seed=12, effect=2.0)
+    data = np.stack([e.data for e in epochs])
+    spectral, erp = epoch_features(data, SFREQ, TMIN)
+    comp = component_features(spectral, erp, CH, SFREQ, TMIN, N_TIMES)
+    assert comp.shape == (60, 7)
+    assert np.corrcoef(comp[:, 0], valence)[0, 1] > 0.5  # right minus left alpha
+    r = [np.corrcoef(comp[:, j], valence)[0, 1] for j in range(7)]
+    assert r[2] > 0.3  # the parietal bump (0.5 s) is in the LPP region's 0.3-0.6 s window
+    assert max(abs(r[1]), abs(r[3])) < 0.2  # ... and not in its other windows
+    # a montage without any of the named channels: no component, and no error
+    none = component_features(spectral, erp, [f"E{i}" for i in range(len(CH))], SFREQ, TMIN,
+                              N_TIMES)  # fmt: skip
+    assert none.shape == (60, 0)
+    # an estimator saved before the block existed reads back without it
+    old = FeatureSpec.from_json({k: v for k, v in FeatureSpec().__dict__.items()
+                                 if k in ("spectral_window_s", "welch_segment_s", "bands_hz",
+                                          "erp_window_s", "erp_bin_s")})  # fmt: skip
+    assert old.faa_pairs == ()
+    assert old.full_weight == 1.0
 
 
 def test_save_load_round_trip_without_pickle(tmp_path):

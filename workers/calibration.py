@@ -379,7 +379,7 @@ class PersonalSessionReward(SessionFittedReward):
                 "(presentation.ratings)?",
                 n_trials=0,
             )
-        if not reward.decodes:
+        if not reward.uses_estimator and "index is used" not in reward.record["reason"]:
             reward.record["reason"] += "; the reward is the asymmetry index"
         reward.save(self.path)
         self.reward = reward

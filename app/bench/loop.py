@@ -193,12 +193,14 @@ def summarise(results: list[dict[str, Any]], rewards: list[str], families: list[
         by_reward[reward] = {"by_family": fams}
     out: dict[str, Any] = {"by_reward": by_reward}
     if "personal" in rewards:
-        decodes = {}
+        decodes, uses = {}, {}
         for fam in families:
             reps = [r["personal"] for r in results if r["family"] == fam and "personal" in r]
             if reps:
                 decodes[fam] = round(float(np.mean([bool(x["decodes"]) for x in reps])), 3)
+                uses[fam] = round(float(np.mean([x["reward"] == "personal" for x in reps])), 3)
         out["personal_decodes_share"] = decodes
+        out["personal_estimator_used_share"] = uses  # the rest ran on the asymmetry index
         out["goals"] = _goals(by_reward, families)
     return out
 
