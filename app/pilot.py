@@ -37,6 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from app.restarts import (
+    MAX_RESTARTS,
+    READY_EVENTS,
+    account_lost_trials,
+    catch_up_rewards,
+    flag_acquisition_downtime,
+)
 from app.supervisor import ProcessCrashed, Supervisor
 from experiment_protocols import Protocol, load_protocol
 from experiment_protocols.schema import PROTOCOL_DIR
@@ -300,6 +307,7 @@ def _supervise(
     ppath = str(store.root / SESSION_PROTOCOL)
     status = "failed"
     sup = Supervisor(store)
+    sup.on_restart = lambda name, record: _after_restart(store, protocol, name, record)
     progress = Progress(store)
     try:
         control = _start_dashboard(config, store, sup, ppath)
@@ -316,10 +324,20 @@ def _supervise(
                 ],
                 expected_exit=True,
             )
-        sup.start("acquire", ["acquire", "--protocol", ppath, "--session", str(store.root)])
+        sup.start(
+            "acquire",
+            ["acquire", "--protocol", ppath, "--session", str(store.root)],
+            restarts=MAX_RESTARTS,
+            ready_event=READY_EVENTS["acquire"],
+        )
         _wait_event(store, sup, "acquisition_ready", 120)
         if config.worker is None:
-            sup.start("worker", ["worker", "--protocol", ppath, "--session", str(store.root)])
+            sup.start(
+                "worker",
+                ["worker", "--protocol", ppath, "--session", str(store.root)],
+                restarts=MAX_RESTARTS,
+                ready_event=READY_EVENTS["worker"],
+            )
             _wait_event(store, sup, "generation_ready", 300)
         present = ["present", "--protocol", ppath, "--session", str(store.root)]
         if protocol.recording.enabled:
@@ -354,10 +372,23 @@ def _supervise(
         if progress.tty:
             sys.stderr.write("\n")
         _stop_in_order(sup, protocol)
+        account_lost_trials(store, protocol)
         store.log("session_status", status=status)
         summary = write_outputs(store.root, protocol, pilot=config.source == "brain-model")
         store.close(status, summary_file="summary.json")
     return summary
+
+
+def _after_restart(store: SessionStore, protocol: Protocol, name: str, record: dict) -> None:
+    """After a restart: nothing of the downtime may be lost silently.
+
+    A restarted worker gets the epochs stored while it was down; the trials shown while
+    the acquisition was down are flagged at once (their images may be shown again).
+    """
+    if name == "worker":
+        catch_up_rewards(store, protocol)
+    elif name == "acquire":
+        flag_acquisition_downtime(store, protocol, record["t_crash_wall"])
 
 
 def _start_dashboard(

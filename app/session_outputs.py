@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from app.report import write_report
+from app.restarts import summarize_losses
 from app.session_trials import Trial, collect_trials
 from experiment_protocols import Protocol
 from workers.session_store import SessionStore, atomic_write_json
@@ -180,6 +181,7 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
         "backend": ready.get("backend"),
         "protocol_sha256": info.get("protocol_sha256") or protocol.sha256,
         "resumed": sum(1 for e in events if e["event"] == "session_resumed"),
+        **summarize_losses(events),  # restarts and trials lost (app/restarts.py)
     }
     ratings = ratings_summary(trials, protocol)
     if ratings is not None:

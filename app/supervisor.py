@@ -2,10 +2,12 @@
 
 Each child is an ``eegs`` subcommand in its own process group, its output in
 ``SESSION/logs/NAME.log``. A child that exits unexpectedly is logged to
-``events.jsonl`` with the tail of its log and raised as :class:`ProcessCrashed`, so the
-session is marked and stopped instead of hanging. Children are stopped in reverse
-start order (SIGTERM, then SIGKILL after a grace period), so that the recorder and the
-acquisition outlive the processes that feed them.
+``events.jsonl`` with the tail of its log; one started with ``restarts=N`` (the worker,
+the acquisition: both rebuild their state from the session directory) is started again
+up to N times within the session (``child_restarted``), any other is raised as
+:class:`ProcessCrashed`, so the session is marked and stopped instead of hanging.
+Children are stopped in reverse start order (SIGTERM, then SIGKILL after a grace
+period), so that the recorder and the acquisition outlive the processes that feed them.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.shutdown import PARENT_ENV
-from workers.session_store import SessionStore
+from workers.session_store import EVENTS_FILE, EventTail, SessionStore
 
 logger = logging.getLogger("eegs.supervisor")
 
 LOG_DIR = "logs"
+#: A child's exit status for bad input (a protocol, a stream): starting it again is futile.
+INPUT_ERROR_STATUS = 2
 
 
 class ProcessCrashed(RuntimeError):
@@ -48,6 +53,9 @@ class Child:
     expected_exit: bool = False
     started: float = field(default_factory=time.monotonic)
     optional: bool = False  # a crash is logged, never ends the session
+    max_restarts: int = 0  # restarts allowed within the session (0: a crash ends it)
+    restarts: int = 0  # restarts so far
+    ready_event: str | None = None  # the event a restarted child logs once it serves
 
     def log_tail(self, n_bytes: int = 4000) -> str:
         """The end of the child's log."""
@@ -66,6 +74,9 @@ class Supervisor:
     def __init__(self, store: SessionStore, env: dict[str, str] | None = None) -> None:
         self.store = store
         self.children: dict[str, Child] = {}
+        #: called as ``on_restart(name, record)`` once a restarted child is ready again
+        self.on_restart: Callable[[str, dict], None] | None = None
+        self.ready_timeout_s = 300.0
         # children stop when this process dies, however it dies (app/shutdown.py)
         self.env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
         (store.root / LOG_DIR).mkdir(parents=True, exist_ok=True)
@@ -78,11 +89,16 @@ class Supervisor:
         expected_exit: bool = False,
         optional: bool = False,
         env: dict[str, str] | None = None,
+        restarts: int = 0,
+        ready_event: str | None = None,
     ) -> Child:
         """Start ``eegs ARGS`` as child ``name``; ``expected_exit`` marks one-shot jobs.
 
         ``optional``: its crash is logged (``child_crashed``) and the session goes on
         (the dashboard); ``env``: added to this child's environment only.
+
+        ``restarts``: how often a crash of this child is answered by starting it again;
+        ``ready_event``: the event it logs once it serves (waited for after a restart).
         """
         log_path = self.store.root / LOG_DIR / f"{name}.log"
         argv = [sys.executable, "-m", "app.cli", *args]
@@ -97,13 +113,14 @@ class Supervisor:
             )
         child = Child(name, proc, log_path, argv, expected_exit)
         child.optional = optional
+        child.max_restarts, child.ready_event = restarts, ready_event
         self.children[name] = child
         self.store.log("child_started", name=name, pid=proc.pid, argv=args)
         logger.info("started %s (pid %d)", name, proc.pid)
         return child
 
     def check(self) -> None:
-        """Raise :class:`ProcessCrashed` for any child that died unexpectedly."""
+        """Restart a crashed restartable child; raise :class:`ProcessCrashed` for any other."""
         for child in list(self.children.values()):
             code = child.proc.poll()
             if code is None or (child.expected_exit and code == 0):
@@ -119,9 +136,60 @@ class Supervisor:
                 )
                 logger.warning("optional %s exited (status %s); going on", child.name, code)
                 continue
+            if child.restarts < child.max_restarts and code != INPUT_ERROR_STATUS:
+                self._restart(child, code)
+                continue
             tail = child.log_tail()
             self.store.log("child_crashed", name=child.name, returncode=code, log_tail=tail)
             raise ProcessCrashed(child.name, code, tail, self.store.root)
+
+    def _restart(self, child: Child, code: int) -> None:
+        """Start a crashed child again and wait until it serves (bounded by its restarts).
+
+        Its process group is stopped first (SIGTERM, so that a recorder it left behind
+        closes its file; SIGKILL after 3 s). ``downtime_s`` runs from the moment the
+        crash was seen to the child's ready event.
+        """
+        t0, t0_wall = time.monotonic(), time.time()
+        self.store.log(
+            "child_crashed",
+            name=child.name,
+            returncode=code,
+            log_tail=child.log_tail(),
+            restarting=True,
+            attempt=child.restarts + 1,
+        )
+        _stop_group(child.proc.pid, grace_s=3.0)
+        tail = EventTail(self.store.root / EVENTS_FILE)
+        tail.new()  # the ready event must be a new one
+        new = self.start(
+            child.name,
+            child.argv[3:],
+            expected_exit=child.expected_exit,
+            restarts=child.max_restarts,
+            ready_event=child.ready_event,
+        )
+        new.restarts = child.restarts + 1
+        deadline = time.monotonic() + self.ready_timeout_s
+        while child.ready_event is not None:
+            if any(e.get("event") == child.ready_event for e in tail.new()):
+                break
+            if new.proc.poll() is not None or time.monotonic() > deadline:
+                return  # the next check() restarts it again or gives up
+            time.sleep(0.1)
+        record = {
+            "name": child.name,
+            "returncode": code,
+            "attempt": new.restarts,
+            "max_restarts": child.max_restarts,
+            "pid": new.proc.pid,
+            "t_crash_wall": t0_wall,
+            "downtime_s": round(time.monotonic() - t0, 3),
+        }
+        self.store.log("child_restarted", **record)
+        logger.warning("%s crashed (status %s) and was restarted", child.name, code)
+        if self.on_restart is not None:
+            self.on_restart(child.name, record)
 
     def wait(self, name: str, timeout: float) -> int:
         """Wait for a one-shot child to finish, watching the others meanwhile."""
@@ -175,3 +243,14 @@ class Supervisor:
 
     def __exit__(self, *exc) -> None:
         self.stop_all()
+
+
+def _stop_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM a dead child's process group (its helpers), SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)  # ProcessLookupError once the group is empty
+            time.sleep(0.1)
+        os.killpg(pgid, signal.SIGKILL)

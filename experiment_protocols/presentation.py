@@ -194,6 +194,12 @@ class Presentation(Section):
         description="Generator blocks: a round whose images have not come after this "
         "long (from generation.endpoint) ends the block.",
     )
+    reshow_lost_trials: bool = Field(
+        True,
+        description="Generator blocks: at the block's end, show again once each image whose "
+        "trial lost its epoch (acquisition restarted, EEG gap); the lost trial stays flagged "
+        "(trial_lost) and the new one gets a trial id of its own.",
+    )
     instructions: str = (
         "Look at the cross in the middle of the screen and watch each picture.\n\n"
         "Press SPACE to start."

@@ -277,7 +277,7 @@ class Acquisition:
                     stream.notch_filter(freq, picks=picks)
             if pre.l_freq is not None or pre.h_freq is not None:
                 stream.filter(pre.l_freq, pre.h_freq, picks=picks, iir_params=iir)
-            stream.add_callback(self._on_chunk)
+            stream.add_callback(lambda d, t, i: self._on_chunk(d, t, i, stream))
         except BaseException:
             stream.disconnect()
             raise
@@ -302,8 +302,17 @@ class Acquisition:
             self.markers.close_stream()
 
     # -- main loop ---------------------------------------------------------------------
-    def _on_chunk(self, data: np.ndarray, timestamps: np.ndarray, info) -> tuple:
-        """StreamLSL callback (buffer thread): wake the main loop when samples arrive."""
+    def _on_chunk(self, data: np.ndarray, timestamps: np.ndarray, info, stream=None) -> tuple:
+        """StreamLSL callback (buffer thread): wake the main loop when samples arrive.
+
+        Non-finite samples (an amplifier's garbage) stay in the buffer, so that the
+        epochs they touch are flagged ``nonfinite``, but they must not stay in the IIR
+        filters' state, where they would poison every later sample: the filters start
+        again from the next clean chunk.
+        """
+        if stream is not None and not np.isfinite(data).all():
+            for filt in getattr(stream, "_filters", ()):
+                filt["zi"] = None
         self._arrived = float(timestamps[-1])
         self._wake.set()
         return data, timestamps
@@ -477,6 +486,8 @@ class Acquisition:
             x = resample_epoch(x, sfreq, pre.resample_hz)
             out_sfreq = pre.resample_hz
         quality = assess_quality(x, self.eeg.picks, self.protocol)
+        if "nonfinite" in quality["flags"]:  # flagged; no reader downstream sees a NaN
+            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         x32 = x.astype(np.float32)
         window_end = p.t_marker + ep.tmax
         meta = {
@@ -541,8 +552,11 @@ def _polyphase_filter(sfreq: float, new_sfreq: float) -> tuple[int, int, np.ndar
 def assess_quality(x_uv: np.ndarray, ch_names: list[str], protocol: Protocol) -> dict[str, Any]:
     """Flag flat, saturated and high-amplitude channels of one epoch (µV)."""
     q = protocol.quality
+    finite = np.isfinite(x_uv).all(axis=1)
+    x_uv = np.where(np.isfinite(x_uv), x_uv, 0.0)
     ptp = np.ptp(x_uv, axis=1)
     found = {
+        "nonfinite": [ch for ch, ok in zip(ch_names, finite, strict=True) if not ok],
         "flat": [ch for ch, v in zip(ch_names, ptp, strict=True) if v < q.flat_uv],
         "saturated": [
             ch

@@ -40,6 +40,7 @@ import pylsl
 from experiment_protocols.brain_model import BrainModelSettings
 from models.brain_features import ImageError
 from models.brain_response import ATM_CHANNELS, STANDARD_64, BrainModel, StreamSimulator
+from workers import faults
 from workers.errors import InputError
 from workers.lsl_clock import SampleClock, make_eeg_info, push_chunk_at_clock
 from workers.messages import parse_marker
@@ -373,6 +374,8 @@ class BrainModelStream:
         if self.responder is not None:
             self.stats.answers += self.responder.send_due()
         block = self.sim.render(n).T
+        if faults.active("nan"):  # eegs bench faults only: an amplifier sending garbage
+            block = np.full_like(block, np.nan)
         if paced:
             push_chunk_at_clock(self.outlet, self.clock, first, block)
         else:

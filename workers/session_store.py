@@ -8,6 +8,7 @@ complete lines and complete files behind.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -35,6 +36,8 @@ TORN_FILE = "events-torn.txt"
 #: The role of the process that runs a whole session (``eegs pilot``, ``run``, ``resume``).
 SESSION_ROLE = "session"
 RECORDING_FILE = "recording.xdf"
+#: Event lines held in memory while the disk is full, at most.
+MAX_BACKLOG = 100_000
 EPOCHS_DIR = "epochs"
 
 _VERSIONED = ("eegs", "mne", "mne-lsl", "pylsl", "numpy", "pyzmq", "torch", "psychopy")
@@ -96,6 +99,8 @@ class SessionStore:
         self.root = Path(root)
         self.epochs_dir = self.root / EPOCHS_DIR
         self._events_fd: int | None = None
+        self._backlog: list[bytes] = []  # lines a full disk refused, written when it can
+        self._torn = False  # a line was cut short: the next write starts a new line
         self.role: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -160,12 +165,35 @@ class SessionStore:
 
     # -- writing -----------------------------------------------------------------------
     def log(self, event: str, **fields: Any) -> None:
-        """Append one event line; it is on disk when this returns."""
+        """Append one event line; it is on disk when this returns, or the disk is full.
+
+        A full disk (ENOSPC, EDQUOT) does not stop the process: the lines wait in memory,
+        in order, and go out with the next event once there is room (at most
+        ``MAX_BACKLOG`` of them). A line the disk cut short is written again whole after
+        a newline, so readers skip one fragment and lose no event.
+        """
         if self._events_fd is None:
             raise RuntimeError(f"session {self.root} is not open")
         record = {"t_wall": time.time(), "event": event, **fields}
         line = (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode()
-        os.write(self._events_fd, line)
+        self._backlog.append(line)
+        while self._backlog:
+            head = self._backlog[0]
+            try:
+                n = os.write(self._events_fd, (b"\n" if self._torn else b"") + head)
+            except OSError as err:
+                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                n = -1
+            if n != len(head) + self._torn:
+                self._torn = self._torn or n > 0
+                if len(self._backlog) > MAX_BACKLOG:
+                    raise OSError(errno.ENOSPC, f"{self.root}: disk full, events held")
+                if len(self._backlog) == 1:
+                    logger.error("%s: disk full; events are held in memory", self.root)
+                return
+            self._torn = False
+            self._backlog.pop(0)
         os.fsync(self._events_fd)
 
     def update_info(self, **fields: Any) -> None:
@@ -320,7 +348,15 @@ class EventTail:
             chunk = fh.read()
         end = chunk.rfind(b"\n") + 1
         self._offset += end
-        return [json.loads(line) for line in chunk[:end].splitlines() if line]
+        out = []
+        for line in chunk[:end].splitlines():
+            try:
+                record = json.loads(line)
+            except (UnicodeDecodeError, ValueError):
+                continue  # a fragment (a full disk cut the line): read_events skips it too
+            if isinstance(record, dict):
+                out.append(record)
+        return out
 
 
 def _now_iso() -> str:

@@ -242,6 +242,10 @@ class GeneratorClient:
     thread. Each received image is written to ``SESSION/images/...`` with a JSON
     sidecar, then handed to the :class:`ImageLoader`; a failed round reaches the main
     thread as a :class:`BatchFailure`.
+
+    A worker that crashed and was restarted by the supervisor never got the request it
+    was working on: when the socket connects again, every round still awaited is asked
+    for again (``image_request_resent``); a ``busy`` reply to such a repeat is ignored.
     """
 
     def __init__(
@@ -269,6 +273,10 @@ class GeneratorClient:
         self._requests: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
         self.converged: dict[int, str] = {}  # round -> the generator's stop reason
         self._pending: dict[int, tuple[ImageRequest, str]] = {}
+        self._monitor = self._sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        self._was_connected = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="generator-client", daemon=True)
         self._thread.start()
@@ -297,10 +305,26 @@ class GeneratorClient:
                     self._pending[req.round] = (req, folder)
                     self._sock.send_multipart([b"", *encode(req)])
                     self.on_event("image_request", **req.model_dump(exclude={"type", "v"}))
+                self._watch_connection()
                 if self._sock.poll(20):
                     self._receive(self._sock.recv_multipart())
         finally:
+            self._monitor.close(0)
             self._sock.close(0)
+
+    def _watch_connection(self) -> None:
+        """Ask again for every awaited round once a (restarted) worker is connected."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                continue
+            if self._was_connected and self._pending:
+                for req, _ in self._pending.values():
+                    self._sock.send_multipart([b"", *encode(req)])
+                self.on_event("image_request_resent", rounds=sorted(self._pending))
+            self._was_connected = True
 
     def _receive(self, frames: list[bytes]) -> None:
         if frames and frames[0] == b"":
@@ -310,6 +334,9 @@ class GeneratorClient:
         except MessageError as err:
             self._fail(None, f"unusable reply: {err}")
             return
+        if isinstance(msg, ErrorReply) and msg.error == "busy" and self._pending:
+            self.on_event("image_request_repeat_busy", detail=msg.detail)
+            return  # a repeat of a request the worker is already answering
         if isinstance(msg, ErrorReply):
             self._fail(None, f"generator error: {msg.error} {msg.detail}".strip())
             return

@@ -16,6 +16,7 @@ from typing import Any
 
 import pylsl
 
+from workers import faults
 from workers.lsl_clock import make_marker_outlet
 
 
@@ -44,8 +45,20 @@ class MarkerStream:
         # PsychoPy sets _frameTime to the flip time before it calls the flip callbacks
         # (it is what its own Window.timeOnFlip reports).
         t_flip = self.win._frameTime + self.offset
+        if faults.take("marker_restart"):  # eegs bench faults only
+            self.restart()
         self.outlet.push_sample([text], t_flip)
         self._delays.append(pylsl.local_clock() - t_flip)
+
+    def restart(self, wait_s: float = 5.0) -> None:
+        """Close the outlet and open it again (same name and source id: inlets recover).
+
+        Waits up to ``wait_s`` for a listener so that the next markers are not lost.
+        """
+        del self.outlet
+        self.outlet = make_marker_outlet(self.name, source_id=f"{self.name}-presentation")
+        self.outlet.wait_for_consumers(wait_s)
+        self.log("marker_outlet_restarted", consumers=bool(self.outlet.have_consumers()))
 
     def flipped(self, frame: int, flip_lsl: float) -> None:
         """Log the markers that the flip just pushed, with its time and the push delay."""

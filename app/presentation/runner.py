@@ -58,6 +58,7 @@ from app.presentation.textures import (
     max_texture_size,
     preload,
 )
+from app.restarts import RestartWatch
 from experiment_protocols import Protocol
 from experiment_protocols.presentation import Block
 from workers.messages import ImageRequest
@@ -188,6 +189,8 @@ class Runner:
         self.round: _Round | None = None
         self.current: dict[str, Any] = {}
         self._requested: set[tuple[str, int]] = set()
+        self._reshown: set[int] = set()  # trials whose image was shown again
+        self._restarts = RestartWatch(store.root)  # a worker being restarted is waited for
         self._pool: list[StreamedTexture] = []
         self._pool_next = 0
         self._n_blocks = 0
@@ -381,9 +384,30 @@ class Runner:
             if self.client is not None and r in self.client.converged:
                 reason = f"generator converged: {self.client.converged[r]}"
                 break
+        intact = reason == "completed" or reason.startswith("generator converged")
+        if plan.source == "generator" and self.pres.reshow_lost_trials and intact:
+            self._reshow_lost(plan)
         self.round = None
         self.markers.on_next_flip("block_end", **info, reason=reason)
         self.frame("blank")
+
+    def _reshow_lost(self, plan: BlockPlan) -> None:
+        """Show once more each image of the block whose trial lost its epoch (new trial ids)."""
+        from app.presentation.reshow import lost_images
+
+        lost = lost_images(self.images_root.parent, plan.block.label, self._reshown)
+        for r, items in sorted(lost.items()):
+            rnd = _Round(plan, r, len(items), None, pylsl.local_clock())
+            self.round = rnd
+            for tid, ref in items:
+                self._reshown.add(tid)
+                self.loader.submit(ref)
+            trials = [tid for tid, _ in items]
+            self.log("trials_reshown", block=plan.block.label, round=r, trials=trials)
+            while rnd.remaining > 0 and rnd.dead is None:
+                if self.trial(rnd):
+                    self._between_trials()
+            self._end_round(rnd)
 
     def _resume_round(self, rnd: _Round, done: BlockProgress, first: int) -> None:
         """Queue the images of a resumed block's first round that were never shown."""
@@ -475,7 +499,10 @@ class Runner:
                     break
                 now = pylsl.local_clock()
                 if rnd.dead is None and now - rnd.t_progress > timeout:
-                    rnd.dead = f"no image for {timeout:g} s (late_image_timeout_s)"
+                    if rnd.plan.source == "generator" and self._restarts.restarting("worker"):
+                        rnd.t_progress = now - timeout + 1.0  # being restarted: ask again in 1 s
+                    else:
+                        rnd.dead = f"no image for {timeout:g} s (late_image_timeout_s)"
                 if rnd.dead is not None:
                     self.log("trial_cancelled", **info, reason=rnd.dead)
                     return False
