@@ -24,8 +24,10 @@ Per fault: ``trials_completed`` (shown trials with a stored, readable epoch),
 reward and not flagged in ``events.jsonl``: the goal is 0), ``trials_flagged`` (trials
 in flight the session flagged ``trial_lost``: accounted for), ``epochs_lost``
 (``epoch_lost`` events), ``recovery_s`` (end of the fault to the first epoch stored and
-rewarded after it), ``files_readable`` (every XDF part loads, every epoch file and every
-events line parses, summary.json exists), ``status``, ``restarts``.
+rewarded after it), ``files_readable`` (every XDF part loads, every epoch file parses, every
+event is in ``events.jsonl`` whole (a line a full disk cut short is skipped by the readers
+and written again: ``files.events_fragments``), summary.json exists), ``status``,
+``restarts``.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def _files_readable(session: Path) -> dict[str, Any]:
 
     from workers.session_store import recording_files
 
-    out: dict[str, Any] = {"xdf": {}, "events_bad_lines": 0}
+    out: dict[str, Any] = {"xdf": {}}
     for path in recording_files(session):
         try:
             streams, _ = pyxdf.load_xdf(str(path))
@@ -217,13 +219,16 @@ def _files_readable(session: Path) -> dict[str, Any]:
     files = sorted((session / "epochs").glob("epoch-*.npz"))
     out["epoch_files"] = len(files)
     out["epoch_files_unreadable"] = len(files) - len(_readable_epochs(session))
+    whole, cut = [], []
     with (session / "events.jsonl").open("rb") as fh:
         for line in fh:
             try:
-                ok = isinstance(json.loads(line), dict)
+                whole.append(line) if isinstance(json.loads(line), dict) else cut.append(line)
             except ValueError:
-                ok = False
-            out["events_bad_lines"] += not ok
+                cut.append(line.rstrip(b"\n"))
+    # a line a full disk cut short is skipped by every reader and written again whole
+    out["events_fragments"] = len(cut)
+    out["events_lost"] = sum(not any(w.startswith(f) for w in whole) for f in cut if f.strip())
     try:
         json.loads((session / "summary.json").read_text())
         out["summary"] = True
@@ -233,7 +238,7 @@ def _files_readable(session: Path) -> dict[str, Any]:
         out["xdf"]
         and all(isinstance(v, list) and "EEG" in v for v in out["xdf"].values())
         and not out["epoch_files_unreadable"]
-        and not out["events_bad_lines"]
+        and not out["events_lost"]
         and out["summary"]
     )
     return out
