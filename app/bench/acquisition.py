@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--sfreq", type=float, default=1000.0)
     p.add_argument("--chunk", type=int, default=20, help="samples per LSL chunk")
+    p.add_argument(
+        "--with-dashboard",
+        action="store_true",
+        help="measure twice in one run, without and with `eegs dashboard` and a connected "
+        "headless Chromium page; report the ratios",
+    )
 
 
 def _source(
@@ -230,14 +236,39 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the three processes and compare their latencies."""
+    if not getattr(args, "with_dashboard", False):
+        return _measure(args)
+    from app.bench._dashboard import ratio
+
+    without = _measure(args, tag="a")
+    loaded = _measure(args, tag="b", dashboard=True)
+    lat0, lat1 = without["epoch_latency_ms"], loaded["epoch_latency_ms"]
+    return {
+        "benchmark": "acquisition",
+        "with_dashboard": {
+            "epoch_latency_median_ratio": ratio(lat1["median"], lat0["median"]),
+            "epoch_latency_p95_ratio": ratio(lat1["p95"], lat0["p95"]),
+            "missed": [without["missed"], loaded["missed"]],
+            "goal_ratio": 1.05,
+            "dashboard": loaded.pop("dashboard"),
+        },
+        "without_dashboard": without,
+        "with_dashboard_run": loaded,
+    }
+
+
+def _measure(args: argparse.Namespace, tag: str = "", dashboard: bool = False) -> dict:
+    """One run; with ``dashboard``, a dashboard and its page watch the streams and session."""
+    import contextlib
+
     import pylsl
     import zmq
 
     from workers.messages import decode
     from workers.session_store import read_events
 
-    name = f"bench-{os.getpid()}"
-    lead = 6.0
+    name = f"bench-{os.getpid()}{tag}"
+    lead = 16.0 if dashboard else 6.0  # the page is up before the first marker
     t_start = pylsl.local_clock() + lead
     seconds = lead + args.n_epochs * args.period + 2.0
     deadline = t_start + args.n_epochs * args.period + 3.0
@@ -299,7 +330,17 @@ def run(args: argparse.Namespace) -> dict:
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
     sub.connect(endpoint)
+    load = contextlib.ExitStack()
     try:
+        if dashboard:
+            from app.bench._dashboard import DashboardLoad, dashboard_protocol
+
+            with socket_free_port() as dead:
+                pass
+            proto = dashboard_protocol(Path(tmp) / "dashboard.toml", name, f"{name}-markers", dead)
+            watch = load.enter_context(
+                DashboardLoad(Path(tmp) / "session", proto, Path(tmp) / "dashboard.log")
+            )
         stop = threading.Event()
 
         def receive() -> None:
@@ -325,6 +366,7 @@ def run(args: argparse.Namespace) -> dict:
         stop.set()
         rx.join(2)
     finally:
+        load.close()
         for proc in (source, poller):
             if proc.is_alive():
                 proc.terminate()
@@ -364,6 +406,7 @@ def run(args: argparse.Namespace) -> dict:
         "mne_lsl_event_time_minus_marker_ms": _stats(onset_err),
         "match_tolerance_ms": round(tol * 1e3, 3),
         "ratio_p95": round(mine["p95"] / theirs["p95"], 3) if theirs["p95"] > 0 else None,
+        **({"dashboard": watch.stats} if dashboard else {}),
     }
 
 

@@ -16,6 +16,7 @@ and the markers' push delay.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -75,6 +76,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-budget-ms", type=float, default=2.0)
     p.add_argument("--window", default="1280x1024", help="window (and Xvfb screen) size")
     p.add_argument("--session", type=Path, default=None, help="keep the session here")
+    p.add_argument(
+        "--with-dashboard",
+        action="store_true",
+        help="measure twice in one run, without and with `eegs dashboard` and a connected "
+        "headless Chromium page (an EEG stream for it in both); report the ratios",
+    )
 
 
 def _images(n: int, size: int, seed: int) -> list[bytes]:
@@ -128,6 +135,45 @@ def _generator(
 
 def run(args: argparse.Namespace) -> dict:
     """Run the presentation against the stand-in worker and read back its frames."""
+    if not getattr(args, "with_dashboard", False):
+        return _measure(args)
+    from app.bench._dashboard import eeg_outlet, ratio
+
+    eeg = f"bench-eeg-{os.getpid()}"
+    stop = threading.Event()
+    source = threading.Thread(target=eeg_outlet, args=(eeg, stop), daemon=True)
+    source.start()
+    try:
+        without = _measure(args)
+        loaded = _measure(args, dashboard_eeg=eeg)
+    finally:
+        stop.set()
+        source.join(2)
+    dropped = ratio(loaded["dropped_frames"], without["dropped_frames"])
+    return {
+        "benchmark": "presentation",
+        "with_dashboard": {
+            "dropped_frames": [without["dropped_frames"], loaded["dropped_frames"]],
+            "dropped_frames_ratio": dropped,
+            "frames_late_ratio": ratio(
+                loaded["frames_late_over_1_5_periods"], without["frames_late_over_1_5_periods"]
+            ),
+            "own_cpu_ms_median_ratio": ratio(
+                loaded["own_cpu_ms"].get("median"), without["own_cpu_ms"].get("median")
+            ),
+            "flip_interval_p99_ratio": ratio(
+                loaded["flip_interval_ms"].get("p99"), without["flip_interval_ms"].get("p99")
+            ),
+            "goal_ratio": 1.05,
+            "dashboard": loaded.pop("dashboard"),
+        },
+        "without_dashboard": without,
+        "with_dashboard_run": loaded,
+    }
+
+
+def _measure(args: argparse.Namespace, dashboard_eeg: str | None = None) -> dict:
+    """One run; with ``dashboard_eeg``, a dashboard and its page watch it (EEG stream named so)."""
     from app.bench.acquisition import socket_free_port
     from app.presentation.frames import distribution, load_frames
     from workers.session_store import read_events
@@ -161,23 +207,33 @@ def run(args: argparse.Namespace) -> dict:
     )
     gen.start()
     session = args.session or root / "session"
+    load = contextlib.nullcontext()
+    if dashboard_eeg is not None:
+        from app.bench._dashboard import DashboardLoad, dashboard_protocol
+
+        with socket_free_port() as dead:
+            pass
+        markers = f"bench-present-{os.getpid()}"
+        dproto = dashboard_protocol(root / "dashboard.toml", dashboard_eeg, markers, dead)
+        load = DashboardLoad(session, dproto, root / "dashboard.log")
     try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "present",
-                "--protocol",
-                str(protocol),
-                "--session",
-                str(session),
-                "--headless",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        with load:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "app.cli",
+                    "present",
+                    "--protocol",
+                    str(protocol),
+                    "--session",
+                    str(session),
+                    "--headless",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
     finally:
         stop.set()
         gen.join(2)
@@ -228,4 +284,5 @@ def run(args: argparse.Namespace) -> dict:
         "image_wait_ms": distribution(np.asarray(waits)) if waits else {},
         "marker_push_delay_ms": pres.get("marker_push_delay_ms"),
         "uploaded_rows": pres.get("uploaded_rows"),
+        **({"dashboard": load.stats} if dashboard_eeg is not None else {}),
     }

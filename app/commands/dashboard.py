@@ -12,6 +12,7 @@ another --host is reachable from the network, still only with a token.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from app.errors import UsageError
     from experiment_protocols import load_protocol
 
+    # an optional helper: it never competes with the presentation or the acquisition for a core
+    with contextlib.suppress(OSError):
+        os.nice(10)
     session = args.session or args.finished
     if session is None:
         raise UsageError("give a finished SESSION or --session DIR of a running one")

@@ -90,10 +90,12 @@ class EEGSource:
                     self._times = np.zeros(n)
                     self._scale = scale.astype(np.float32)[:, None]
                 self.connected = True
-            chunk, stamps = inlet.pull_chunk(timeout=0.05, max_samples=1024)
-            if not stamps:
+            # arrays straight from liblsl: no Python list per sample (a 64-channel, 1 kHz
+            # stream would cost this process a good part of a core)
+            chunk, stamps = inlet.pull_chunk(timeout=0.05, max_samples=1024, as_numpy=True)
+            if not len(stamps):
                 continue
-            x = np.asarray(chunk, dtype=np.float32).T * self._scale
+            x = chunk.T.astype(np.float32) * self._scale
             t = np.asarray(stamps)
             with self._lock:
                 n = self._buf.shape[1]

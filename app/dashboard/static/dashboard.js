@@ -9,6 +9,7 @@ const HIST_NAMES = {
   marker_push_delay_ms: "marker push delay (ms)",
   timing_check_correction_ms: "timing-check correction (ms)",
 };
+const TRACE_S = 5; // seconds of EEG on screen
 const TRACE_POINTS = 250; // 5 s at 50 Hz
 const SPACING = 60; // µV between traced channels
 // what the tests (and the footer) read: latency of each event from its time to the page
@@ -29,16 +30,24 @@ let channels = [], rewards = [], best = {}, hist = {}, histDirty = false, reward
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 function fmt(v, d = 1) { return v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : String(v)); }
 
+let eegLayout = null, eegX = [], eegY = [];
 function initEEG(names) {
   channels = names;
   pending = null;
-  const traces = names.map((n) => ({ x: [], y: [], mode: "lines", name: n, line: { width: 1 } }));
-  Plotly.react($("eeg"), traces, {  // a static plot with fixed axes: the cheapest redraw
-    margin: { l: 40, r: 5, t: 5, b: 25 }, showlegend: false, hovermode: false,
+  eegX = [];
+  eegY = names.map(() => []);
+  eegLayout = {  // a static plot with fixed axes: the cheapest redraw
+    margin: { l: 40, r: 5, t: 5, b: 25 }, showlegend: false, hovermode: false, datarevision: 0,
     yaxis: { tickvals: names.map((_, k) => -k * SPACING), ticktext: names, zeroline: false,
       range: [-(names.length - 0.5) * SPACING, 0.5 * SPACING] },
-    xaxis: { title: { text: "LSL time (s)" } },
-  }, { ...cfg, staticPlot: true });
+    xaxis: { title: { text: "LSL time (s)" }, autorange: false, range: [0, TRACE_S] },
+  };
+  drawEEGPlot();
+}
+
+function drawEEGPlot() {
+  const traces = channels.map((n, k) => ({ x: eegX, y: eegY[k], mode: "lines", name: n, line: { width: 1 } }));
+  Plotly.react($("eeg"), traces, eegLayout, { ...cfg, staticPlot: true });
 }
 
 let pending = null; // EEG received since the last draw
@@ -54,7 +63,13 @@ function drawEEG() {  // 10 times a second, whatever the message rate
   if (!pending || !channels.length) return;
   const p = pending;
   pending = null;
-  Plotly.extendTraces($("eeg"), { x: channels.map(() => p.t), y: p.y }, channels.map((_, k) => k), TRACE_POINTS);
+  const keep = (a, more) => a.concat(more).slice(-TRACE_POINTS);
+  eegX = keep(eegX, p.t);
+  eegY = eegY.map((a, k) => keep(a, p.y[k]));
+  const t1 = eegX[eegX.length - 1];
+  eegLayout.xaxis.range = [t1 - TRACE_S, t1];
+  eegLayout.datarevision += 1;
+  drawEEGPlot();
 }
 setInterval(timed("eeg", drawEEG), 100);
 
