@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from app.bench._ports import socket_free_port
 from app.dashboard import TOKEN_ENV
 
 CHROMIUM = "/usr/bin/chromium"
@@ -82,8 +83,6 @@ class DashboardLoad:
         self.stats: dict[str, Any] = {}
 
     def __enter__(self) -> DashboardLoad:
-        from app.bench.acquisition import socket_free_port
-
         try:
             from playwright.sync_api import sync_playwright
         except ImportError as err:

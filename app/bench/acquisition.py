@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.bench._ports import socket_free_port
+
 _TMIN, _TMAX = -0.2, 0.5
 
 
@@ -408,17 +410,3 @@ def _measure(args: argparse.Namespace, tag: str = "", dashboard: bool = False) -
         "ratio_p95": round(mine["p95"] / theirs["p95"], 3) if theirs["p95"] > 0 else None,
         **({"dashboard": watch.stats} if dashboard else {}),
     }
-
-
-class socket_free_port:
-    """Context manager yielding a free loopback TCP port."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self._s = socket.socket()
-        self._s.bind(("127.0.0.1", 0))
-        return self._s.getsockname()[1]
-
-    def __exit__(self, *exc) -> None:
-        self._s.close()
