@@ -317,7 +317,7 @@ def run_loop(
 
     from models.heuristic import HeuristicGenerator
     from models.rewards import EpochData, as_reward
-    from workers.generation import build_backend, build_pool
+    from workers.generation_setup import build_backend, build_pool
 
     g = protocol.generation
     backend = build_backend(protocol) if backend is None else backend

@@ -29,6 +29,14 @@ that ``eegs acquire`` publishes.
 A worker started on a session that already has history (``eegs resume``) first takes
 over the state of the one before (:mod:`workers.generation_restore`).
 
+This module composes the worker's parts and serves them; each part stands alone and is
+tested alone: the books of issued images and rewards (:mod:`workers.generation_ledger`),
+scoring (:mod:`workers.generation_scoring`), the session-fitted reward's calibration
+(:mod:`workers.generation_calibration`), the rounds' scheduling
+(:mod:`workers.generation_jobs`), provenance (:mod:`workers.generation_provenance`), and
+what is loaded once (:mod:`workers.generation_setup`). A fault in one part is logged and
+answered as an error or skipped; the loop and the other parts go on.
+
 Generation and the hyperparameter refit run in one background thread, so the socket
 is always answered; the refit happens in idle time between rounds and yields at once to
 a new request. Every image's provenance (seed, parents, embedding file, backend, model
@@ -39,81 +47,69 @@ ids, inner steps, wall time) goes into the reply and, with the embeddings, into
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
-import secrets
-import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
-from PIL import Image
 
 from experiment_protocols import Protocol
 from models.backends.base import Backend, BackendUnavailableError
 from models.backends.pool import ImagePool
-from models.heuristic import Candidate, HeuristicGenerator
-from models.rewards import EpochData, RewardError, RewardFunction, as_reward
+from models.heuristic import HeuristicGenerator
+from models.rewards import RewardError, RewardFunction
 from workers import transport
-from workers.calibration import (
-    CALIBRATION,
-    CalibratedDecoderReward,
-    PersonalSessionReward,
-    SessionFittedReward,
-)
+from workers.calibration import SessionFittedReward
 from workers.errors import InputError
+from workers.generation_calibration import CalibrationGate
+from workers.generation_client import GenerationClient
+from workers.generation_jobs import Job, RoundScheduler
+from workers.generation_ledger import Issued, RewardLedger
+from workers.generation_provenance import (
+    GENERATION_DIR,
+    Batch,
+    ProvenanceWriter,
+    assemble_batch,
+)
+from workers.generation_restore import restore
+from workers.generation_scoring import EpochScorer, epoch_of, image_roots
+from workers.generation_setup import build_backend, build_pool, build_reward
 from workers.messages import (
     EpochMessage,
     ErrorReply,
-    ImageBatch,
-    ImageInfo,
     ImageRequest,
     Message,
     MessageError,
     RatingMessage,
-    RewardReply,
     StatusReply,
     StatusRequest,
-    array_spec,
     decode,
     encode,
 )
-from workers.session_store import SessionStore, atomic_write_bytes, atomic_write_json
+from workers.session_store import SessionStore
+
+__all__ = [
+    "GENERATION_DIR",
+    "GenerationClient",
+    "GenerationConfig",
+    "GenerationError",
+    "GenerationService",
+    "Issued",
+    "build_backend",
+    "build_pool",
+    "image_roots",
+    "run",
+]
 
 logger = logging.getLogger("eegs.generation")
-
-GENERATION_DIR = "generation"
-_KIND_LETTER = {"initial": "i", "child": "c", "nearest": "n", "random": "x"}
 
 
 class GenerationError(InputError):
     """A generation setting or resource the worker cannot use; says what to fix."""
-
-
-def image_roots(protocol: Protocol, store: SessionStore | None) -> list[Path]:
-    """The folders a marker may name an image in: the session's, the pool's, the blocks'.
-
-    The worker opens no other file a marker names (a marker is input from the network).
-    """
-    base = Path(protocol.source).resolve().parent if protocol.source else Path.cwd()
-    roots = [store.root] if store is not None else []
-    if protocol.generation.pool.folder:
-        roots.append(Path(protocol.generation.pool.folder))
-    roots += [base / b.folder for b in protocol.presentation.blocks if b.folder]
-    return [r.expanduser().resolve() for r in roots]
-
-
-def _inside(path: str, roots: list[Path]) -> bool:
-    try:
-        resolved = Path(path).expanduser().resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
-    return any(resolved.is_relative_to(root) for root in roots)
 
 
 @dataclass
@@ -126,82 +122,6 @@ class GenerationConfig:
     random_weights: bool = False
 
 
-# -- building the models ----------------------------------------------------------------
-def build_backend(protocol: Protocol, *, random_weights: bool = False) -> Backend:
-    """The backend the protocol names, loaded once."""
-    g = protocol.generation
-    if g.backend == "procedural":
-        from models.backends.procedural import ProceduralBackend
-
-        p = g.procedural
-        return ProceduralBackend(p.size, p.fit_samples, p.ridge_alpha, seed=g.seed)
-    if g.backend == "pool":
-        from models.backends.pool import PoolBackend
-
-        return PoolBackend(g.pool.folder, g.pool.cache_file, g.pool.extensions)
-    if not random_weights:
-        from models.backends.sdxl_weights import check_weights
-
-        check_weights(g.sdxl)  # before torch's model libraries load: one clear error
-    from models.backends.sdxl import SDXLBackend
-
-    if random_weights:
-        return SDXLBackend.random_full_size(g.sdxl, g.device, g.dtype, g.compile, seed=g.seed)
-    return SDXLBackend.from_pretrained(g.sdxl, g.device, g.dtype, g.compile)
-
-
-def build_pool(protocol: Protocol, backend: Backend) -> ImagePool:
-    """The stimulus pool in the backend's embedding space."""
-    g = protocol.generation
-    if g.backend == "procedural" and not g.pool.folder:
-        from models.backends.procedural import procedural_pool
-
-        return procedural_pool(backend, g.procedural.pool_size, seed=g.seed)
-    if g.backend == "pool":
-        return backend.pool
-    return ImagePool.from_folder(
-        g.pool.folder,
-        backend.embed,
-        f"{backend.name}:{sorted(backend.model_ids.items())}",
-        cache_file=g.pool.cache_file,
-        extensions=g.pool.extensions,
-    )
-
-
-# -- bookkeeping ------------------------------------------------------------------------
-@dataclass
-class Issued:
-    """An image this worker sent: what the GP needs when its reward arrives."""
-
-    embedding: np.ndarray
-    round: int
-    provenance: dict[str, Any]
-
-
-@dataclass
-class _Job:
-    """One image request, from arrival to reply."""
-
-    request: ImageRequest
-    envelope: list[bytes]
-    t_received: float
-    deadline: float
-    wait_until: float
-    started: bool = False
-    t_started: float = 0.0
-    ready: list[tuple[Candidate, float]] = field(default_factory=list)  # (image, ready at)
-    first_seen: dict[int, float] = field(default_factory=dict)
-    inner_steps: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    cut_by_deadline: bool = False  # the generator stopped early because the deadline came
-    error: str | None = None
-    t_done: float | None = None
-    timing_ms: dict[str, float] = field(default_factory=dict)
-    converged: tuple[bool, str] = (False, "")
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 def _envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     """Split ROUTER frames into (identity + delimiter, payload)."""
     if len(frames) > 1 and frames[1] == b"":
@@ -210,7 +130,13 @@ def _envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 
 class GenerationService:
-    """The worker's state and request handling; :meth:`serve` is its loop.
+    """The worker's parts, composed; :meth:`serve` is its ZeroMQ loop.
+
+    The parts (:mod:`workers.generation_ledger`, :mod:`workers.generation_scoring`,
+    :mod:`workers.generation_calibration`, :mod:`workers.generation_jobs`,
+    :mod:`workers.generation_provenance`) each stand alone; here every call into one is
+    contained, so that a fault in one is logged and answered as an error, and the loop and
+    the other parts go on.
 
     Parameters
     ----------
@@ -239,35 +165,90 @@ class GenerationService:
         self.reward_fn = reward_fn
         self.store = store
         self.generator = HeuristicGenerator(self.g.heuristic, self.g.gp, backend, pool, self.g.seed)
-        self.issued: dict[str, Issued] = {}
-        self.trial_rewards: dict[int, float] = {}  # trials whose reward was used
-        self.trials_scored: set[int] = set()  # every trial whose epoch arrived
-        self._pending_obs: deque[tuple[str, np.ndarray | None, str | None, float]] = deque()
-        self._obs_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
-        self._job: _Job | None = None
-        self._refit_wanted = False
-        self._request_waiting = threading.Event()
-        self.n_observations = 0
-        self.best_reward: float | None = None
-        self._pending_files: tuple | None = None
-        self._wake_tx: zmq.Socket | None = None
-        self._calibration = reward_fn if isinstance(reward_fn, SessionFittedReward) else None
-        self._image_roots = image_roots(protocol, store)
         #: The session whose messages this worker takes (None: any, e.g. a benchmark).
         self.session = (protocol.generation.session or store.root.name) if store else None
-        self._parked: list[tuple[EpochMessage, list[np.ndarray]]] = []
-        self._loop_started = False  # an image request came: calibration is over
-        self._decoder_fit: threading.Thread | None = None
-        # the calibration block's size: the decoder is fitted as soon as it is all in
-        self._n_calibration = sum(
+        self.ledger = RewardLedger(self._log)
+        self.scorer = EpochScorer(
+            self.g, reward_fn, self.ledger, image_roots(protocol, store), self._log
+        )
+        fitted = reward_fn if isinstance(reward_fn, SessionFittedReward) else None
+        # the calibration block's size: the reward is fitted as soon as it is all in
+        n_calibration = sum(
             b.n_trials * b.n_rounds for b in protocol.presentation.blocks if b.kind == "calibration"
         )
+        self.calibration = CalibrationGate(fitted, n_calibration, self.score_epoch, self._log)
+        self.rounds = RoundScheduler(
+            self.g,
+            self.generator,
+            self._drain,
+            self.ledger.trials_scored,
+            self.calibration.fitting,
+            self._log,
+        )
+        self.provenance = ProvenanceWriter(store, self._log)
+        self._pending_batch: Batch | None = None
+        self._faults: dict[str, str] = {}  # part -> its last error (logged once)
+
+    # -- the books (public names kept for restore, the CLI and the tests) -------------
+    @property
+    def issued(self) -> dict[str, Issued]:
+        """Images this worker sent, by id."""
+        return self.ledger.issued
+
+    @property
+    def trial_rewards(self) -> dict[int, float]:
+        """Trials whose reward was used."""
+        return self.ledger.trial_rewards
+
+    @property
+    def trials_scored(self) -> set[int]:
+        """Every trial whose epoch arrived."""
+        return self.ledger.trials_scored
+
+    @property
+    def n_observations(self) -> int:
+        """Rewards credited so far."""
+        return self.ledger.n_observations
+
+    @property
+    def best_reward(self) -> float | None:
+        """The best reward credited so far."""
+        return self.ledger.best_reward
+
+    def credit(
+        self,
+        trial_id: int,
+        image_id: str,
+        embedding: np.ndarray | None,
+        path: str | None,
+        value: float,
+    ) -> None:
+        """Count a trial's reward and queue it for the generator (embedded later if None)."""
+        self.ledger.credit(trial_id, image_id, embedding, path, value)
+
+    def _drain(self) -> None:
+        """Move new rewards into the generator (background thread only)."""
+        self.ledger.drain(self.generator, self.backend.embed)
 
     # -- logging ---------------------------------------------------------------------
     def _log(self, event: str, **fields: Any) -> None:
         if self.store is not None:
             self.store.log(event, **fields)
+
+    def _contained(self, part: str, fn: Callable[[], Any]) -> None:
+        """Run one part's step; a failure is logged (once while it repeats), not raised."""
+        try:
+            fn()
+        except Exception as err:  # one part's fault must not stop the others
+            text = f"{type(err).__name__}: {err}"
+            if self._faults.get(part) == text:
+                return
+            self._faults[part] = text
+            logger.exception("%s failed", part)
+            try:
+                self._log("generation_part_failed", part=part, error=text[:1000])
+            except Exception:  # noqa: BLE001 - the events file may be what failed
+                logger.warning("generation_part_failed not logged either")
 
     # -- dispatch ----------------------------------------------------------------------
     def handle(self, frames: list[bytes]) -> list[bytes] | ImageRequest | None:
@@ -308,450 +289,113 @@ class GenerationService:
         self._log("generation_request_error", error=error, detail=detail[:1000])
         return encode(ErrorReply(error=error, detail=detail))
 
+    def _answer(self, reply: Message) -> list[bytes]:
+        if isinstance(reply, ErrorReply):
+            return self._error(reply.error, reply.detail)
+        return encode(reply)
+
     def status(self) -> StatusReply:
         """What the worker holds now."""
         return StatusReply(
             ready=True,
-            busy=self._job is not None,
+            busy=self.rounds.job is not None,
             backend=self.backend.describe(),
             round=self.generator.round,
             n_observations=self.n_observations,
             best_reward=self.best_reward,
             **_device_status(self.backend),
             queue={
-                "parked_epochs": len(self._parked),
-                "pending_observations": len(self._pending_obs),
-                "running_jobs": int(self._job is not None),
+                "parked_epochs": self.calibration.n_parked,
+                "pending_observations": self.ledger.n_pending(),
+                "running_jobs": int(self.rounds.job is not None),
             },
         )
 
     # -- rewards -----------------------------------------------------------------------
-    def _image_for(self, marker: dict[str, Any]) -> tuple[str | None, str | None]:
-        """(image id this worker issued, or None; path of the image file, or None)."""
-        ref = marker.get(self.g.image_key)
-        explicit = marker.get("image_id")
-        if isinstance(explicit, str) and explicit in self.issued:
-            return explicit, None
-        if not isinstance(ref, str) or not ref:
-            return None, None
-        stem = Path(ref).stem
-        if stem in self.issued:
-            return stem, None
-        return None, ref
-
     def score_epoch(self, msg: EpochMessage, arrays: list[np.ndarray]) -> list[bytes]:
-        """Reward one epoch and credit it to the image its marker names."""
+        """Reward one epoch and credit it to the image its marker names.
+
+        Scoring's faults end here: an unexpected error is an ``internal`` error reply.
+        """
+        try:
+            return self._answer(self._score(msg, arrays))
+        except Exception as err:  # a bad epoch or reward must not stop the others
+            logger.exception("scoring trial %s failed", msg.trial_id)
+            return self._error("internal", f"{type(err).__name__}: {err}")
+
+    def _score(self, msg: EpochMessage, arrays: list[np.ndarray]) -> Message:
         t0 = time.perf_counter()
-        if len(arrays) != 1 or arrays[0].ndim != 2 or arrays[0].shape[0] != len(msg.ch_names):
-            return self._error(
-                "invalid", f"an epoch needs one (n_channels={len(msg.ch_names)}, n_times) array"
+        epoch = epoch_of(msg, arrays)
+        if epoch is None:
+            return ErrorReply(
+                error="invalid",
+                detail=f"an epoch needs one (n_channels={len(msg.ch_names)}, n_times) array",
             )
-        epoch = EpochData(arrays[0].astype(np.float64), msg.ch_names, msg.sfreq, msg.tmin)
-        self.trials_scored.add(msg.trial_id)  # an image request need not wait for it now
-        cal = self._calibration
-        if cal is not None and not cal.ready:
-            return self._before_decoder(cal, msg, arrays, epoch)
-        try:
-            reward = as_reward(self.reward_fn(epoch))
-        except (ValueError, RuntimeError) as err:
-            return self._error("reward_failed", f"trial {msg.trial_id}: {err}")
-        value = float(reward.value)
-        compute_ms = (time.perf_counter() - t0) * 1e3
-        image_id, path = self._image_for(msg.marker)
-        used, reason = False, ""
-        flags = msg.quality.get("flags") or []
-        if msg.trial_id in self.trial_rewards:
-            reason = "this trial was rewarded already"
-        elif flags and not self.g.use_flagged_epochs:
-            reason = f"epoch flagged {flags}"
-        elif not np.isfinite(value):
-            reason = "reward is not finite"
-        elif image_id is not None:
-            self.credit(msg.trial_id, image_id, self.issued[image_id].embedding, None, value)
-            used = True
-        elif path is not None and not _inside(path, self._image_roots):
-            reason = "the marker names an image outside the session, pool and block folders"
-        elif path is not None and Path(path).is_file():
-            image_id = Path(path).stem
-            self.credit(msg.trial_id, image_id, None, path, value)
-            used = True
-        else:
-            reason = "the marker names no image this worker knows or can read"
-        self._log(
-            "reward",
-            trial_id=msg.trial_id,
-            image_id=image_id,
-            image=msg.marker.get(self.g.image_key),
-            reward=value,
-            used=used,
-            reason=reason,
-            details=reward.details,
-            compute_ms=round(compute_ms, 3),
-        )
-        return encode(
-            RewardReply(
-                trial_id=msg.trial_id,
-                reward=value,
-                image_id=image_id,
-                used=used,
-                reason=reason,
-                details=reward.details,
-                compute_ms=round(compute_ms, 3),
-            )
-        )
-
-    def _before_decoder(
-        self, cal: SessionFittedReward, msg: EpochMessage, arrays, epoch: EpochData
-    ) -> list[bytes]:
-        """A calibration epoch is kept for the fit; any other waits for the fit."""
-        try:
-            kept = cal.keep(epoch, msg.marker, msg.trial_id, msg.quality.get("flags") or [])
-        except RewardError as err:
-            return self._error("reward_failed", f"trial {msg.trial_id}: {err}")
-        if kept is not None:
-            reason = f"calibration epoch: kept to fit {cal.what}"
-            self._log("calibration_epoch", trial_id=msg.trial_id, **kept)
-            if cal.park_kept:  # rewarded after the fit
-                with self._obs_lock:
-                    parked = not cal.ready
-                    if parked:
-                        self._parked.append((msg, arrays))
-                if not parked:  # fitted meanwhile (on fewer trials): rewarded now
-                    return self.score_epoch(msg, arrays)
-            self._maybe_block_complete(cal)
-        else:
-            reason = f"waiting for {cal.what}"
-            with self._obs_lock:  # atomic with the fit thread's hand-over of parked epochs
-                parked = not cal.ready
-                if parked:
-                    self._parked.append((msg, arrays))
-            if not parked:  # the decoder became ready meanwhile
-                return self.score_epoch(msg, arrays)
-            self._log("epoch_parked", trial_id=msg.trial_id, reason=reason)
-        return encode(RewardReply(trial_id=msg.trial_id, reward=0.0, used=False, reason=reason))
-
-    def _maybe_block_complete(self, cal: SessionFittedReward) -> None:
-        """Fit as soon as every trial of the calibration block is in."""
-        if cal.n_usable() >= self._n_calibration > 0 and cal.can_fit():
-            self._start_decoder_fit(cal)
+        self.ledger.trials_scored.add(msg.trial_id)  # an image request need not wait for it now
+        held = self.calibration.intercept(msg, arrays, epoch)
+        if held is not None:
+            return held
+        return self.scorer.score(msg, epoch, t0)
 
     def add_rating(self, msg: RatingMessage) -> None:
         """Keep a self-report for the personal reward (other rewards ignore ratings)."""
-        cal = self._calibration
-        if cal is None or cal.ready:
-            return None
-        try:
-            kept = cal.add_rating(msg)
-        except RewardError as err:
-            self._error("invalid", str(err))  # logged; a rating is never answered
-            return None
-        if kept is not None:
-            self._log("calibration_rating", trial_id=msg.trial_id, **kept)
-            self._maybe_block_complete(cal)
-        return None
+        refused = self.calibration.add_rating(msg)
+        if refused is not None:
+            self._answer(refused)  # logged; a rating is never answered
 
     def maybe_fit_decoder(self) -> None:
         """Fit the calibration model once the closed loop has begun, if not done yet."""
-        cal = self._calibration
-        if cal is None or self._decoder_fit is not None or not self._loop_started:
-            return  # checked on every pass of the serving loop: cheapest tests first
-        if cal.can_fit():
-            self._start_decoder_fit(cal)
-
-    def _start_decoder_fit(self, cal: SessionFittedReward) -> None:
-        """Fit in a thread of its own, so that round 0's images never wait for it."""
-        if self._decoder_fit is not None:
-            return
-        self._decoder_fit = threading.Thread(
-            target=self._fit_decoder, args=(cal,), name="decoder-fit", daemon=True
-        )
-        self._decoder_fit.start()
-
-    def _fitting_decoder(self) -> bool:
-        return self._decoder_fit is not None and self._decoder_fit.is_alive()
-
-    def _fit_decoder(self, cal: SessionFittedReward) -> None:
-        try:
-            info = cal.fit()
-        except Exception as err:  # the session goes on; its epochs stay unscored
-            logger.exception("%s could not be fitted", cal.what)
-            self._log("decoder_fit_failed", error=f"{type(err).__name__}: {err}")
-            return
-        self._log(cal.fit_event, **info)
-        logger.info("%s fitted: %s", cal.what, info)
-        with self._obs_lock:
-            parked, self._parked = self._parked, []
-        for msg, arrays in parked:
-            self.score_epoch(msg, arrays)
-
-    def credit(
-        self,
-        trial_id: int,
-        image_id: str,
-        embedding: np.ndarray | None,
-        path: str | None,
-        value: float,
-    ) -> None:
-        """Count a trial's reward and queue it for the generator (embedded later if None)."""
-        with self._obs_lock:
-            self._pending_obs.append((image_id, embedding, path, value))
-        self.trial_rewards[trial_id] = value
-        self.n_observations += 1
-        self.best_reward = value if self.best_reward is None else max(self.best_reward, value)
-
-    def _drain(self) -> None:
-        """Move new rewards into the generator (background thread only).
-
-        If embedding fails (a CUDA out-of-memory, say), the rewards go back to the queue
-        for the next round instead of being lost.
-        """
-        with self._obs_lock:
-            items = list(self._pending_obs)
-            self._pending_obs.clear()
-        to_embed = [(i, p, r) for i, e, p, r in items if e is None]
-        embedded = []
-        if to_embed:
-            images, keep = [], []
-            for image_id, path, r in to_embed:
-                try:
-                    with Image.open(path) as im:
-                        images.append(im.convert("RGB"))
-                    keep.append((image_id, r))
-                except (OSError, Image.DecompressionBombError) as err:
-                    logger.warning("cannot read %s for its embedding: %s", path, err)
-                    self._log("reward_unusable", image=str(path), reason=str(err))
-            if images:
-                try:
-                    embedded = list(zip(keep, self.backend.embed(images), strict=True))
-                except Exception as err:  # noqa: BLE001 - keep the rewards for the next round
-                    with self._obs_lock:
-                        self._pending_obs.extendleft(reversed(items))
-                    self._log("embedding_failed", n_rewards=len(items), error=repr(err))
-                    raise
-        for (image_id, r), e in embedded:
-            self.generator.observe(image_id, e, r)
-        for image_id, e, _, r in items:
-            if e is not None:
-                self.generator.observe(image_id, e, r)
+        self._contained("calibration", self.calibration.maybe_fit)
 
     # -- rounds --------------------------------------------------------------------------
     def start_request(self, request: ImageRequest, envelope: list[bytes]) -> list[bytes] | None:
         """Accept an image request (answered later by :meth:`poll_job`)."""
-        if self._job is not None:
-            return self._error("busy", f"round {self._job.request.round} is still being generated")
-        now = time.monotonic()
-        budget = request.deadline_s or self.g.deadline_s
-        self._loop_started = True
-        self._request_waiting.set()
-        self._job = _Job(
-            request=request,
-            envelope=envelope,
-            t_received=now,
-            deadline=now + budget,
-            wait_until=now + min(self.g.reward_wait_s, budget),
-        )
-        self._log(
-            "image_request",
-            round=request.round,
-            n_images=request.n_images,
-            trials=request.trials,
-            deadline_s=budget,
-        )
+        refused = self.rounds.start(request, envelope)
+        if refused is not None:
+            return self._answer(refused)
+        self.calibration.loop_started = True
         return None
-
-    def _run_job(self, job: _Job) -> None:
-        """One round of the heuristic generator (background thread)."""
-        try:
-            self._drain()
-
-            def on_ready(k: int, candidates: list[Candidate]) -> None:
-                now = time.monotonic()
-                snap = []
-                for c in candidates:  # children change every step; exploration never
-                    t = now if c.kind == "child" else job.first_seen.setdefault(id(c), now)
-                    snap.append((dataclasses.replace(c), t))
-                with job.lock:
-                    job.ready, job.inner_steps = snap, k
-
-            def should_stop() -> bool:
-                if time.monotonic() >= job.deadline:
-                    job.cut_by_deadline = True
-                    return True
-                return job.cancel.is_set()
-
-            self.generator.next_round(on_ready, should_stop, n_images=job.request.n_images)
-            job.timing_ms = self.generator.timing.as_ms()
-            job.converged = self.generator.converged()
-        except Exception as err:  # a backend failure must not kill the service
-            logger.exception("round %d failed", job.request.round)
-            job.error = f"{type(err).__name__}: {err}"
-        finally:
-            job.t_done = time.monotonic()
-            job.done.set()
-            if self._wake_tx is not None:
-                self._wake_tx.send(b"", zmq.NOBLOCK)  # wake the loop: reply at once
 
     def poll_job(self, now: float) -> tuple[list[bytes], list[bytes]] | None:
         """Start a waiting job, or return (envelope, reply) when it is due."""
-        job = self._job
-        if job is None:
+        due = self.rounds.poll(now)
+        if due is None:
             return None
-        if not job.started:
-            waiting = set(job.request.trials) - self.trials_scored
-            if waiting and now < job.wait_until:
-                return None
-            if (
-                job.request.trials
-                and self._fitting_decoder()
-                and now < job.t_received + 0.5 * (job.deadline - job.t_received)
-            ):
-                return None  # the previous round's rewards come with the decoder
-            if waiting:
-                self._log("rewards_missing", round=job.request.round, trials=sorted(waiting))
-            job.started, job.t_started = True, now
-            self._request_waiting.clear()
-            self._executor.submit(self._run_job, job)
-            return None
-        if not job.done.is_set() and now < job.deadline:
-            return None
-        missed = not job.done.is_set() or job.cut_by_deadline
-        job.cancel.set()
-        self._job = None
-        self._refit_wanted = True
+        job, missed = due
         return job.envelope, self._batch_reply(job, missed)
 
-    def _batch_reply(self, job: _Job, missed: bool) -> list[bytes]:
-        t_reply = time.monotonic()
-        t0 = time.perf_counter()
-        req = job.request
-        with job.lock:
-            ready = list(job.ready)
-        if job.error and not ready:
-            return self._error("generation_failed", job.error)
-        if not ready:
-            return self._error(
-                "deadline", f"no image was ready within {job.deadline - job.t_received:.2f} s"
-            )
-        token = secrets.token_hex(3)
-        infos, arrays, records = [], [], []
-        counts: dict[str, int] = {}
-        for c, t_ready in ready:
-            letter = _KIND_LETTER.get(c.kind, "o")
-            j = counts.get(letter, 0)
-            counts[letter] = j + 1
-            image_id = f"r{req.round:02d}-{letter}{j:02d}-{token}"
-            rel = f"{GENERATION_DIR}/round-{req.round:02d}/{image_id}.safetensors"
-            provenance = {
-                "kind": c.kind,
-                "round": req.round,
-                "seed": c.seed,
-                "parents": c.parents,
-                "pool_id": c.pool_id,
-                "crossover": list(c.crossover) if c.crossover else None,
-                "inner_steps": c.inner_steps if c.kind == "child" else 0,
-                "embedding": rel,
-                "backend": self.backend.name,
-                "model_ids": self.backend.model_ids,
-                "wall_time_s": round(t_ready - job.t_started, 4),
-                "procedural_params": c.image.info.get("eegs_params"),
-                "deadline_missed": missed,
-            }
-            infos.append(ImageInfo(image_id=image_id, provenance=provenance))
-            arrays.append(self._encode_image(c.image))
-            records.append((image_id, c, provenance, rel))
-        serialise_ms = (time.perf_counter() - t0) * 1e3
-        timing = dict(job.timing_ms)
-        t_end = job.t_done if job.t_done is not None else t_reply
-        timing.update(
-            wait_rewards_ms=round((job.t_started - job.t_received) * 1e3, 3),
-            round_ms=round((t_end - job.t_started) * 1e3, 3),
-            reply_delay_ms=round((t_reply - t_end) * 1e3, 3),
-            serialise_ms=round(serialise_ms, 3),
-        )
-        converged, reason = job.converged
-        msg = ImageBatch(
-            session=req.session,
-            round=req.round,
-            images=infos,
-            arrays=[array_spec(a) for a in arrays],
-            deadline_missed=missed,
-            converged=converged,
-            stop_reason=reason,
-            timing_ms=timing,
-        )
-        frames = encode(msg, tuple(arrays))
-        for image_id, c, provenance, _ in records:
-            self.issued[image_id] = Issued(
-                np.asarray(c.embedding, np.float32), req.round, provenance
-            )
-        self._pending_files = (records, timing, req.round, missed, len(ready))
+    def _batch_reply(self, job: Job, missed: bool) -> list[bytes]:
+        """The due job's reply; its images count as issued once it is built."""
+        try:
+            batch = assemble_batch(job, missed, self.backend, self.g)
+            if isinstance(batch, ErrorReply):
+                return self._answer(batch)
+            frames = encode(batch.message, tuple(batch.arrays))
+        except Exception as err:  # e.g. an image that cannot be encoded: the round fails
+            logger.exception("round %d's reply could not be built", job.request.round)
+            return self._error("generation_failed", f"{type(err).__name__}: {err}")
+        for r in batch.records:
+            embedding = np.asarray(r.candidate.embedding, np.float32)
+            self.ledger.issued[r.image_id] = Issued(embedding, batch.round, r.provenance)
+        self._pending_batch = batch
         return frames
-
-    def _encode_image(self, image: Image.Image) -> np.ndarray:
-        rgb = image.convert("RGB")
-        if self.g.image_encoding == "rgb":
-            return np.asarray(rgb, dtype=np.uint8)
-        buf = io.BytesIO()
-        rgb.save(buf, format="PNG", compress_level=self.g.png_compress_level)
-        return np.frombuffer(buf.getvalue(), np.uint8)
 
     def write_provenance(self) -> None:
         """Embeddings and provenance of the last batch (after its reply was sent)."""
-        pending, self._pending_files = self._pending_files, None
-        if pending is None:
-            return
-        records, timing, round_, missed, n = pending
-        if self.store is not None:
-            from safetensors.numpy import save
-
-            for image_id, c, provenance, rel in records:
-                tensors = {"embedding": np.asarray(c.embedding, np.float32).reshape(-1)}
-                if c.conditioning is not None:
-                    tensors["conditioning"] = np.asarray(c.conditioning, np.float32).reshape(-1)
-                path = self.store.root / rel
-                atomic_write_bytes(path, save(tensors))
-                atomic_write_json(path.with_suffix(".json"), {"image_id": image_id, **provenance})
-        self._log(
-            "image_batch",
-            round=round_,
-            n_images=n,
-            deadline_missed=missed,
-            image_ids=[r[0] for r in records],
-            timing_ms=timing,
-            best_by_round=list(self.generator.best_by_round),
-            generator_round=self.generator.round,
-        )
+        batch, self._pending_batch = self._pending_batch, None
+        if batch is not None:
+            self.provenance.write(batch, self.generator)
 
     def maybe_refit(self) -> None:
         """Queue the bounded, warm-started hyperparameter refit in idle time."""
-        if not self._refit_wanted or self._job is not None:
-            return
-        self._refit_wanted = False
-
-        def refit() -> None:
-            t0 = time.perf_counter()
-            try:
-                self._drain()
-                n = self.generator.refit(should_stop=self._request_waiting.is_set)
-            except Exception:  # the next round simply uses the previous fit
-                logger.exception("GP refit failed")
-                return
-            if n:
-                self._log(
-                    "gp_refit",
-                    iters=n,
-                    ms=round((time.perf_counter() - t0) * 1e3, 3),
-                    n_points=self.generator.gp.n,
-                )
-
-        self._executor.submit(refit)
+        self._contained("refit", self.rounds.maybe_refit)
 
     # -- the loop ------------------------------------------------------------------------
     def serve(
         self,
         router: zmq.Socket,
         sub: zmq.Socket | None = None,
-        stop=lambda: False,
+        stop: Callable[[], bool] = lambda: False,
         duration_s: float | None = None,
     ) -> None:
         """Answer requests until ``stop()`` or ``duration_s``."""
@@ -759,8 +403,9 @@ class GenerationService:
         wake_addr = f"inproc://eegs-generation-wake-{id(self)}"
         wake_rx = ctx.socket(zmq.PAIR)
         wake_rx.bind(wake_addr)
-        self._wake_tx = ctx.socket(zmq.PAIR)
-        self._wake_tx.connect(wake_addr)
+        wake_tx = ctx.socket(zmq.PAIR)
+        wake_tx.connect(wake_addr)
+        self.rounds.wake = lambda: wake_tx.send(b"", zmq.NOBLOCK)
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(wake_rx, zmq.POLLIN)
@@ -771,21 +416,19 @@ class GenerationService:
             self._loop(router, sub, wake_rx, poller, stop, end)
         finally:
             self.close()
+            self.rounds.wake = None
             wake_rx.close(0)
-            self._wake_tx.close(0)
-            self._wake_tx = None
+            wake_tx.close(0)
 
     def _loop(self, router, sub, wake_rx, poller, stop, end) -> None:
         while not stop() and (end is None or time.monotonic() < end):
-            events = dict(poller.poll(self._poll_ms()))
+            events = dict(poller.poll(self.rounds.poll_ms()))
             if wake_rx in events:
                 wake_rx.recv()
             if router in events:
                 frames = router.recv_multipart(copy=True)
                 envelope, payload = _envelope(frames)
-                reply = self._safe_handle(payload)
-                if isinstance(reply, ImageRequest):
-                    reply = self.start_request(reply, envelope)
+                reply = self._safe_handle(payload, envelope)
                 if reply is not None:
                     router.send_multipart(envelope + reply, copy=False)
             if sub is not None and sub in events:
@@ -798,35 +441,28 @@ class GenerationService:
             self.maybe_fit_decoder()
             self.maybe_refit()
 
-    def _safe_handle(self, payload: list[bytes]) -> list[bytes] | ImageRequest | None:
-        """:meth:`handle`, with any unexpected failure turned into an error reply."""
+    def _safe_handle(
+        self, payload: list[bytes], envelope: list[bytes] | None = None
+    ) -> list[bytes] | None:
+        """:meth:`handle` (and an image request started), any failure an error reply."""
         try:
-            return self.handle(payload)
+            reply = self.handle(payload)
+            if isinstance(reply, ImageRequest):
+                # on the SUB socket there is nobody to reply to: ignored, as it always was
+                reply = None if envelope is None else self.start_request(reply, envelope)
+            return reply
         except Exception as err:  # a bad request must never stop the service
             logger.exception("request failed")
             return self._error("internal", f"{type(err).__name__}: {err}")
 
-    def _poll_ms(self) -> int:
-        """Sleep until the next thing due (a deadline, the end of a reward wait), <= 50 ms."""
-        job = self._job
-        if job is None:
-            return 50
-        due = job.deadline if job.started else min(job.deadline, job.wait_until)
-        return max(0, min(50, int((due - time.monotonic()) * 1e3) + 1))
-
     def close(self) -> None:
         """Stop the background thread (a running round is cancelled)."""
-        if self._job is not None:
-            self._job.cancel.set()
-        self._request_waiting.set()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.rounds.close()
 
 
-def run(config: GenerationConfig, stop=lambda: False) -> GenerationService:
+def run(config: GenerationConfig, stop: Callable[[], bool] = lambda: False) -> GenerationService:
     """Entry point of the ``eegs worker`` process."""
-    from models.atms import CheckpointError
-    from models.rewards import from_settings
-    from workers.generation_restore import restore
+    from models.atms import CheckpointError  # torch: only when a worker starts
 
     protocol = config.protocol
     g = protocol.generation
@@ -837,20 +473,7 @@ def run(config: GenerationConfig, stop=lambda: False) -> GenerationService:
     try:
         t0 = time.perf_counter()
         try:
-            if g.reward.mode == "affective" and g.reward.decoder == CALIBRATION:
-                reward_fn = CalibratedDecoderReward(
-                    protocol.decoder, g.reward.target_class, store.root
-                )
-            elif g.reward.mode == "personal":
-                reward_fn = PersonalSessionReward(
-                    g.reward,
-                    [b.label for b in protocol.presentation.blocks if b.kind == "calibration"],
-                    store.root,
-                    seed=g.seed,
-                    use_flagged=g.use_flagged_epochs,
-                )
-            else:
-                reward_fn = from_settings(g.reward)
+            reward_fn = build_reward(protocol, store.root)
             backend = build_backend(protocol, random_weights=config.random_weights)
             pool = build_pool(protocol, backend)
         except (BackendUnavailableError, RewardError, CheckpointError) as err:
@@ -916,47 +539,3 @@ def _device_status(backend: Any) -> dict[str, Any]:
     import torch
 
     return {"device": device, "gpu_memory_mb": round(torch.cuda.memory_allocated() / 2**20, 1)}
-
-
-# -- client ---------------------------------------------------------------------------------
-class GenerationClient:
-    """A DEALER client of the worker (tests, benchmarks, the session loop).
-
-    Sends ``[b"", *frames]`` and reads the reply behind the same delimiter, so that it
-    talks to the ROUTER exactly as a REQ socket would, without REQ's lock-step.
-    """
-
-    def __init__(
-        self, endpoint: str, *, secret_key: str | None = None, server_public_key: str | None = None
-    ) -> None:
-        self.sock = transport.connect(
-            zmq.Context.instance(),
-            zmq.DEALER,
-            endpoint,
-            secret_key=secret_key,
-            server_public_key=server_public_key,
-        )
-
-    def send_frames(self, frames: list[bytes]) -> None:
-        """Send raw payload frames (for malformed-message tests)."""
-        self.sock.send_multipart([b"", *frames])
-
-    def receive(self, timeout_s: float) -> tuple[Message, list[np.ndarray]]:
-        """The next reply; raises TimeoutError."""
-        if not self.sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"no reply within {timeout_s} s")
-        frames = self.sock.recv_multipart()
-        if frames and frames[0] == b"":
-            frames = frames[1:]
-        return decode(frames)
-
-    def request(
-        self, msg: Message, arrays: tuple[np.ndarray, ...] = (), timeout_s: float = 30.0
-    ) -> tuple[Message, list[np.ndarray]]:
-        """Send one message and wait for its reply."""
-        self.send_frames(encode(msg, arrays))
-        return self.receive(timeout_s)
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.sock.close(0)

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
 
+from workers.generation_ledger import Issued
+from workers.generation_provenance import GENERATION_DIR
 from workers.messages import EpochMessage
 from workers.session_store import EVENTS_FILE, SessionStore, read_events
 
@@ -40,10 +43,6 @@ class Restored:
 
 
 def _issued_images(service, root: Path) -> int:
-    from safetensors.numpy import load_file
-
-    from workers.generation import GENERATION_DIR, Issued
-
     n = 0
     for sidecar in sorted((root / GENERATION_DIR).glob("round-*/*.json")):
         weights = sidecar.with_suffix(".safetensors")

@@ -204,8 +204,8 @@ def measure_backend(name, backend, pool, protocol, reward_fn, sizes, trial_s) ->
                     **_cycle_figures(batch, waited, epochs),
                 }
             round_ += 1
-        speed = service._executor.submit(_batched_vs_sequential, service.generator).result()
-        refit_ms = service._executor.submit(_refit_ms, service.generator).result()
+        speed = service.rounds.executor.submit(_batched_vs_sequential, service.generator).result()
+        refit_ms = service.rounds.executor.submit(_refit_ms, service.generator).result()
     finally:
         stop.set()
         thread.join(10)

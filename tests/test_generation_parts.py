@@ -1,0 +1,428 @@
+"""The worker's parts alone (no sockets), and a fault in one part contained.
+
+Scoring, the ledger, calibration, the round scheduler and provenance each run here on
+real objects: the procedural backend, a real reward, a real session directory. Faults are
+deliberate (a reward, a backend or a session-fitted reward built to fail), never mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+from helpers import events_named
+from PIL import Image
+from safetensors.numpy import load_file
+
+from experiment_protocols import load_protocol
+from models.backends.procedural import ProceduralBackend, procedural_pool
+from models.heuristic import HeuristicGenerator
+from models.rewards import EpochData, LppReward, Reward
+from workers import transport
+from workers.calibration import SessionFittedReward
+from workers.generation import GenerationClient, GenerationService
+from workers.generation_calibration import CalibrationGate
+from workers.generation_jobs import RoundScheduler
+from workers.generation_ledger import Issued, RewardLedger
+from workers.generation_provenance import (
+    GENERATION_DIR,
+    ProvenanceWriter,
+    assemble_batch,
+)
+from workers.generation_scoring import EpochScorer, epoch_of
+from workers.messages import (
+    EpochMessage,
+    ErrorReply,
+    ImageBatch,
+    ImageRequest,
+    RewardReply,
+    StatusReply,
+    StatusRequest,
+    decode,
+    encode,
+)
+from workers.session_store import SessionStore, read_events
+
+pytestmark = pytest.mark.timeout(120)
+
+_PROTOCOL = """
+[generation]
+session = "s"
+deadline_s = 60.0
+reward_wait_s = 0.0
+[generation.procedural]
+size = 64
+pool_size = 24
+fit_samples = 64
+[generation.heuristic]
+initial_images = 4
+n_children = 2
+inner_steps = 1
+[generation.gp]
+fit_iters = 10
+refit_iters = 2
+"""
+
+CH = ["Pz", "Oz"]
+
+
+@pytest.fixture(scope="module")
+def backend() -> ProceduralBackend:
+    return ProceduralBackend(size=64, fit_samples=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pool(backend):
+    return procedural_pool(backend, 24, seed=0)
+
+
+@pytest.fixture
+def protocol(tmp_path):
+    path = tmp_path / "protocol.toml"
+    path.write_text(_PROTOCOL)
+    return load_protocol(path)
+
+
+def _reward() -> LppReward:
+    return LppReward((0.4, 0.8), ["Pz"], 5.0)
+
+
+def _epoch(trial: int, marker: dict, flags=()) -> tuple[EpochMessage, list[np.ndarray]]:
+    x = np.random.default_rng(trial).normal(0, 1, (len(CH), 301)).astype(np.float32)
+    msg = EpochMessage.of(
+        x, session="s", trial_id=trial, marker=marker, ch_names=CH, sfreq=250.0, tmin=-0.2,
+        quality={"flags": list(flags)},
+    )  # fmt: skip
+    return msg, [x]
+
+
+class _Events:
+    """A stand-in session log: the events a part logs, in memory."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def __call__(self, event: str, **fields) -> None:
+        self.events.append((event, fields))
+
+    def named(self, event: str) -> list[dict]:
+        return [f for e, f in self.events if e == event]
+
+
+def _issue(ledger: RewardLedger, image_id: str, dim: int = 63) -> np.ndarray:
+    embedding = np.random.default_rng(len(ledger.issued)).normal(size=dim).astype(np.float32)
+    ledger.issued[image_id] = Issued(embedding, 0, {"kind": "initial"})
+    return embedding
+
+
+def _due(poll, timeout_s: float = 60.0):
+    """Poll a started request until it is due (the serving loop's part, without sockets)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        due = poll(time.monotonic())
+        if due is not None:
+            return due
+        time.sleep(0.01)
+    raise TimeoutError("the round never came due")
+
+
+# -- scoring ------------------------------------------------------------------------------
+def test_the_scorer_credits_an_issued_image_and_says_why_it_skips_others(protocol, tmp_path):
+    log = _Events()
+    ledger = RewardLedger(log)
+    _issue(ledger, "r00-i00-abc")
+    outside = tmp_path.parent / "elsewhere.png"
+    scorer = EpochScorer(protocol.generation, _reward(), ledger, [tmp_path.resolve()], log)
+
+    msg, arrays = _epoch(1, {"image_id": "r00-i00-abc"})
+    reply = scorer.score(msg, epoch_of(msg, arrays))
+    assert isinstance(reply, RewardReply)
+    assert reply.used
+    assert reply.image_id == "r00-i00-abc"
+    assert 0.0 <= reply.reward <= 1.0
+    assert ledger.trial_rewards == {1: reply.reward}
+    assert ledger.n_pending() == 1
+    assert ledger.best_reward == reply.reward
+
+    again = scorer.score(msg, epoch_of(msg, arrays))
+    assert not again.used
+    assert again.reason == "this trial was rewarded already"
+    msg, arrays = _epoch(2, {"image_id": "r00-i00-abc"}, flags=["amplitude"])
+    assert "flagged" in scorer.score(msg, epoch_of(msg, arrays)).reason
+    msg, arrays = _epoch(3, {"image": str(outside)})
+    assert "outside" in scorer.score(msg, epoch_of(msg, arrays)).reason
+    assert ledger.n_observations == 1
+    assert [f["used"] for f in log.named("reward")] == [True, False, False, False]
+
+
+def test_a_malformed_epoch_is_no_epoch():
+    msg, arrays = _epoch(1, {})
+    assert epoch_of(msg, [arrays[0][:1]]) is None  # one channel short
+    assert epoch_of(msg, arrays + arrays) is None  # two arrays
+    assert isinstance(epoch_of(msg, arrays), EpochData)
+
+
+# -- the ledger -----------------------------------------------------------------------------
+def test_the_ledger_drains_into_the_generator_and_embeds_image_files(
+    protocol, backend, pool, tmp_path
+):
+    g = protocol.generation
+    generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
+    ledger = RewardLedger(_Events())
+    image = tmp_path / "shown.png"
+    Image.new("RGB", (64, 64), (30, 160, 90)).save(image)
+    ledger.credit(1, "issued", _issue(ledger, "issued"), None, 0.25)
+    ledger.credit(2, "shown", None, str(image), 0.75)
+    ledger.drain(generator, backend.embed)
+    assert sorted(zip(generator.ids, generator.rewards, strict=True)) == [
+        ("issued", 0.25),
+        ("shown", 0.75),
+    ]
+    assert ledger.n_pending() == 0
+
+
+# -- calibration ------------------------------------------------------------------------------
+class _ThresholdReward(SessionFittedReward):
+    """A session-fitted reward small enough to read: the fit is the mean of the kept epochs."""
+
+    what = "the test threshold"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.kept: list[float] = []
+        self.threshold: float | None = None
+        self.fail = fail
+
+    @property
+    def ready(self) -> bool:
+        return self.threshold is not None
+
+    def keep(self, epoch, marker, trial_id, flags):
+        if marker.get("block") != "calibration":
+            return None
+        self.kept.append(float(epoch.data.mean()))
+        return {"n_kept": len(self.kept)}
+
+    def n_usable(self) -> int:
+        return len(self.kept)
+
+    def can_fit(self) -> bool:
+        return len(self.kept) >= 2
+
+    def fit(self) -> dict:
+        if self.fail:
+            raise np.linalg.LinAlgError("singular matrix")
+        self.threshold = float(np.mean(self.kept))
+        return {"threshold": self.threshold}
+
+    def __call__(self, epoch: EpochData) -> Reward:
+        return Reward(float(epoch.data.mean() > self.threshold), {})
+
+
+def test_calibration_parks_epochs_until_the_block_is_in_then_rescores_them():
+    log = _Events()
+    rescored = []
+    reward = _ThresholdReward()
+    gate = CalibrationGate(reward, 2, lambda msg, arrays: rescored.append(msg.trial_id), log)
+
+    msg, arrays = _epoch(10, {"block": "closed_loop"})
+    parked = gate.intercept(msg, arrays, epoch_of(msg, arrays))
+    assert parked.reason == "waiting for the test threshold"
+    assert gate.n_parked == 1
+    msg, arrays = _epoch(1, {"block": "calibration"})
+    kept = gate.intercept(msg, arrays, epoch_of(msg, arrays))
+    assert kept.reason.startswith("calibration epoch")
+    assert not gate.fitting()
+    msg, arrays = _epoch(2, {"block": "calibration"})
+    gate.intercept(msg, arrays, epoch_of(msg, arrays))  # the block is in: the fit starts
+    gate.join(10)
+    assert reward.ready
+    assert rescored == [10]
+    assert gate.n_parked == 0
+    assert log.named("decoder_fitted") == [{"threshold": reward.threshold}]
+    assert gate.intercept(msg, arrays, epoch_of(msg, arrays)) is None  # now: score it
+
+
+def test_a_failed_fit_is_logged_and_the_epochs_stay_parked():
+    log = _Events()
+    gate = CalibrationGate(_ThresholdReward(fail=True), 2, lambda *a: None, log)
+    for trial, block in [(1, "calibration"), (2, "closed_loop"), (3, "calibration")]:
+        msg, arrays = _epoch(trial, {"block": block})
+        gate.intercept(msg, arrays, epoch_of(msg, arrays))
+    gate.join(10)
+    assert log.named("decoder_fit_failed")[0]["error"].startswith("LinAlgError")
+    assert gate.n_parked == 1
+
+
+# -- rounds and provenance ------------------------------------------------------------------
+def test_the_scheduler_runs_rounds_on_a_procedural_backend(protocol, backend, pool):
+    g = protocol.generation
+    generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
+    ledger = RewardLedger(_Events())
+    rounds = RoundScheduler(
+        g,
+        generator,
+        lambda: ledger.drain(generator, backend.embed),
+        ledger.trials_scored,
+        lambda: False,
+        _Events(),
+    )
+    try:
+        request = ImageRequest(session="s", block="closed_loop", round=0, n_images=4)
+        assert rounds.start(request, [b"id", b""]) is None
+        busy = rounds.start(request, [b"other", b""])
+        assert isinstance(busy, ErrorReply)
+        assert busy.error == "busy"
+        job, missed = _due(rounds.poll)
+        assert not missed
+        assert job.error is None
+        assert job.envelope == [b"id", b""]
+        assert len(job.ready) == 4
+        assert rounds.job is None
+        batch = assemble_batch(job, missed, backend, g)
+        assert isinstance(batch.message, ImageBatch)
+        assert [i.image_id[:5] for i in batch.message.images] == ["r00-i"] * 4
+        assert len(batch.arrays) == 4
+        assert batch.arrays[0].dtype == np.uint8
+    finally:
+        rounds.close()
+
+
+def test_provenance_is_written_beside_the_session_and_logged(protocol, backend, pool, tmp_path):
+    g = protocol.generation
+    generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
+    rounds = RoundScheduler(g, generator, lambda: None, set(), lambda: False, _Events())
+    request = ImageRequest(session="s", block="closed_loop", round=0, n_images=3)
+    rounds.start(request, [])
+    batch = assemble_batch(*_due(rounds.poll), backend, g)
+    rounds.close()
+
+    store = SessionStore(tmp_path / "s").open(role="generation")
+    assert ProvenanceWriter(store, store.log).write(batch, generator)
+    store.close()
+    for info in batch.message.images:
+        path = tmp_path / "s" / info.provenance["embedding"]
+        assert path.parent.name == "round-00"
+        assert path.parent.parent.name == GENERATION_DIR
+        assert load_file(str(path))["embedding"].shape == (backend.embed_dim,)
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        assert sidecar == {"image_id": info.image_id, **info.provenance}
+    (logged,) = events_named(tmp_path / "s", "image_batch")
+    assert logged["image_ids"] == [i.image_id for i in batch.message.images]
+
+
+# -- faults contained -------------------------------------------------------------------------
+class _BrokenReward:
+    """A reward function with a bug: an error no reward is expected to raise."""
+
+    def __call__(self, epoch: EpochData) -> Reward:
+        raise KeyError("a bug in the reward")
+
+
+class _FlakyBackend(ProceduralBackend):
+    """The procedural backend, whose embedding fails while ``broken`` (a CUDA OOM, say)."""
+
+    broken = False
+
+    def embed(self, images):
+        if self.broken:
+            raise RuntimeError("CUDA out of memory")
+        return super().embed(images)
+
+
+def test_a_fault_in_scoring_is_an_error_reply_and_the_service_goes_on(protocol, backend, pool):
+    service = GenerationService(protocol, backend, pool, _BrokenReward())
+    try:
+        msg, arrays = _epoch(1, {})
+        reply, _ = decode(service.score_epoch(msg, arrays))
+        assert isinstance(reply, ErrorReply)
+        assert reply.error == "internal"
+        assert "KeyError" in reply.detail
+        assert 1 in service.trials_scored
+        assert service.n_observations == 0
+        status, _ = decode(service.handle(encode(StatusRequest())))
+        assert isinstance(status, StatusReply)
+    finally:
+        service.close()
+
+
+def test_a_failing_backend_fails_its_round_only(protocol, pool, tmp_path):
+    backend = _FlakyBackend(size=64, fit_samples=64, seed=0)
+    service = GenerationService(protocol, backend, pool, _reward())
+    image = tmp_path / "shown.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(image)
+    service.credit(1, "shown", None, str(image), 0.9)
+    try:
+        backend.broken = True
+        request = ImageRequest(session="s", block="closed_loop", round=0, n_images=4)
+        assert service.start_request(request, []) is None
+        _, frames = _due(service.poll_job)
+        failed, _ = decode(frames)
+        assert isinstance(failed, ErrorReply)
+        assert failed.error == "generation_failed"
+        assert "out of memory" in failed.detail
+        backend.broken = False
+        assert service.start_request(request, []) is None  # the next request is served
+        _, frames = _due(service.poll_job)
+        batch, _ = decode(frames)
+        assert isinstance(batch, ImageBatch)
+        assert len(batch.images) == 4
+        assert service.generator.ids == ["shown"]  # the reward waited for the next round
+    finally:
+        service.close()
+
+
+def test_a_failed_fit_check_is_logged_once_and_the_loop_goes_on(protocol, backend, pool, tmp_path):
+    class _CannotTell(_ThresholdReward):
+        def can_fit(self) -> bool:
+            raise ZeroDivisionError("no trials")
+
+    store = SessionStore(tmp_path / "s").open(role="generation")
+    service = GenerationService(protocol, backend, pool, _CannotTell(), store)
+    service.calibration.loop_started = True
+    try:
+        for _ in range(3):
+            service.maybe_fit_decoder()  # called on every pass of the loop
+        (failed,) = events_named(tmp_path / "s", "generation_part_failed")
+        assert failed["part"] == "calibration"
+        assert failed["error"].startswith("ZeroDivision")
+    finally:
+        service.close()
+        store.close()
+
+
+def test_the_serve_loop_survives_a_provenance_write_that_fails(protocol, backend, pool, tmp_path):
+    root = tmp_path / "s"
+    store = SessionStore(root).open(role="generation")
+    (root / GENERATION_DIR).write_text("not a folder")  # every embedding write fails
+    service = GenerationService(protocol, backend, pool, _reward(), store)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    router, _ = transport.bind(zmq.Context.instance(), zmq.ROUTER, endpoint)
+    stop = threading.Event()
+    thread = threading.Thread(target=service.serve, args=(router, None, stop.is_set), daemon=True)
+    thread.start()
+    client = GenerationClient(endpoint)
+    try:
+        for round_ in (0, 1):
+            req = ImageRequest(session="s", block="closed_loop", round=round_, n_images=4)
+            batch, _ = client.request(req, timeout_s=60)
+            assert isinstance(batch, ImageBatch), batch
+        status, _ = client.request(StatusRequest(), timeout_s=10)
+        assert isinstance(status, StatusReply)
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(10)
+        client.close()
+        router.close(0)
+        store.close()
+    failed = [e for e in read_events(root / "events.jsonl") if e["event"] == "provenance_failed"]
+    assert [e["round"] for e in failed] == [0, 1]
+    assert {e["what"] for e in failed} == {"files"}
+    assert len(events_named(root, "image_batch")) == 2  # the round counter is still kept
