@@ -231,7 +231,6 @@ function handle(msg) {
     for (const [k, v] of Object.entries(msg.hist)) hist[k] = (hist[k] || []).concat(v);
     histDirty = true;
   }
-  if (rewardsDirty) { drawRewards(); rewardsDirty = false; }
   if (msg.t_events && msg.kind === "delta") {  // the page now shows them
     const now = Date.now() / 1000;
     for (const t of msg.t_events) {
@@ -243,6 +242,7 @@ function handle(msg) {
   }
 }
 
+setInterval(timed("rewards", () => { if (rewardsDirty) { drawRewards(); rewardsDirty = false; } }), 500);
 setInterval(timed("slow", () => {
   if (histDirty) { drawHists(); histDirty = false; }
   const l = window.eegs.latencies.slice(-200).sort((a, b) => a - b);
