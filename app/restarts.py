@@ -42,15 +42,18 @@ class RestartWatch:
     def __init__(self, session: Path) -> None:
         self._tail = EventTail(Path(session) / EVENTS_FILE)
         self._down: set[str] = set()
+        self._back: dict[str, float] = {}  # child -> when its restart was seen done
 
-    def restarting(self, name: str) -> bool:
-        """Whether child ``name`` crashed and is being started again."""
+    def restarting(self, name: str, grace_s: float = 0.0) -> bool:
+        """Whether child ``name`` is being started again, or came back within ``grace_s``."""
         for e in self._tail.new():
             if e["event"] == "child_crashed" and e.get("restarting"):
                 self._down.add(e.get("name"))
             elif e["event"] in ("child_crashed", "child_restarted"):
+                if e.get("name") in self._down and e["event"] == "child_restarted":
+                    self._back[e["name"]] = time.monotonic()
                 self._down.discard(e.get("name"))
-        return name in self._down
+        return name in self._down or time.monotonic() - self._back.get(name, -1e9) < grace_s
 
 
 def _scored_trials(events: list[dict[str, Any]]) -> set[int]:

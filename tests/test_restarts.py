@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from app.bench import _closed_loop as cl
-from app.restarts import account_lost_trials, summarize_losses
+from app.restarts import RestartWatch, account_lost_trials, summarize_losses
 from app.supervisor import ProcessCrashed, Supervisor
 from experiment_protocols import load_protocol
 from experiment_protocols.schema import PROTOCOL_DIR
@@ -141,3 +141,16 @@ def test_soak_reports_memory_and_latency_over_time(tmp_path):
     with open(result["csv"]) as fh:
         rows = list(csv.DictReader(fh))
     assert {r["kind"] for r in rows} >= {"rss_mb", "epoch_latency_ms"}
+
+
+@pytest.mark.timeout(30)
+def test_the_presentation_sees_a_worker_being_restarted(tmp_path):
+    store = SessionStore(tmp_path / "s").open(role="session")
+    watch = RestartWatch(tmp_path / "s")
+    assert not watch.restarting("worker", grace_s=60)
+    store.log("child_crashed", name="worker", returncode=-9, restarting=True, attempt=1)
+    assert watch.restarting("worker")
+    store.log("child_restarted", name="worker", returncode=-9, attempt=1, downtime_s=30.0)
+    assert watch.restarting("worker", grace_s=60)  # back, its first batch not yet made
+    assert not watch.restarting("worker")
+    store.close()

@@ -499,8 +499,9 @@ class Runner:
                     break
                 now = pylsl.local_clock()
                 if rnd.dead is None and now - rnd.t_progress > timeout:
-                    if rnd.plan.source == "generator" and self._restarts.restarting("worker"):
-                        rnd.t_progress = now - timeout + 1.0  # being restarted: ask again in 1 s
+                    worker = self._restarts.restarting("worker", grace_s=timeout)
+                    if rnd.plan.source == "generator" and worker:  # restarting, or just back
+                        rnd.t_progress = now - timeout + 1.0  # ask again in 1 s
                     else:
                         rnd.dead = f"no image for {timeout:g} s (late_image_timeout_s)"
                 if rnd.dead is not None:
