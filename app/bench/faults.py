@@ -1,8 +1,8 @@
 """Fault matrix: short closed loops on the brain model, one injected fault each (JSON).
 
 Each fault gets a session of its own (`eegs pilot --headless` on a protocol the bench
-writes: a 5-image calibration block, then closed-loop rounds of 8, asymmetry reward)
-and is injected once the closed loop is under way (3 trials into round 1):
+writes: a 4-image calibration block, then closed-loop rounds of 8, asymmetry reward, no
+rating screen) and is injected once the closed loop is under way (3 trials into round 1):
 
 - ``eeg_drop``: the brain model is stopped (SIGSTOP) for 5 s, then continued: an
   amplifier whose stream stalls and comes back;
