@@ -31,6 +31,7 @@ warm images (red, orange, yellow) have both positive.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +101,23 @@ def load_image(image: ImageLike) -> Image.Image:
         return Image.fromarray(image, "RGB")
     if isinstance(image, str | Path):
         path = Path(image)
+        shown = str(path).encode("utf-8", "backslashreplace").decode()  # loggable as is
+        try:
+            mode = path.stat().st_mode
+        except (OSError, ValueError) as err:  # ValueError: a NUL in the name
+            raise ImageError(f"{shown}: cannot read: {getattr(err, 'strerror', err)}") from None
+        if not stat.S_ISREG(mode):  # /dev/zero or a FIFO would stall the caller's thread
+            raise ImageError(f"{shown}: not a regular file")
         try:
             with Image.open(path) as img:
                 img.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))  # fast JPEG downscale
                 return img.convert("RGB")
         except OSError as err:
             if isinstance(err, FileNotFoundError | PermissionError | IsADirectoryError):
-                raise ImageError(f"{path}: cannot read: {err.strerror}") from None
-            raise ImageError(f"{path}: not a readable image: {err}") from None
+                raise ImageError(f"{shown}: cannot read: {err.strerror}") from None
+            raise ImageError(f"{shown}: not a readable image: {err}") from None
         except Exception as err:  # PIL raises many types (even SyntaxError) for bad files
-            raise ImageError(f"{path}: not a readable image: {err}") from None
+            raise ImageError(f"{shown}: not a readable image: {err}") from None
     raise ImageError(f"expected a path, PIL image or HxWx3 uint8 array, got {type(image).__name__}")
 
 

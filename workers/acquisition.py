@@ -364,7 +364,12 @@ class Acquisition:
                 continue
             trial = marker.get("trial")
             valid = isinstance(trial, int) and not isinstance(trial, bool) and trial >= 0
-            trial_id = int(trial) if valid else self.next_trial
+            if "trial" in marker and not valid:  # numbering it would take a later trial's id
+                reason = f"trial id {str(trial)[:40]!r} is not a non-negative integer"
+                logger.warning("skipping stimulus marker %r: %s", text[:200], reason)
+                self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=reason)
+                continue
+            trial_id = int(trial) if valid else self.next_trial  # a marker without trial id
             self.next_trial = max(self.next_trial, trial_id + 1)
             self.pending.append(_Pending(trial_id, t, marker))
 

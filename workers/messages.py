@@ -10,6 +10,7 @@ into an :class:`ErrorReply` instead of crashing.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -30,32 +31,78 @@ MAX_JSON_DEPTH = 32
 
 
 def _depth(obj: Any) -> int:
-    """Nesting depth of decoded JSON, without recursion."""
+    """Nesting depth of decoded JSON, without recursion; refuses text that is not Unicode.
+
+    JSON may spell a lone surrogate as an escape; such a string cannot be written back
+    as UTF-8, so it would fail later, far from here (publishing an epoch, logging).
+    """
     deepest, stack = 0, [(obj, 1)]
     while stack:
         node, d = stack.pop()
         deepest = max(deepest, d)
         if isinstance(node, dict):
             stack += [(v, d + 1) for v in node.values()]
+            stack += [(k, d) for k in node]
         elif isinstance(node, list):
             stack += [(v, d + 1) for v in node]
+        elif isinstance(node, str):
+            try:
+                node.encode()
+            except UnicodeEncodeError:
+                raise MessageError("text holds a lone surrogate (not valid Unicode)") from None
     return deepest
+
+
+def _finite(text: str) -> float:
+    """``parse_float`` that refuses what overflows to infinity (``1e999``)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise MessageError(f"number {text[:40]} is not finite")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    """``parse_constant``: NaN and Infinity are not JSON, and no field takes them."""
+    raise MessageError(f"{name} is not a number JSON allows")
 
 
 def loads_limited(text: str | bytes, max_bytes: int, what: str) -> Any:
     """``json.loads`` with a size and a nesting limit; raises :class:`MessageError`."""
-    size = len(text.encode() if isinstance(text, str) else text)
+    size = len(text.encode(errors="surrogatepass") if isinstance(text, str) else text)
     if size > max_bytes:
         raise MessageError(f"{what} of {size} bytes exceeds {max_bytes}")
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except RecursionError:
         raise MessageError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except MessageError as err:
+        raise MessageError(f"{what}: {err}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MessageError(f"{what} is not JSON: {err}") from None
-    if _depth(obj) > MAX_JSON_DEPTH:
+    except ValueError as err:  # an integer of more digits than Python converts
+        raise MessageError(f"{what} is not usable JSON: {err}") from None
+    try:
+        depth = _depth(obj)
+    except MessageError as err:
+        raise MessageError(f"{what}: {err}") from None
+    if depth > MAX_JSON_DEPTH:
         raise MessageError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     return obj
+
+
+def _strict(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    return obj
+
+
+def dumps_marker(marker: dict[str, Any]) -> str:
+    """A marker as strict JSON, which :func:`parse_marker` takes: a non-finite number is null."""
+    return json.dumps(_strict(marker), allow_nan=False)
 
 
 def parse_marker(text: str) -> dict[str, Any]:
@@ -161,7 +208,7 @@ def decode(frames: list[bytes]) -> tuple[Message, list[np.ndarray]]:
     raw = loads_limited(frames[0], MAX_HEADER_BYTES, "header")
     if not isinstance(raw, dict):
         raise MessageError("header must be a JSON object")
-    if raw.get("v") != SCHEMA_VERSION:
+    if type(raw.get("v")) is not int or raw["v"] != SCHEMA_VERSION:  # true == 1 in Python
         raise MessageError(f"schema version {raw.get('v')!r}; this build speaks {SCHEMA_VERSION}")
     model = Message.registry.get(raw.get("type"))
     if model is None:

@@ -10,7 +10,6 @@ and logged per marker as ``push_delay_ms``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ import pylsl
 
 from workers import faults
 from workers.lsl_clock import make_marker_outlet
+from workers.messages import dumps_marker
 
 
 class MarkerStream:
@@ -37,7 +37,7 @@ class MarkerStream:
     def on_next_flip(self, event: str, **fields: Any) -> dict[str, Any]:
         """Push ``{"event": event, **fields}`` (``None`` fields left out) at the next flip."""
         marker = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
-        self.win.callOnFlip(self._push, json.dumps(marker))
+        self.win.callOnFlip(self._push, dumps_marker(marker))
         self._queued.append(marker)
         return marker
 
