@@ -28,6 +28,22 @@ def test_crash_is_reported_with_its_log(tmp_path):
     store.close()
 
 
+def test_an_optional_child_crash_is_logged_and_the_session_goes_on(tmp_path):
+    store = SessionStore(tmp_path / "s").open(role="supervisor")
+    with Supervisor(store) as sup:
+        child = sup.start(
+            "dashboard", ["dashboard"], optional=True, env={"EEGS_DASHBOARD_TOKEN": "x" * 22}
+        )
+        child.proc.wait(60)  # no session given: it exits with status 2
+        sup.check()  # no ProcessCrashed
+        assert "dashboard" not in sup.children
+    crashed = [e for e in store.events() if e["event"] == "child_crashed"]
+    assert crashed[0]["name"] == "dashboard"
+    assert crashed[0]["optional"]
+    assert crashed[0]["returncode"] == 2
+    store.close()
+
+
 @pytest.mark.skipif(not EEGLAB_SET.exists(), reason="../shared data not present")
 def test_stop_all_terminates_running_children(tmp_path, stream_name):
     store = SessionStore(tmp_path / "s").open(role="supervisor")

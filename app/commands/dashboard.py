@@ -48,20 +48,22 @@ def run(args: argparse.Namespace) -> int:
     from app.dashboard.server import Tokens, allowed_roots, build_app, serve
     from app.dashboard.sources import EEGSource, MarkerSource, WorkerStatus
     from app.dashboard.view import View
-    from app.errors import UsageError
     from experiment_protocols import load_protocol
+    from workers.errors import InputError
 
     # an optional helper: it never competes with the presentation or the acquisition for a core
     with contextlib.suppress(OSError):
         os.nice(10)
     session = args.session or args.finished
     if session is None:
-        raise UsageError("give a finished SESSION or --session DIR of a running one")
+        raise InputError("give a finished SESSION or --session DIR of a running one")
     live = args.session is not None
+    if not live and not (session / "events.jsonl").is_file():  # a live one may not have begun
+        raise InputError(f"{session}: not a session directory (no events.jsonl)")
     ppath = args.protocol or session / "protocol.toml"
     protocol = load_protocol(ppath) if ppath.exists() else None
     if live and protocol is None:
-        raise UsageError(f"{ppath}: no protocol (give --protocol FILE)")
+        raise InputError(f"{ppath}: no protocol (give --protocol FILE)")
     tokens = Tokens(
         **{
             k: v
