@@ -331,3 +331,45 @@ def test_image_route_stays_inside_the_session(tmp_path):
     assert safe_image(str(session / "notes.txt"), roots) is None
     assert safe_image("/etc/passwd", roots) is None
     assert safe_image("", roots) is None
+
+
+@pytest.mark.timeout(60)
+def test_alerts_when_a_channel_goes_bad_and_when_the_stream_stalls(tmp_path, stream_name):
+    import threading
+
+    import pylsl
+
+    from app.dashboard.sources import EEGSource
+    from app.dashboard.view import View
+    from workers.lsl_clock import make_eeg_info
+
+    outlet = pylsl.StreamOutlet(make_eeg_info(stream_name, ["A", "B", "C"], 250.0))
+    stop = threading.Event()
+
+    def stream() -> None:  # A and C are EEG, B went flat
+        rng = np.random.default_rng(0)
+        while not stop.is_set():
+            x = 10 * rng.standard_normal((10, 3)).astype(np.float32)
+            x[:, 1] = 0.0
+            outlet.push_chunk(x.tolist())
+            time.sleep(0.04)
+
+    pusher = threading.Thread(target=stream, daemon=True)
+    pusher.start()
+    eeg = EEGSource(stream_name)
+    try:
+        view = View(tmp_path, eeg=eeg)
+        wait_until(lambda: eeg.count >= 500, 30)
+        view.quality_ready(view.compute_quality())
+        view.tick()
+        texts = [a["text"] for a in view.alerts]
+        assert any("B (flat)" in t for t in texts), texts
+        assert not any("A (" in t or "C (" in t for t in texts), texts
+        stop.set()
+        pusher.join(2)
+        time.sleep(1.6)
+        view.tick()
+        assert any("stalled" in a["text"] for a in view.alerts), list(view.alerts)
+    finally:
+        stop.set()
+        eeg.close()
