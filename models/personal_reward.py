@@ -21,8 +21,9 @@ Features (:func:`epoch_features`), from each epoch alone:
   of a centro-parietal (LPP) and a frontal (slow wave) region in 0.1-0.3, 0.3-0.6 and
   0.6-0.9 s. Seven numbers, where 48 trials can estimate a weight each; the full blocks
   above stay in, at half weight, for what a region average misses (a participant whose
-  LPP peaks off Pz). On 35 simulated participants of three families (48 rated trials),
-  this raised the out-of-fold r from 0.30 to 0.35 on average, in every family.
+  LPP peaks off Pz). On 35 simulated participants whose valence shows in the asymmetry,
+  the LPP or both (48 rated trials each), this raised the out-of-fold r from 0.30 to 0.35
+  on average, and in each of the three groups.
 
 No ATM-S features: no pretrained ATM-S ships with the project, and a random encoder
 only adds 1024 noise dimensions to 24-60 trials.

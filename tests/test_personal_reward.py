@@ -355,7 +355,7 @@ def _start_worker(procs: Processes, protocol: Path, session: Path, endpoint: str
     return client
 
 
-@pytest.mark.parametrize("participant", ["decodes", "random_ratings"])
+@pytest.mark.parametrize("participant", ["decodes", "index_better", "random_ratings"])
 def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, participant):
     from app.session_outputs import build_summary
 
@@ -377,8 +377,12 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
         ratings = rate(valence, rng)
         if participant == "random_ratings":  # ratings that have nothing to do with the EEG
             ratings = np.random.default_rng(12).integers(1, 10, N_CAL).astype(float)
+        # "decodes": valence in the parietal ERP only, which the asymmetry index cannot read;
+        # "index_better": in the frontal alpha balance too, which the index reads directly
+        kind = {"effect": 0.5, "alpha": True} if participant == "index_better" else {
+            "effect": 2.0, "alpha": False}  # fmt: skip
         for trial in range(N_CAL):
-            x = synthetic_epoch(valence[trial], 500 + trial)
+            x = synthetic_epoch(valence[trial], 500 + trial, **kind)
             rating = RatingMessage(
                 session="s",
                 trial_id=trial,
@@ -411,11 +415,19 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
         asymmetry = asymmetry_from_settings(settings)
         if participant == "decodes":
             assert record["decodes"] is True
+            assert record["reward"] == "personal"
             assert record["fallback"] is None
             assert record["cv_r"] > 0.3
             assert record["p_value"] < 0.05
+            assert record["fallback_r"] < record["cv_r"]
             assert all(e["details"].get("out_of_fold") for e in cal_rewards)
             est = PersonalEstimator.load(session / PERSONAL_FILE)
+        elif participant == "index_better":
+            assert record["decodes"] is True
+            assert record["fallback_r"] > record["cv_r"]
+            assert record["reward"] == "asymmetry"
+            assert "index is used" in record["reason"]
+            assert all(e["details"]["fallback"] == "asymmetry" for e in cal_rewards)
         else:
             assert record["decodes"] is False
             assert record["fallback"] == "asymmetry"
@@ -427,7 +439,7 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
         )
         assert isinstance(batch, ImageBatch)
         for j, v in enumerate((-0.9, 0.9)):
-            x = synthetic_epoch(v, 900 + j)
+            x = synthetic_epoch(v, 900 + j, **kind)
             image = batch.images[j].image_id
             reply, _ = client.request(_epoch(100 + j, "closed_loop", f"/x/{image}.png", x), (x,))
             assert reply.used
@@ -440,14 +452,15 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
                 assert reply.reward == pytest.approx(asymmetry(epoch).value, abs=1e-9)
                 assert reply.details["fallback"] == "asymmetry"
         summary = build_summary(session, load_protocol(protocol), pilot=False)
-        assert summary["personal_estimator"]["decodes"] is (participant == "decodes")
-        for key in ("cv_r", "cv_r_ci95", "p_value", "n_trials", "fallback"):
+        assert summary["personal_estimator"]["decodes"] is (participant != "random_ratings")
+        assert summary["personal_estimator"]["reward"] == record["reward"]
+        for key in ("cv_r", "cv_r_ci95", "p_value", "n_trials", "fallback", "fallback_r"):
             assert key in summary["personal_estimator"]
         client.close()
         if participant == "decodes":  # a resumed worker loads the estimator from the session
             procs.stop_all()
             client = _start_worker(procs, protocol, session, endpoint)
-            x = synthetic_epoch(0.5, 999)
+            x = synthetic_epoch(0.5, 999, **kind)
             image = batch.images[2].image_id
             reply, _ = client.request(_epoch(102, "closed_loop", f"/x/{image}.png", x), (x,))
             epoch = EpochData(x.astype(np.float64), CH, SFREQ, TMIN)
