@@ -344,5 +344,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names = [args.only] if args.only else list(FAULTS)
     results = {}
     for name in names:
-        results[name] = run_fault(name, base / name, rounds=args.rounds, seed=args.seed)
+        try:
+            results[name] = run_fault(name, base / name, rounds=args.rounds, seed=args.seed)
+        except (RuntimeError, TimeoutError, OSError) as err:  # this fault's session failed
+            results[name] = {"error": f"{type(err).__name__}: {err}", "dir": str(base / name)}
     return {"faults": results}
