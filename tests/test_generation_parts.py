@@ -160,6 +160,25 @@ def test_the_scorer_credits_an_issued_image_and_says_why_it_skips_others(protoco
     assert [f["used"] for f in log.named("reward")] == [True, False, False, False]
 
 
+def test_a_reward_that_is_not_finite_is_refused_not_logged_as_nan(protocol, tmp_path):
+    log = _Events()
+    ledger = RewardLedger(log)
+    _issue(ledger, "r00-i00-abc")
+    scorer = EpochScorer(
+        protocol.generation, lambda epoch: float("nan"), ledger, [tmp_path.resolve()], log
+    )
+    msg, arrays = _epoch(1, {"image_id": "r00-i00-abc"})
+    reply = scorer.score(msg, epoch_of(msg, arrays))
+    assert isinstance(reply, ErrorReply)
+    assert reply.error == "reward_failed"
+    assert "nan" in reply.detail
+    assert ledger.trial_rewards == {}
+    assert ledger.n_observations == 0
+    assert not log.named("reward")
+    (failed,) = log.named("reward_failed")
+    assert failed["trial_id"] == 1
+
+
 def test_a_malformed_epoch_is_no_epoch():
     msg, arrays = _epoch(1, {})
     assert epoch_of(msg, [arrays[0][:1]]) is None  # one channel short

@@ -105,6 +105,11 @@ class EpochScorer:
         except (ValueError, RuntimeError) as err:
             return ErrorReply(error="reward_failed", detail=f"trial {msg.trial_id}: {err}")
         value = float(reward.value)
+        if not np.isfinite(value):  # never logged or credited: the session's JSON is strict
+            self._log("reward_failed", trial_id=msg.trial_id, reason=f"the reward is {value}")
+            return ErrorReply(
+                error="reward_failed", detail=f"trial {msg.trial_id}: the reward is {value}"
+            )
         compute_ms = (time.perf_counter() - t0) * 1e3
         image_id, path = self.image_for(msg.marker)
         used, reason = False, ""
@@ -113,8 +118,6 @@ class EpochScorer:
             reason = "this trial was rewarded already"
         elif flags and not self.g.use_flagged_epochs:
             reason = f"epoch flagged {flags}"
-        elif not np.isfinite(value):
-            reason = "reward is not finite"
         elif image_id is not None:
             embedding = self.ledger.issued[image_id].embedding
             self.ledger.credit(msg.trial_id, image_id, embedding, None, value)
