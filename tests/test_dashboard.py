@@ -24,21 +24,11 @@ import pytest
 from conftest import REPO
 from helpers import MarkerReader, events_named, wait_for_event, wait_until
 
+from app.bench._dashboard import CHROMIUM, CHROMIUM_ARGS
 from app.dashboard import OBSERVER_TOKEN_ENV, TOKEN_ENV
 from app.dashboard.quality import Thresholds, channel_quality
 from app.dashboard.server import safe_image
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: The goal is 250 ms (p95, event to page); a loaded 2-core test machine gets slack.
 LATENCY_BOUND_MS = 2000.0
 
