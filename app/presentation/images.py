@@ -277,6 +277,7 @@ class GeneratorClient:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
         self._was_connected = False
+        self._repeats = 0  # requests sent again to a restarted worker, not yet answered
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="generator-client", daemon=True)
         self._thread.start()
@@ -323,6 +324,7 @@ class GeneratorClient:
             if self._was_connected and self._pending:
                 for req, _ in self._pending.values():
                     self._sock.send_multipart([b"", *encode(req)])
+                self._repeats += len(self._pending)
                 self.on_event("image_request_resent", rounds=sorted(self._pending))
             self._was_connected = True
 
@@ -334,7 +336,8 @@ class GeneratorClient:
         except MessageError as err:
             self._fail(None, f"unusable reply: {err}")
             return
-        if isinstance(msg, ErrorReply) and msg.error == "busy" and self._pending:
+        if isinstance(msg, ErrorReply) and msg.error == "busy" and self._repeats:
+            self._repeats -= 1
             self.on_event("image_request_repeat_busy", detail=msg.detail)
             return  # a repeat of a request the worker is already answering
         if isinstance(msg, ErrorReply):
