@@ -66,13 +66,23 @@ def _no_constant(name: str) -> float:
     raise MessageError(f"{name} is not a number JSON allows")
 
 
-def loads_limited(text: str | bytes, max_bytes: int, what: str) -> Any:
-    """``json.loads`` with a size and a nesting limit; raises :class:`MessageError`."""
+def loads_limited(text: str | bytes, max_bytes: int, what: str, *, strict: bool = True) -> Any:
+    """``json.loads`` with a size and a nesting limit; raises :class:`MessageError`.
+
+    ``strict`` refuses NaN, Infinity and numbers that overflow (message headers: our own
+    protocol). Markers are read with ``strict=False``: a lab's presentation may write NaN
+    in some field, and refusing the whole marker would lose its trial; their readers
+    check each number they use.
+    """
     size = len(text.encode(errors="surrogatepass") if isinstance(text, str) else text)
     if size > max_bytes:
         raise MessageError(f"{what} of {size} bytes exceeds {max_bytes}")
     try:
-        obj = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        obj = (
+            json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+            if strict
+            else json.loads(text)
+        )
     except RecursionError:
         raise MessageError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
     except MessageError as err:
@@ -107,7 +117,7 @@ def dumps_marker(marker: dict[str, Any]) -> str:
 
 def parse_marker(text: str) -> dict[str, Any]:
     """One JSON marker of the presentation's stream; raises :class:`MessageError`."""
-    marker = loads_limited(text, MAX_MARKER_BYTES, "marker")
+    marker = loads_limited(text, MAX_MARKER_BYTES, "marker", strict=False)
     if not isinstance(marker, dict):
         raise MessageError(f"expected a JSON object, got {type(marker).__name__}")
     if not isinstance(marker.get("event"), str):
