@@ -8,7 +8,6 @@ again whenever a reply does not come, so a restarted worker is found again.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -20,7 +19,14 @@ import pylsl
 import zmq
 
 from workers import transport
-from workers.messages import MessageError, StatusReply, StatusRequest, decode, encode
+from workers.messages import (
+    MessageError,
+    StatusReply,
+    StatusRequest,
+    decode,
+    encode,
+    parse_marker,
+)
 
 logger = logging.getLogger("eegs.dashboard")
 
@@ -51,6 +57,12 @@ def _channels(info: pylsl.StreamInfo) -> tuple[list[str], list[str], np.ndarray]
     return names, types, scale
 
 
+def _inlet(name: str, max_buflen: int) -> pylsl.StreamInlet | None:
+    """An inlet on the stream called ``name``, or None if it is not there within 1 s."""
+    found = pylsl.resolve_byprop("name", name, 1, 1.0)
+    return pylsl.StreamInlet(found[0], max_buflen=max_buflen) if found else None
+
+
 class EEGSource:
     """The last ``seconds`` of the EEG stream in a ring buffer (µV), filled by a thread."""
 
@@ -74,10 +86,9 @@ class EEGSource:
         inlet = None
         while not self._stop.is_set():
             if inlet is None:
-                found = pylsl.resolve_byprop("name", self.name, 1, 1.0)
-                if not found:
+                inlet = _inlet(self.name, int(self.seconds) + 1)
+                if inlet is None:
                     continue
-                inlet = pylsl.StreamInlet(found[0], max_buflen=int(self.seconds) + 1)
                 info = inlet.info(timeout=5.0)
                 names, types, scale = _channels(info)
                 with self._lock:
@@ -149,20 +160,17 @@ class MarkerSource:
         inlet = None
         while not self._stop.is_set():
             if inlet is None:
-                found = pylsl.resolve_byprop("name", self.name, 1, 1.0)
-                if not found:
+                inlet = _inlet(self.name, 60)
+                if inlet is None:
                     continue
-                inlet = pylsl.StreamInlet(found[0], max_buflen=60)
                 self.connected = True
             sample, ts = inlet.pull_sample(timeout=0.05)
             if sample is None:
                 continue
-            try:
-                marker = json.loads(sample[0])
-            except (ValueError, TypeError):
+            try:  # the limits every marker reader applies (a 5000-deep marker is no crash)
+                marker = parse_marker(sample[0])
+            except MessageError:
                 marker = {"event": str(sample[0])[:80]}
-            if not isinstance(marker, dict):
-                marker = {"event": str(marker)[:80]}
             now = time.time()
             # the marker's flip time on the wall clock: LSL and wall clocks of one host
             t_event = now - (pylsl.local_clock() - ts)
