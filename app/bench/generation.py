@@ -16,7 +16,9 @@ Each measured row is one closed-loop cycle of ``n`` images and says what it hold
 of the reward call), gp_update, gp_gradient, generate, embed, select, serialise,
 transfer (= the request's round trip minus the worker's time).
 ``ready_after_last_reward_ms``: from the client receiving the last epoch's reward to
-the client holding the next round's batch, the time a participant would wait.
+the client holding the next round's batch, the time a participant would wait. The
+worker's round starts when that reward is in, before its reply reaches the client, so
+the round ends within ``ready_after_last_reward_ms + last_epoch_round_trip_ms``.
 ``overhead_fraction`` = 1 - model and surrogate compute / the cycle's client time.
 ``batched_speedup_vs_sequential`` = the prototype's schedule (each child refined alone)
 over the batched one, same children and seeds. ``gp_500_update_gradient_ms``: adding 8
@@ -246,6 +248,7 @@ def _cycle_figures(batch, ready_after_last_reward: float, epochs: list) -> dict:
             "transfer": round(max(0.0, ready_after_last_reward - worker_after_reward), 3),
         },
         "epoch_round_trip_ms_median": _stats(rtt_epochs),
+        "last_epoch_round_trip_ms": round(rtt_epochs[-1], 3) if rtt_epochs else None,
         "ready_after_last_reward_ms": round(ready_after_last_reward, 3),
         "worker_round_ms": t["round_ms"],
         "cycle_total_ms": round(total, 3),
