@@ -57,6 +57,15 @@ class GP(Section):
         10, ge=0, description="Warm-started Adam iterations between rounds (bounded budget)."
     )
     refit_budget_s: float = Field(2.0, gt=0, le=600, description="Wall-time cap of one (re)fit.")
+    max_points: int = Field(
+        512,
+        ge=16,
+        le=20000,
+        description=(
+            "Observations the GP holds; past it, the best quarter and the newest rest "
+            "(memory and fit time grow with n^2)."
+        ),
+    )
     lr: float = Field(0.05, gt=0, description="Adam learning rate.")
     noise_min: float = Field(1e-4, gt=0, description="Lower bound of the noise variance.")
     threads: int = Field(

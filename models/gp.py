@@ -234,6 +234,13 @@ class GPSurrogate:
         self._solve_alpha()
         return self
 
+    def replace(self, X: np.ndarray, y: np.ndarray) -> GPSurrogate:
+        """Swap the observations and keep the hyperparameters: one factorisation, no fit."""
+        self._set_data(np.asarray(X), np.asarray(y))
+        if self._hp is not None:
+            self._refactor()
+        return self
+
     def _set_data(self, X: np.ndarray, y: np.ndarray) -> None:
         if X.ndim != 2 or y.reshape(-1).shape[0] != X.shape[0]:
             raise ValueError(f"X must be (n, dim) and y (n,); got {X.shape} and {y.shape}")

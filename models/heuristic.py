@@ -142,18 +142,41 @@ class HeuristicGenerator:
         y = np.asarray(rewards, dtype=np.float64)
         return -y if self.gp_settings.negate_reward else y
 
+    def gp_indices(self) -> np.ndarray:
+        """Observations the GP holds: all, or past ``gp.max_points`` the best and the newest.
+
+        An exact GP's memory and fit time grow with n^2, so an hour-long session would
+        slow every round and grow the worker without bound. Past the cap the GP keeps
+        the quarter with the highest rewards (the parents' neighbourhoods, whose
+        gradient refines the children) and fills the rest with the newest (a
+        participant's responses drift over a session).
+        """
+        n, cap = self.n_observations, self.gp_settings.max_points
+        if n <= cap:
+            return np.arange(n)
+        best = np.argsort(-np.asarray(self.rewards), kind="stable")[: cap // 4]
+        rest = np.setdiff1d(np.arange(n), best)[::-1][: cap - best.size]
+        return np.sort(np.concatenate([best, rest]))
+
     def update_surrogate(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Bring the GP up to date: the first fit, then cheap incremental additions."""
         t0 = time.perf_counter()
         n = self.n_observations
         if n and not self.gp.fitted:
+            keep = self.gp_indices()
             self.gp.fit(
-                np.stack(self.embeddings),
-                self._gp_targets(self.rewards),
+                np.stack([self.embeddings[i] for i in keep]),
+                self._gp_targets([self.rewards[i] for i in keep]),
                 iters=self.gp_settings.fit_iters,
                 budget_s=self.gp_settings.refit_budget_s,
                 should_stop=should_stop,
                 threads=self.gp_settings.threads,
+            )
+        elif n > self.gp_settings.max_points and n > self._in_gp:
+            keep = self.gp_indices()  # the window moved: one factorisation of the kept set
+            self.gp.replace(
+                np.stack([self.embeddings[i] for i in keep]),
+                self._gp_targets([self.rewards[i] for i in keep]),
             )
         elif n > self._in_gp:
             self.gp.add(

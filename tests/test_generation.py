@@ -361,3 +361,27 @@ def test_affective_reward_uses_a_saved_decoder(tmp_path):
     assert set(out.details["proba"]) == set(CLASS_NAMES)
     with pytest.raises(ValueError, match="target class"):
         from_settings(settings.model_copy(update={"target_class": "anger"}))
+
+
+def test_the_gp_holds_the_best_quarter_and_the_newest_past_its_cap(backend, settings):
+    gp_settings = settings.gp.model_copy(update={"max_points": 16, "fit_iters": 5})
+    pool = procedural_pool(backend, 48, seed=3)
+    gen = HeuristicGenerator(settings.heuristic, gp_settings, backend, pool, seed=3)
+    rewards = np.random.default_rng(3).normal(size=40)
+    for i in range(16):
+        gen.observe(f"o{i}", pool.embeddings[i], rewards[i])
+    gen.update_surrogate()
+    assert gen.gp.n == 16
+    for i in range(16, 40):
+        gen.observe(f"o{i}", pool.embeddings[i], rewards[i])
+        gen.update_surrogate()
+        assert gen.gp.n == min(i + 1, 16)
+    keep = gen.gp_indices()
+    best = set(np.argsort(-rewards)[:4])
+    assert best <= set(keep)
+    newest = [i for i in range(39, -1, -1) if i not in best][:12]
+    assert set(keep) == best | set(newest)
+    # the GP holds exactly those observations, with the targets the protocol asks for
+    np.testing.assert_array_equal(gen.gp.X, pool.embeddings[keep])
+    sign = -1.0 if gp_settings.negate_reward else 1.0
+    np.testing.assert_allclose(gen.gp.y, sign * rewards[keep])

@@ -80,3 +80,19 @@ def test_bad_inputs_are_refused():
         gp.mean_grad(np.zeros((1, 4)))
     with pytest.raises(ValueError, match="values"):
         gp.add(np.zeros((2, 3)), np.zeros(3))
+
+
+def test_replace_keeps_the_hyperparameters_and_refactors_the_new_set():
+    X, y = _data(60, 8)
+    gp = GPSurrogate().fit(X[:40], y[:40], iters=20)
+    hp = gp.hyperparameters
+    gp.replace(X[20:], y[20:])
+    assert gp.n == 40
+    assert gp.hyperparameters is hp
+    ref = GPSurrogate().fit(X[:40], y[:40], iters=20)
+    ref.X, ref.y = X[20:].copy(), y[20:].copy()
+    ref._refactor()
+    Q = np.random.default_rng(4).normal(size=(5, 8))
+    np.testing.assert_allclose(gp.mean(Q), ref.mean(Q), rtol=1e-8, atol=1e-10)
+    # the points that left no longer pull the mean: it differs from the 40-point fit
+    assert not np.allclose(gp.mean(Q), GPSurrogate().fit(X[:40], y[:40], iters=20).mean(Q))

@@ -230,5 +230,5 @@ def test_frame_recorder_counts_dropped_frames_and_saves(tmp_path):
     assert summary["own_cpu_ms"]["max"] == pytest.approx(0.5)
     rec.save(tmp_path)
     back = load_frames(tmp_path)
-    assert back["flip_lsl"].tolist() == rec.flip_lsl
+    assert back["flip_lsl"].tolist() == list(rec.flip_lsl)
     assert back["phase_names"][back["phase"][1]] == "stimulus"

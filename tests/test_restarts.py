@@ -137,6 +137,9 @@ def test_soak_reports_memory_and_latency_over_time(tmp_path):
     for key in ("epoch_latency_ms", "round_ready_latency_ms"):
         assert {"p95_first", "p95_rest", "ratio", "within_goal"} <= set(result[key])
     assert result["epoch_latency_ms"]["n_first"] + result["epoch_latency_ms"]["n_rest"] > 0
+    ready = result["round_ready_latency_ms"]
+    assert ready["n_first"] + ready["n_rest"] > 0
+    assert min(v for v in (ready["p95_first"], ready["p95_rest"]) if v is not None) > 0
     assert set(result["goals"]) == {"rss_growth_below_5_pct", "p95_within_10_pct"}
     with open(result["csv"]) as fh:
         rows = list(csv.DictReader(fh))

@@ -7,13 +7,14 @@ and its pool holds more images than the rounds use). Every ``--sample-s`` second
 reads the resident memory (RSS, psutil) of every process of the session: this one
 ("session"), each supervised child and their own children (the recorder). Afterwards it
 reads from ``events.jsonl`` each epoch's latency (``epoch``: end of its window to
-published) and each round's ready latency (the last epoch of round r-1 to the batch of
-round r received by the presentation).
+published) and each round's ready latency (the presentation's request for round r, sent
+as round r-1's last image shows, to its batch received).
 
 Figures, from the start of the closed loop: per process, RSS growth after the warm-up
-(``--warmup-minutes``; median of the minute after it against the median of the last
-minute, %; goal < 5 %); per latency, p95 of the first ``--baseline-minutes`` against
-p95 of the rest (ratio; goal within ±10 %). Runs shorter than three warm-ups scale both
+(``--warmup-minutes``; median of the minute after it against the median of the loop's
+last minute, %; goal < 5 %; the report written after the loop is not counted); per
+latency, p95 of the first ``--baseline-minutes`` against p95 of the rest (ratio; goal
+within ±10 %). Runs shorter than three warm-ups scale both
 windows to a third of the run. ``soak-timeseries.csv`` (t_s, kind, name, value) is
 written beside the session.
 """
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from app.bench import _closed_loop as cl
+from workers.session_store import EVENTS_FILE, EventTail
 
 RSS_GOAL_PCT = 5.0
 P95_GOAL_RATIO = 0.10
@@ -54,6 +56,10 @@ class RssSampler:
     def __init__(self, session: Path, every_s: float) -> None:
         self.session, self.every_s = session, every_s
         self.rows: list[tuple[float, str, float]] = []  # (wall time, process, MiB)
+        # followed line by line: re-reading the whole growing log every few seconds
+        # would itself grow this process's memory with the log
+        self._tail = EventTail(session / EVENTS_FILE)
+        self._pids: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -76,9 +82,10 @@ class RssSampler:
         import psutil
 
         now = time.time()
-        roots = {"session": os.getpid()}
-        if (self.session / "events.jsonl").exists():
-            roots.update(cl.child_pids(self.session))
+        for e in self._tail.new():
+            if e["event"] == "child_started":
+                self._pids[e["name"]] = e["pid"]
+        roots = {"session": os.getpid(), **self._pids}
         for name, pid in roots.items():
             try:
                 proc = psutil.Process(pid)
@@ -96,22 +103,22 @@ def _p95(values: list[float]) -> float | None:
 
 
 def latency_series(events: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
-    """(wall time, ms) of each epoch's latency and each round's ready latency."""
+    """(wall time, ms) of each epoch's latency and each round's ready latency.
+
+    A round is ready when the presentation holds its batch; it asked for it as the
+    previous round's last image showed, so ready latency runs from that request to the
+    batch. (With ``reward_wait_s = 0`` the worker does not wait for the last epoch: a
+    latency counted from that epoch would be negative.)
+    """
     epochs = [(e["t_wall"], float(e["latency_ms"])) for e in events if e["event"] == "epoch"]
-    epoch_t = {e["trial_id"]: e["t_wall"] for e in events if e["event"] == "epoch"}
-    last_of: dict[int, int] = {}
-    for e in events:
-        if e["event"] == "trial" and e.get("block") == "closed_loop":
-            last_of[e["round"]] = max(last_of.get(e["round"], -1), e["trial"])
+    asked: dict[int, float] = {}
     batch_t: dict[int, float] = {}
-    for e in events:  # the presentation logs a batch after the worker: the last is its arrival
-        if e["event"] == "image_batch" and "round" in e:
+    for e in events:  # the presentation logs both after the worker: the last is its own
+        if e["event"] == "image_request" and "round" in e and "block" in e:
+            asked.setdefault(e["round"], e["t_wall"])
+        elif e["event"] == "image_batch" and "round" in e:
             batch_t[e["round"]] = max(batch_t.get(e["round"], 0.0), e["t_wall"])
-    ready = [
-        (batch_t[r], (batch_t[r] - epoch_t[last_of[r - 1]]) * 1e3)
-        for r in sorted(batch_t)
-        if r >= 1 and r - 1 in last_of and last_of[r - 1] in epoch_t
-    ]
+    ready = [(batch_t[r], (batch_t[r] - asked[r]) * 1e3) for r in sorted(batch_t) if r in asked]
     return {"epoch_latency_ms": epochs, "round_ready_latency_ms": ready}
 
 
@@ -132,15 +139,23 @@ def compare_p95(series: list[tuple[float, float]], t0: float, split_s: float) ->
 
 
 def rss_growth(
-    rows: list[tuple[float, str, float]], t0: float, warmup_s: float, window_s: float
+    rows: list[tuple[float, str, float]],
+    t0: float,
+    warmup_s: float,
+    window_s: float,
+    t_end: float | None = None,
 ) -> dict[str, Any]:
-    """Per process: median RSS of the window after the warm-up against the last window."""
+    """Per process: median RSS of the window after the warm-up against the loop's last.
+
+    ``t_end`` is the closed loop's end: what the session does after it (the report,
+    the dataset) is not the loop's growth; ``rss_mb_max`` still counts every sample.
+    """
     out = {}
-    t_last = max((t for t, _, _ in rows), default=t0)
+    t_last = max((t for t, _, _ in rows), default=t0) if t_end is None else t_end
     for name in sorted({n for _, n, _ in rows}):
         mine = [(t, v) for t, n, v in rows if n == name]
         warm = [v for t, v in mine if t0 + warmup_s <= t < t0 + warmup_s + window_s]
-        end = [v for t, v in mine if t >= t_last - window_s]
+        end = [v for t, v in mine if t_last - window_s <= t <= t_last]
         base = float(np.median(warm)) if warm else None
         last = float(np.median(end)) if end else None
         growth = round((last - base) / base * 100, 2) if base and last is not None else None
@@ -206,7 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     series = latency_series(events)
     csv_path = base / "soak-timeseries.csv"
     _write_csv(csv_path, t0, sampler.rows, series)
-    processes = rss_growth(sampler.rows, t0, warmup_s, window_s)
+    processes = rss_growth(sampler.rows, t0, warmup_s, window_s, t_end=max(loop, default=None))
     latencies = {k: compare_p95(v, t0, baseline_s) for k, v in series.items()}
     return {
         "soak": {
