@@ -159,6 +159,20 @@ class Recording(Section):
     )
 
 
+class Priority(Section):
+    """Niceness of each process (-20 runs first, 19 last).
+
+    The frame loop and the epoching must run when their time comes, also on a machine
+    shared with the worker, the brain model and the experimenter's browser. Below 0
+    needs root, CAP_SYS_NICE or a limits.d ``nice`` entry (PsychoPy's Linux set-up);
+    without it the process says so and runs at its default priority.
+    """
+
+    presentation: int = Field(-10, ge=-20, le=19, description="The presentation's niceness.")
+    acquisition: int = Field(-10, ge=-20, le=19, description="The acquisition's niceness.")
+    dashboard: int = Field(10, ge=-20, le=19, description="The dashboard server's niceness.")
+
+
 class Protocol(Section):
     """A whole protocol file."""
 
@@ -173,6 +187,7 @@ class Protocol(Section):
     generation: Generation = Field(default_factory=Generation)
     presentation: Presentation = Field(default_factory=Presentation)
     brain_model: BrainModelSettings = Field(default_factory=BrainModelSettings)
+    priority: Priority = Field(default_factory=Priority)
 
     source: str | None = Field(None, exclude=True, description="File it came from.")
     sha256: str | None = Field(None, exclude=True, description="Hash of that file.")

@@ -306,6 +306,23 @@ class GPSurrogate:
         grad = (w @ self.X - w.sum(1, keepdims=True) * Xq) / self._hp.lengthscale**2
         return grad * self._y_scale
 
+    def summary(self) -> dict[str, float | int]:
+        """The fit in a few numbers a person can read (standardised reward units).
+
+        ``signal_to_noise`` = outputscale / noise: near or below 1, the GP mostly sees
+        noise, and its gradient steers the children little.
+        """
+        out: dict[str, float | int] = {"n_points": self.n}
+        hp = self._hp
+        if hp is not None:
+            out.update(
+                outputscale=round(hp.outputscale, 4),
+                noise=round(hp.noise, 4),
+                signal_to_noise=round(hp.outputscale / hp.noise, 3),
+                lengthscale_median=round(float(np.median(hp.lengthscale)), 4),
+            )
+        return out
+
     def median_distance(self) -> float:
         """Median pairwise distance between observed embeddings (a natural length unit)."""
         return _median_distance(self.X) if self.n > 1 else 1.0

@@ -363,3 +363,25 @@ def test_alerts_when_a_channel_goes_bad_and_when_the_stream_stalls(tmp_path, str
     finally:
         stop.set()
         eeg.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_gp_panel_carries_the_refits_posterior_summary(tmp_path):
+    from app.dashboard.view import View
+    from workers.session_store import SessionStore
+
+    store = SessionStore(tmp_path / "s").open(role="session")
+    view = View(tmp_path / "s", live=False)
+    store.log("image_batch", round=3, n_images=8, best_by_round=[0.1, 0.4], timing_ms={})
+    store.log(
+        "gp_refit", iters=10, ms=42.0, n_points=64, outputscale=1.2, noise=0.4,
+        signal_to_noise=3.0, lengthscale_median=2.5,
+    )  # fmt: skip
+    store.close()
+    delta = view.tick()
+    gp = delta["gp"]
+    assert gp["round"] == 3
+    assert gp["n_points"] == 64
+    assert gp["signal_to_noise"] == 3.0
+    assert gp["lengthscale_median"] == 2.5
+    assert gp["refit_ms"] == 42.0

@@ -96,3 +96,12 @@ def test_replace_keeps_the_hyperparameters_and_refactors_the_new_set():
     np.testing.assert_allclose(gp.mean(Q), ref.mean(Q), rtol=1e-8, atol=1e-10)
     # the points that left no longer pull the mean: it differs from the 40-point fit
     assert not np.allclose(gp.mean(Q), GPSurrogate().fit(X[:40], y[:40], iters=20).mean(Q))
+
+
+def test_summary_tells_a_signal_from_noise():
+    X, y = _data(80, 4, seed=5)
+    signal = GPSurrogate().fit(X, y, iters=150).summary()
+    noise = GPSurrogate().fit(X, np.random.default_rng(6).normal(size=80), iters=150).summary()
+    assert signal["n_points"] == noise["n_points"] == 80
+    assert signal["signal_to_noise"] > 10 * noise["signal_to_noise"]
+    assert GPSurrogate().summary() == {"n_points": 0}

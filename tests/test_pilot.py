@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pyxdf
 from conftest import EEGLAB_SET, REPO, run_eegs
 from helpers import short_pilot_protocol
 
+from experiment_protocols import load_protocol
 from workers.session_store import SessionStore
 
 pytestmark = pytest.mark.timeout(900)
@@ -75,6 +77,17 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
     assert all(r is not None for r in ds["reward"])
     assert (out / "report.html").stat().st_size > 10_000
     assert all((out / "logs" / f"{n}.log").exists() for n in ("brain-model", "acquire", "worker"))
+    # the frame loop and the epoching ran at the protocol's priority where the user may
+    # raise it (root here); otherwise at the priority they were started with
+    for event, role in (
+        ("presentation_ready", "presentation"),
+        ("acquisition_ready", "acquisition"),
+    ):
+        (ready,) = (e for e in events if e["event"] == event)
+        wanted = getattr(load_protocol(out / "protocol.toml").priority, role)
+        assert ready["niceness"] == (
+            wanted if os.geteuid() == 0 else os.getpriority(os.PRIO_PROCESS, 0)
+        )
 
 
 @pytest.mark.skipif(not EEGLAB_SET.exists(), reason="../shared data not present")

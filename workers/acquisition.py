@@ -42,6 +42,7 @@ from experiment_protocols import Protocol
 from workers import transport
 from workers.errors import InputError
 from workers.messages import EpochMessage, RatingMessage, array_spec, encode, parse_marker
+from workers.priority import set_niceness
 from workers.session_store import RECORDING_FILE, SessionStore, next_recording_file
 
 logger = logging.getLogger("eegs.acquisition")
@@ -580,6 +581,7 @@ def assess_quality(x_uv: np.ndarray, ch_names: list[str], protocol: Protocol) ->
 def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
     """Entry point of the ``eegs acquire`` process."""
     protocol = config.protocol
+    niceness = set_niceness(protocol.priority.acquisition, "acquisition")  # before any thread
     store = SessionStore(config.session_dir).open(role="acquisition", protocol=protocol)
     net = protocol.network
     ctx = zmq.Context.instance()
@@ -596,6 +598,7 @@ def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
         acq.connect()
         store.log(
             "acquisition_ready",
+            niceness=niceness,
             eeg=protocol.streams.eeg,
             sfreq=acq.eeg.sfreq,
             ch_names=acq.eeg.picks,

@@ -193,7 +193,7 @@ class RoundScheduler:
                     "gp_refit",
                     iters=n,
                     ms=round((time.perf_counter() - t0) * 1e3, 3),
-                    n_points=self.generator.gp.n,
+                    **self.generator.gp.summary(),
                 )
 
         self.executor.submit(refit)

@@ -12,7 +12,6 @@ another --host is reachable from the network, still only with a token.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -49,11 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from app.dashboard.sources import EEGSource, MarkerSource, WorkerStatus
     from app.dashboard.view import View
     from experiment_protocols import load_protocol
+    from experiment_protocols.schema import Priority
     from workers.errors import InputError
+    from workers.priority import set_niceness
 
-    # an optional helper: it never competes with the presentation or the acquisition for a core
-    with contextlib.suppress(OSError):
-        os.nice(10)
     session = args.session or args.finished
     if session is None:
         raise InputError("give a finished SESSION or --session DIR of a running one")
@@ -62,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{session}: not a session directory (no events.jsonl)")
     ppath = args.protocol or session / "protocol.toml"
     protocol = load_protocol(ppath) if ppath.exists() else None
+    # an optional helper: it never competes with the presentation or the acquisition for a
+    # core; set before its source threads start (they inherit it)
+    set_niceness((protocol.priority if protocol else Priority()).dashboard, "dashboard")
     if live and protocol is None:
         raise InputError(f"{ppath}: no protocol (give --protocol FILE)")
     tokens = Tokens(

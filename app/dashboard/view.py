@@ -191,7 +191,9 @@ class View:
             )
             self._changed.add("gp")
         elif kind == "gp_refit":
-            self.gp.update(n_points=e.get("n_points"), refit_ms=e.get("ms"), iters=e.get("iters"))
+            self.gp.update(refit_ms=e.get("ms"), iters=e.get("iters"))
+            for k in ("n_points", "signal_to_noise", "lengthscale_median", "noise", "outputscale"):
+                self.gp[k] = e.get(k)
             self._changed.add("gp")
         elif kind in ("personal_estimator", "decoder_fitted"):
             keep = ("decodes", "cv_r", "cv_r_ci95", "p_value", "fallback", "reason", "reward")

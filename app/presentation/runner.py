@@ -62,6 +62,7 @@ from app.restarts import RestartWatch
 from experiment_protocols import Protocol
 from experiment_protocols.presentation import Block
 from workers.messages import ImageRequest
+from workers.priority import set_niceness
 from workers.session_store import EVENTS_FILE, EventTail, SessionStore
 
 logger = logging.getLogger("eegs.presentation")
@@ -748,6 +749,7 @@ def _wait_for_recording(win, events: EventTail, timeout: float) -> bool:
 def run(config: PresentConfig) -> dict[str, Any]:
     """Entry point of the ``eegs present`` process; returns the session's summary."""
     protocol = config.protocol
+    niceness = set_niceness(protocol.priority.presentation, "presentation")  # before any thread
     pres = protocol.presentation
     plans = resolve_blocks(protocol, config.images_dir)
     pool_folder = None
@@ -814,6 +816,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             refresh_hz=pres.screen.refresh_hz,
             measured_refresh_hz=measured,
             paced=pres.screen.pace_frames,
+            niceness=niceness,
             lsl_minus_psychopy_s=offset,
             markers=protocol.streams.markers,
             blocks=[

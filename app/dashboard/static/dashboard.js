@@ -196,6 +196,7 @@ function setCalibration(c) {
 function setGP(gp) {
   const b = gp.best_by_round || [];
   $("gp").textContent = `round ${gp.round ?? "–"} · ${gp.n_points ?? "–"} points · refit ${fmt(gp.refit_ms, 0)} ms` +
+    (gp.signal_to_noise != null ? ` · signal/noise ${fmt(gp.signal_to_noise, 2)} · lengthscale ${fmt(gp.lengthscale_median, 2)}` : "") +
     (b.length ? ` · best by round ${b.map((v) => fmt(v, 3)).join(" ")}` : "") + (gp.converged ? " · converged" : "");
 }
 

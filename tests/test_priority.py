@@ -1,0 +1,57 @@
+"""Process priority: set first, inherited by the threads started after it, never fatal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+_CHILD = """
+import logging, os, sys, threading
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from workers.priority import set_niceness
+got = set_niceness(int(sys.argv[1]), "test")
+seen = []
+t = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+t.start(); t.join()
+print(got, seen[0])
+"""
+
+
+def _run(niceness: int) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(niceness)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.timeout(90)
+def test_a_higher_niceness_is_taken_and_inherited_by_later_threads():
+    res = _run(7)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["7", "7"]
+
+
+@pytest.mark.timeout(90)
+def test_a_lower_niceness_is_taken_where_allowed_else_a_warning_saying_how():
+    res = _run(-5)
+    assert res.returncode == 0, res.stderr
+    got, thread = (int(v) for v in res.stdout.split())
+    assert thread == got
+    if os.geteuid() == 0:
+        assert got == -5
+        assert "limits.d" not in res.stderr
+    else:  # the session goes on at its inherited priority, and says how to allow it
+        assert got == os.getpriority(os.PRIO_PROCESS, 0)
+        assert "limits.d" in res.stderr
