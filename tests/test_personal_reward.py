@@ -237,6 +237,35 @@ def test_save_load_round_trip_without_pickle(tmp_path):
     assert again.record == record
 
 
+def test_a_worker_restarted_during_calibration_finds_ratings_no_worker_heard(tmp_path):
+    """The acquisition logged the rating markers it forwarded while the worker was down."""
+    rating = {
+        "event": "rating",
+        "trial": 5,
+        "block": "calibration",
+        "valence": 2.5,
+        "arousal": 6.0,
+        "low": 1,
+        "high": 9,
+    }
+    lines = [
+        {"t_wall": 1.0, "event": "calibration_rating", "trial_id": 3, "block": "calibration",
+         "valence": 7.0, "scale": [1, 9]},
+        {"t_wall": 2.0, "event": "marker", "t_lsl": 2.0, "marker": rating},
+        # the same trial heard by the worker too: kept once; other blocks are not calibration
+        {"t_wall": 2.1, "event": "marker", "t_lsl": 2.1,
+         "marker": {**rating, "trial": 3, "valence": 7.0}},
+        {"t_wall": 3.0, "event": "marker", "t_lsl": 3.0,
+         "marker": {**rating, "trial": 9, "block": "validation"}},
+        {"t_wall": 4.0, "event": "marker", "t_lsl": 4.0,
+         "marker": {**rating, "trial": 11, "valence": "high"}},
+    ]  # fmt: skip
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    settings = load_protocol().generation.reward
+    cal = PersonalSessionReward(settings, ["calibration"], tmp_path)
+    assert cal.ratings == {3: (7.0, 1.0, 9.0), 5: (2.5, 1.0, 9.0)}
+
+
 def test_fit_and_scoring_fit_the_budget():
     # the measured times are reported, not asserted (the machine is shared)
     epochs, _, ratings = dataset(60, seed=10)

@@ -41,7 +41,14 @@ from scipy.signal import firwin, resample_poly
 from experiment_protocols import Protocol
 from workers import transport
 from workers.errors import InputError
-from workers.messages import EpochMessage, RatingMessage, array_spec, encode, parse_marker
+from workers.messages import (
+    RATING_EVENT,
+    EpochMessage,
+    array_spec,
+    encode,
+    parse_marker,
+    rating_message,
+)
 from workers.priority import set_niceness
 from workers.session_store import RECORDING_FILE, SessionStore, next_recording_file
 
@@ -52,10 +59,6 @@ logger = logging.getLogger("eegs.acquisition")
 _POLL_S = 0.0005
 
 _UNIT_SCALE_TO_UV = {0: 1e6, -3: 1e3, -6: 1.0, -9: 1e-3}
-
-#: The presentation's marker with a trial's answers (app/presentation/runner.py).
-RATING_EVENT = "rating"
-RATING_SCALES = ("valence", "arousal")
 
 
 class AcquisitionError(InputError):
@@ -89,16 +92,6 @@ class _EEG:
     scale_uv: np.ndarray = field(repr=False)
 
 
-def _finite_number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        value = float(value)
-    except OverflowError:  # an integer beyond float range
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _json_safe(obj: Any) -> Any:
     """``obj`` with every non-finite float replaced by None (strict JSON)."""
     if isinstance(obj, float):
@@ -108,60 +101,6 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
-
-
-def rating_message(
-    marker: dict[str, Any], session: str, default_scale: tuple[float, float]
-) -> tuple[RatingMessage | None, list[str]]:
-    """The :class:`RatingMessage` of a ``rating`` marker, and what was wrong with it.
-
-    A value that is not a finite number on the scale (the marker's ``low``/``high``,
-    else ``default_scale``) is left out; a marker without a valid trial id, or with no
-    valid value left, gives no message.
-    """
-    problems: list[str] = []
-    trial = marker.get("trial")
-    if isinstance(trial, bool) or not isinstance(trial, int) or trial < 0:
-        return None, [f"trial id {trial!r} is not a non-negative integer"]
-    low, high = _finite_number(marker.get("low")), _finite_number(marker.get("high"))
-    if low is None or high is None or high <= low:
-        if "low" in marker or "high" in marker:
-            problems.append(f"scale {marker.get('low')!r}..{marker.get('high')!r} replaced")
-        low, high = float(default_scale[0]), float(default_scale[1])
-    values: dict[str, float | None] = {}
-    for scale in RATING_SCALES:
-        if marker.get(scale) is None:
-            values[scale] = None
-            continue
-        value = _finite_number(marker[scale])
-        if value is None or not low <= value <= high:
-            problems.append(
-                f"{scale} {marker[scale]!r} is not a finite number from {low:g} to {high:g}"
-            )
-        values[scale] = value if value is not None and low <= value <= high else None
-    raw_rt = marker.get("rt_ms")
-    rt_ms = {}
-    if isinstance(raw_rt, dict):
-        for scale, ms in raw_rt.items():
-            if isinstance(scale, str) and (ms is None or _finite_number(ms) is not None):
-                rt_ms[scale] = None if ms is None else float(ms)
-    if all(v is None for v in values.values()):
-        problems.append("no valid rating")
-        return None, problems
-    block = marker.get("block")
-    try:
-        msg = RatingMessage(
-            session=session,
-            trial_id=trial,
-            block=block if isinstance(block, str) else "",
-            valence=values["valence"],
-            arousal=values["arousal"],
-            scale=(low, high),
-            rt_ms=rt_ms,
-        )
-    except ValueError as err:  # pydantic's ValidationError: whatever was missed above
-        return None, [*problems, f"not a valid rating message: {err}"]
-    return msg, problems
 
 
 class Acquisition:

@@ -405,7 +405,13 @@ class PersonalSessionReward(SessionFittedReward):
         self.reward = PersonalReward.load(self.path, self.fallback)
 
     def _restore_ratings(self) -> None:
-        """A resumed worker before the fit: the ratings the last one logged."""
+        """A worker started again before the fit: every rating the session holds.
+
+        Those the last worker logged, and those the acquisition read from the marker
+        stream while no worker listened (a restart during the calibration block): the
+        published message is gone, the acquisition's ``marker`` event is not.
+        """
+        from workers.messages import RATING_EVENT, rating_message
         from workers.session_store import EVENTS_FILE, read_events
 
         events = self.root / EVENTS_FILE
@@ -415,3 +421,13 @@ class PersonalSessionReward(SessionFittedReward):
             if e.get("event") == "calibration_rating" and e.get("valence") is not None:
                 lo, hi = e["scale"]
                 self.ratings[int(e["trial_id"])] = (float(e["valence"]), float(lo), float(hi))
+            elif e.get("event") == "marker" and isinstance(e.get("marker"), dict):
+                marker = e["marker"]
+                if marker.get("event") != RATING_EVENT or "low" not in marker:
+                    continue
+                msg, _ = rating_message(marker, self.root.name, (0.0, 0.0))
+                if msg is not None and msg.trial_id not in self.ratings:
+                    try:
+                        self.add_rating(msg)
+                    except RewardError as err:  # logged when it was first read
+                        logger.debug("rating not restored: %s", err)
