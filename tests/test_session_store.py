@@ -74,3 +74,25 @@ def test_resumed_sessions_record_into_new_parts(tmp_path):
     assert names[:3] == ["recording.xdf", "recording-part2.xdf", "recording-part3.xdf"]
     assert names[-1] == "recording-part10.xdf"  # numeric, not text, order
     assert next_recording_file(tmp_path) == "recording-part11.xdf"
+
+
+def test_a_non_finite_number_in_an_event_is_written_as_null_not_a_crash(tmp_path):
+    store = SessionStore(tmp_path / "s").open(role="test")
+    store.log(
+        "gp_refit", noise=float("nan"), outputscale=np.float64("inf"),
+        best_by_round=[0.5, float("-inf")], timing=np.array([1.0, np.nan]), n_points=3,
+    )  # fmt: skip
+    store.log("after", n=1)
+    store.close()
+    lines = (tmp_path / "s" / "events.jsonl").read_text().splitlines()
+    for line in lines:  # strict JSON: no NaN or Infinity tokens
+        json.loads(line, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    refit, after = (e for e in store.events() if e["event"] in ("gp_refit", "after"))
+    assert refit["noise"] is None
+    assert refit["outputscale"] is None
+    assert refit["best_by_round"] == [0.5, None]
+    assert refit["timing"] == [1.0, None]
+    assert refit["n_points"] == 3
+    assert refit["non_finite"] is True
+    assert after["n"] == 1
+    assert "non_finite" not in after

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -50,7 +49,7 @@ from workers.messages import (
     rating_message,
 )
 from workers.priority import set_niceness
-from workers.session_store import RECORDING_FILE, SessionStore, next_recording_file
+from workers.session_store import RECORDING_FILE, SessionStore, json_safe, next_recording_file
 
 logger = logging.getLogger("eegs.acquisition")
 
@@ -90,17 +89,6 @@ class _EEG:
     sfreq: float
     picks: list[str]
     scale_uv: np.ndarray = field(repr=False)
-
-
-def _json_safe(obj: Any) -> Any:
-    """``obj`` with every non-finite float replaced by None (strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 class Acquisition:
@@ -297,7 +285,7 @@ class Acquisition:
                 continue
             # JSON allows no NaN: a non-finite number is logged as null (and a rating
             # marker's is reported by _forward_rating)
-            self.store.log("marker", t_lsl=t, marker=_json_safe(marker))
+            self.store.log("marker", t_lsl=t, marker=json_safe(marker))
             if marker["event"] == RATING_EVENT:
                 self._forward_rating(marker, t)
             if marker["event"] != self.protocol.epochs.event:

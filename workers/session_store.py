@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -71,6 +72,21 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite number replaced by None (strict JSON keeps the rest)."""
+    if isinstance(obj, np.ndarray):
+        obj = obj.tolist()
+    elif isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _versions() -> dict[str, str]:
@@ -175,7 +191,13 @@ class SessionStore:
         if self._events_fd is None:
             raise RuntimeError(f"session {self.root} is not open")
         record = {"t_wall": time.time(), "event": event, **fields}
-        line = (json.dumps(record, default=_json_default, allow_nan=False) + "\n").encode()
+        try:
+            text = json.dumps(record, default=_json_default, allow_nan=False)
+        except ValueError:  # a NaN or an infinity in a field: the event is kept, as null
+            logger.warning("%s: event %r had non-finite numbers, written as null", self.root, event)
+            record = {**json_safe(record), "non_finite": True}
+            text = json.dumps(record, default=_json_default, allow_nan=False)
+        line = (text + "\n").encode()
         self._backlog.append(line)
         while self._backlog:
             head = self._backlog[0]
