@@ -20,6 +20,11 @@ class Heuristic(Section):
     initial_images: int = Field(8, ge=1, description="Round 0: random pool images shown.")
     n_parents: int = Field(4, ge=2, description="Parents kept per round (softmax sampling).")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature over rewards.")
+    parent_score: Literal["reward", "posterior"] = Field(
+        "reward",
+        description="What parents are sampled by: each image's single-trial reward, or the "
+        "GP's posterior mean at its embedding (similar images' rewards pooled: less noise).",
+    )
     n_children: int = Field(4, ge=0, description="Children made by crossover per round.")
     inner_steps: int = Field(
         15, ge=1, le=100_000, description="Generate-embed-ascend steps per child."

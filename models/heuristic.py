@@ -6,7 +6,8 @@ GP and may be parents from round 1 on), so that the loop's gain is measured from
 Each later round:
 
 1. parents: sample ``n_parents`` shown images without replacement, with probability
-   softmax(reward / temperature);
+   softmax(score / temperature), the score being the image's reward or, with
+   ``parent_score = "posterior"``, the GP's posterior mean at it;
 2. crossover: each pair of parents swaps one random contiguous slice of their
    embeddings, giving two children;
 3. refinement, ``inner_steps`` times for all children at once: move each embedding up
@@ -229,7 +230,12 @@ class HeuristicGenerator:
         """Indices of observations kept as parents (softmax sampling, no replacement)."""
         n = self.n_observations
         k = min(self.h.n_parents, n)
-        p = softmax(np.asarray(self.rewards), self.h.temperature)
+        scores = np.asarray(self.rewards)
+        if self.h.parent_score == "posterior" and n:
+            self.update_surrogate()
+            mu = self.gp.mean(np.stack(self.embeddings))
+            scores = -mu if self.gp_settings.negate_reward else mu
+        p = softmax(scores, self.h.temperature)
         return [int(i) for i in self.rng.choice(n, size=k, replace=False, p=p)]
 
     def make_children(self, parents: list[int]) -> list[Candidate]:

@@ -385,3 +385,24 @@ def test_the_gp_holds_the_best_quarter_and_the_newest_past_its_cap(backend, sett
     np.testing.assert_array_equal(gen.gp.X, pool.embeddings[keep])
     sign = -1.0 if gp_settings.negate_reward else 1.0
     np.testing.assert_allclose(gen.gp.y, sign * rewards[keep])
+
+
+def test_posterior_parents_trust_a_consistent_neighbourhood_over_one_lucky_trial(backend, settings):
+    """Six images near A all rewarded 0.6; near B, one trial of 1.0 among zeros."""
+    rng = np.random.default_rng(7)
+    dim = backend.embed_dim
+    a, b = rng.normal(size=dim), rng.normal(size=dim)
+    a, b = 5 * a / np.linalg.norm(a), 5 * b / np.linalg.norm(b)
+
+    def spike_share(parent_score: str) -> float:
+        h = settings.heuristic.model_copy(update={"n_parents": 2, "parent_score": parent_score})
+        gen = HeuristicGenerator(h, settings.gp, backend, procedural_pool(backend, 8), seed=1)
+        for i in range(6):
+            gen.observe(f"a{i}", a + 0.05 * rng.normal(size=dim), 0.6)
+            gen.observe(f"b{i}", b + 0.05 * rng.normal(size=dim), 1.0 if i == 0 else 0.0)
+        picks = [gen.ids[i] for _ in range(300) for i in gen.select_parents()]
+        return picks.count("b0") / 300
+
+    by_reward, by_posterior = spike_share("reward"), spike_share("posterior")
+    assert by_reward > 0.8  # the single lucky trial is nearly always a parent
+    assert by_posterior < 0.3
