@@ -385,3 +385,36 @@ def test_the_gp_panel_carries_the_refits_posterior_summary(tmp_path):
     assert gp["signal_to_noise"] == 3.0
     assert gp["lengthscale_median"] == 2.5
     assert gp["refit_ms"] == 42.0
+
+
+@pytest.mark.timeout(60)
+def test_a_dashboard_started_by_hand_finds_the_presentations_controls(tmp_path):
+    import zmq
+
+    from app.dashboard.server import Controller
+    from workers.session_store import SessionStore
+
+    ctx = zmq.Context.instance()
+    pulls = []
+    try:
+        for _ in range(2):  # a presentation, then the one a resume starts
+            pull = ctx.socket(zmq.PULL)
+            port = pull.bind_to_random_port("tcp://127.0.0.1")
+            pulls.append((pull, f"tcp://127.0.0.1:{port}"))
+        store = SessionStore(tmp_path / "s").open(role="session")
+        controller = Controller(None, session=tmp_path / "s")
+        assert not controller.send("pause")  # no presentation yet: nothing to send to
+        store.log("presentation_ready", control=pulls[0][1])
+        assert controller.send("pause")
+        assert pulls[0][0].poll(5000)
+        assert json.loads(pulls[0][0].recv()) == {"command": "pause"}
+        store.log("presentation_ready", control=pulls[1][1])
+        assert controller.send("resume")
+        assert pulls[1][0].poll(5000)
+        assert json.loads(pulls[1][0].recv()) == {"command": "resume"}
+        assert not pulls[0][0].poll(200)
+        store.close()
+        controller.close()
+    finally:
+        for pull, _ in pulls:
+            pull.close(0)

@@ -68,20 +68,48 @@ class Tokens:
 
 
 class Controller:
-    """Sends pause/resume/abort to the presentation's control socket (a PUSH that never blocks)."""
+    """Sends pause/resume/abort to the presentation's control socket (a PUSH that never blocks).
 
-    def __init__(self, endpoint: str | None) -> None:
-        self.endpoint = endpoint
+    Given no endpoint but a live ``session``, it finds the socket in ``events.jsonl``
+    (the newest ``presentation_ready``'s ``control``): a dashboard started by hand
+    beside a running session gets the controls too, and follows a resumed presentation.
+    """
+
+    def __init__(self, endpoint: str | None, session: Path | None = None) -> None:
+        self.endpoint = None
         self.sock = None
+        self._tail = None
         if endpoint:
-            from workers import transport
+            self._connect(endpoint)
+        elif session is not None:
+            from workers.session_store import EVENTS_FILE, EventTail
 
-            self.sock = transport.connect(zmq.Context.instance(), zmq.PUSH, endpoint)
-            self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no presentation: refuse, do not queue
+            self._tail = EventTail(Path(session) / EVENTS_FILE)
+
+    def _connect(self, endpoint: str) -> None:
+        from workers import transport
+
+        if self.sock is not None:
+            self.sock.close(0)
+        self.endpoint = endpoint
+        self.sock = transport.connect(zmq.Context.instance(), zmq.PUSH, endpoint)
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no presentation: refuse, do not queue
+
+    def discover(self) -> None:
+        """Connect to the newest presentation's control socket that the session logged."""
+        if self._tail is None:
+            return
+        found = None
+        for e in self._tail.new():
+            if e.get("event") == "presentation_ready" and isinstance(e.get("control"), str):
+                found = e["control"]
+        if found and found != self.endpoint:
+            self._connect(found)
 
     def send(self, command: str) -> bool:
         """True when the command left for a connected presentation."""
-        if self.sock is None:
+        self.discover()
+        if self.sock is None or not self.sock.poll(250, zmq.POLLOUT):  # a connection in progress
             return False
         try:
             self.sock.send(json.dumps({"command": command}).encode(), zmq.NOBLOCK)
@@ -128,7 +156,7 @@ def build_app(
     """The dashboard's ASGI application."""
     roots = roots or [view.session]
     clients: set[asyncio.Queue] = set()
-    controller = Controller(control)
+    controller = Controller(control, session=view.session if view.live else None)
     page = (STATIC / "index.html").read_text()
 
     def role_of(request: Request | WebSocket) -> str | None:
@@ -141,6 +169,7 @@ def build_app(
         role = role_of(request)
         if role is None:
             return forbidden()
+        controller.discover()
         live = view.live and role == "controller" and controller.sock is not None
         token = request.query_params["token"]  # checked above: URL-safe characters only
         html = page.replace("__ROLE__", role).replace("__CONTROLS__", "1" if live else "0")
