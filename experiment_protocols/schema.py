@@ -169,6 +169,11 @@ class Priority(Section):
     """
 
     presentation: int = Field(-10, ge=-20, le=19, description="The presentation's niceness.")
+    presentation_realtime: bool = Field(
+        True,
+        description="The frame loop at real-time priority (PsychoPy's core.rush; on Linux "
+        "SCHED_RR, with Mesa's software-GL threads that draw its frames) where allowed.",
+    )
     acquisition: int = Field(-10, ge=-20, le=19, description="The acquisition's niceness.")
     dashboard: int = Field(10, ge=-20, le=19, description="The dashboard server's niceness.")
 

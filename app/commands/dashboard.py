@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve the page until SIGTERM/Ctrl-C."""
     import socket
 
+    from threadpoolctl import threadpool_limits
+
     from app.dashboard.quality import Thresholds
     from app.dashboard.server import Tokens, allowed_roots, build_app, serve
     from app.dashboard.sources import EEGSource, MarkerSource, WorkerStatus
@@ -63,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     # an optional helper: it never competes with the presentation or the acquisition for a
     # core; set before its source threads start (they inherit it)
     set_niceness((protocol.priority if protocol else Priority()).dashboard, "dashboard")
+    # its numpy work is small: BLAS's own worker threads (started at import, before the
+    # niceness) would only spin at the default priority, about a tenth of a core
+    threadpool_limits(1)
     if live and protocol is None:
         raise InputError(f"{ppath}: no protocol (give --protocol FILE)")
     tokens = Tokens(

@@ -82,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
     from app.presentation.runner import PresentConfig, resolve_blocks
     from app.presentation.runner import run as run_presentation
     from app.shutdown import STOP
+    from workers.priority import set_niceness
 
     protocol = protocol_from_args(args, {"streams.markers": args.markers})
     if args.headless:
         protocol = protocol.with_overrides(headless_overrides(protocol))
     resolve_blocks(protocol, args.images)  # bad folders fail before any window opens
     require_display(args.headless)
+    # first, so that a headless session's display server (a child) runs at it too
+    set_niceness(protocol.priority.presentation, "presentation")
     w, h = protocol.presentation.screen.size_px
     display = virtual_display(w, h) if args.headless else contextlib.nullcontext()
     with display:

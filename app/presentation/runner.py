@@ -62,7 +62,7 @@ from app.restarts import RestartWatch
 from experiment_protocols import Protocol
 from experiment_protocols.presentation import Block
 from workers.messages import ImageRequest
-from workers.priority import set_niceness
+from workers.priority import rush_frame_loop, set_niceness
 from workers.session_store import EVENTS_FILE, EventTail, SessionStore
 
 logger = logging.getLogger("eegs.presentation")
@@ -810,6 +810,9 @@ def run(config: PresentConfig) -> dict[str, Any]:
         if pool_folder is not None:
             runner.load_pool(pool_folder)
         runner.warm_up()
+        # last: every helper thread exists by now and stays ordinary; the frame loop (and
+        # a software-GL display's drawing threads) go first from here on
+        realtime = protocol.priority.presentation_realtime and rush_frame_loop("presentation")
         log(
             "presentation_ready",
             window_px=list(win.size),
@@ -817,6 +820,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             measured_refresh_hz=measured,
             paced=pres.screen.pace_frames,
             niceness=niceness,
+            realtime=realtime,
             lsl_minus_psychopy_s=offset,
             markers=protocol.streams.markers,
             blocks=[
