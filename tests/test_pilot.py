@@ -88,6 +88,8 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
         assert ready["niceness"] == (
             wanted if os.geteuid() == 0 else os.getpriority(os.PRIO_PROCESS, 0)
         )
+    (ready,) = (e for e in events if e["event"] == "presentation_ready")
+    assert ready["realtime"] is (os.geteuid() == 0)  # root may take SCHED_RR
 
 
 @pytest.mark.skipif(not EEGLAB_SET.exists(), reason="../shared data not present")

@@ -55,3 +55,49 @@ def test_a_lower_niceness_is_taken_where_allowed_else_a_warning_saying_how():
     else:  # the session goes on at its inherited priority, and says how to allow it
         assert got == os.getpriority(os.PRIO_PROCESS, 0)
         assert "limits.d" in res.stderr
+
+
+_RUSH = """
+import os, threading
+from workers.priority import rush_frame_loop
+ready, done = threading.Event(), threading.Event()
+tids = {}
+def idle(name):
+    tids[name] = threading.get_native_id()
+    if name.startswith("llvmpipe"):  # what Mesa calls the threads that draw a frame
+        with open(f"/proc/self/task/{tids[name]}/comm", "w") as fh:
+            fh.write(name)
+    done.wait()
+threads = [threading.Thread(target=idle, args=(n,)) for n in ("llvmpipe-0", "loader")]
+for t in threads: t.start()
+while len(tids) < 2: pass
+ok = rush_frame_loop("test")
+policy = {n: os.sched_getscheduler(tid) for n, tid in tids.items()}
+policy["main"] = os.sched_getscheduler(threading.get_native_id())
+done.set()
+for t in threads: t.join()
+print(ok, policy["main"] == os.SCHED_RR, policy["llvmpipe-0"] == os.SCHED_RR,
+      policy["loader"] == os.SCHED_OTHER)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling")
+@pytest.mark.timeout(120)
+def test_the_frame_loop_and_software_gl_threads_go_real_time_and_nothing_else():
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUSH], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=100)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, err[-2000:]
+    ok, main_rr, gl_rr, loader_other = out.split()[-4:]
+    assert loader_other == "True"  # a helper thread that existed before stays ordinary
+    if os.geteuid() == 0:
+        assert (ok, main_rr, gl_rr) == ("True", "True", "True")
+    else:
+        assert (ok, main_rr, gl_rr) == ("False", "False", "False")
+        assert "rtprio" in err
