@@ -20,9 +20,10 @@ print(got, seen[0])
 """
 
 
-def _run(niceness: int) -> subprocess.CompletedProcess:
+def _python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (its priority is its own), killed if it hangs."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(niceness)],
+        [sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -34,6 +35,10 @@ def _run(niceness: int) -> subprocess.CompletedProcess:
             proc.kill()
             proc.wait(10)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _run(niceness: int) -> subprocess.CompletedProcess:
+    return _python(_CHILD, str(niceness))
 
 
 @pytest.mark.timeout(90)
@@ -84,16 +89,9 @@ print(ok, policy["main"] == os.SCHED_RR, policy["llvmpipe-0"] == os.SCHED_RR,
 @pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling")
 @pytest.mark.timeout(120)
 def test_the_frame_loop_and_software_gl_threads_go_real_time_and_nothing_else():
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _RUSH], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        out, err = proc.communicate(timeout=100)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 0, err[-2000:]
+    res = _python(_RUSH)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out, err = res.stdout, res.stderr
     ok, main_rr, gl_rr, loader_other = out.split()[-4:]
     assert loader_other == "True"  # a helper thread that existed before stays ordinary
     if os.geteuid() == 0:
