@@ -34,3 +34,36 @@ def test_round_ready_runs_from_the_presentations_request_to_its_batch():
     ((t, ms),) = series["round_ready_latency_ms"]
     assert t == 10.25
     assert ms == pytest.approx(250.0)
+
+
+@pytest.mark.timeout(60)
+def test_a_child_that_ended_but_is_not_reaped_is_not_sampled(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from app.bench.soak import RssSampler
+    from workers.session_store import SessionStore
+
+    store = SessionStore(tmp_path / "s").open(role="session")
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(ended.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        store.log("child_started", name="worker", pid=alive.pid)
+        store.log("child_started", name="acquire", pid=ended.pid)  # a zombie: RSS 0
+        sampler = RssSampler(tmp_path / "s", every_s=60)
+        sampler.sample()
+        names = {name for _, name, _ in sampler.rows}
+        assert names == {"session", "worker"}
+        assert all(mb > 0 for _, _, mb in sampler.rows)
+    finally:
+        for proc in (alive, ended):
+            proc.kill()
+            proc.wait(10)
+        store.close()

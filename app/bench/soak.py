@@ -89,13 +89,18 @@ class RssSampler:
         for name, pid in roots.items():
             try:
                 proc = psutil.Process(pid)
-                self.rows.append((now, name, proc.memory_info().rss / 2**20))
-                if name == "session":
-                    continue
-                for sub in proc.children(recursive=True):
-                    self.rows.append((now, f"{name}/{sub.name()}", sub.memory_info().rss / 2**20))
+                procs = [(name, proc)]
+                if name != "session":
+                    procs += [(f"{name}/{sub.name()}", sub) for sub in proc.children(True)]
             except psutil.Error:
                 continue
+            for label, p in procs:
+                try:
+                    rss = p.memory_info().rss
+                except psutil.Error:
+                    continue
+                if rss > 0:  # 0: an exited child not yet reaped (Xvfb's xkbcomp, a zombie)
+                    self.rows.append((now, label, rss / 2**20))
 
 
 def _p95(values: list[float]) -> float | None:
