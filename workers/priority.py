@@ -25,6 +25,11 @@ HOW_TO_ALLOW = (
 SOFTWARE_GL_THREADS = ("llvmpipe",)
 
 
+def current_niceness() -> int | None:
+    """The niceness in effect (the calling thread's, on Linux); None where there is none."""
+    return os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None
+
+
 def set_niceness(niceness: int, role: str) -> int | None:
     """Set this process's niceness (``[priority]`` of the protocol); the one in effect.
 
@@ -40,10 +45,10 @@ def set_niceness(niceness: int, role: str) -> int | None:
             "%s: niceness %d is not allowed for this user; it runs at %d. To allow it, %s",
             role,
             niceness,
-            os.getpriority(os.PRIO_PROCESS, 0),
+            current_niceness(),
             HOW_TO_ALLOW,
         )
-    return os.getpriority(os.PRIO_PROCESS, 0)
+    return current_niceness()
 
 
 def rush_frame_loop(role: str) -> bool:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         protocol = protocol.with_overrides(headless_overrides(protocol))
     resolve_blocks(protocol, args.images)  # bad folders fail before any window opens
     require_display(args.headless)
-    # first, so that a headless session's display server (a child) runs at it too
+    # first, before any thread and the headless display server (a child): they inherit it
     set_niceness(protocol.priority.presentation, "presentation")
     w, h = protocol.presentation.screen.size_px
     display = virtual_display(w, h) if args.headless else contextlib.nullcontext()

@@ -62,7 +62,7 @@ from app.restarts import RestartWatch
 from experiment_protocols import Protocol
 from experiment_protocols.presentation import Block
 from workers.messages import ImageRequest
-from workers.priority import rush_frame_loop, set_niceness
+from workers.priority import current_niceness, rush_frame_loop
 from workers.session_store import EVENTS_FILE, EventTail, SessionStore
 
 logger = logging.getLogger("eegs.presentation")
@@ -749,7 +749,6 @@ def _wait_for_recording(win, events: EventTail, timeout: float) -> bool:
 def run(config: PresentConfig) -> dict[str, Any]:
     """Entry point of the ``eegs present`` process; returns the session's summary."""
     protocol = config.protocol
-    niceness = set_niceness(protocol.priority.presentation, "presentation")  # before any thread
     pres = protocol.presentation
     plans = resolve_blocks(protocol, config.images_dir)
     pool_folder = None
@@ -819,7 +818,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             refresh_hz=pres.screen.refresh_hz,
             measured_refresh_hz=measured,
             paced=pres.screen.pace_frames,
-            niceness=niceness,
+            niceness=current_niceness(),  # set by `eegs present`, before any thread
             realtime=realtime,
             lsl_minus_psychopy_s=offset,
             markers=protocol.streams.markers,
