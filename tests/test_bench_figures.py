@@ -118,6 +118,16 @@ def test_match_by_event_time_pairs_by_time_not_arrival_order():
     assert set(by_order) != set(pairs)  # the old pairing: epoch 2 (marker 3) as marker 2
 
 
+@pytest.mark.parametrize("now", [100.0, 100.0037, 100.0191, 517.25])
+def test_aligned_source_clock_puts_every_window_end_mid_chunk(now):
+    sfreq, chunk, window_end = 1000.0, 20, 107.5
+    t0 = acq_bench.aligned_t0(window_end, sfreq, chunk, now)
+    assert now + 0.05 <= t0 < now + 0.05 + chunk / sfreq
+    for k in range(5):  # markers 300 samples apart keep the phase
+        pos = (window_end + k * 0.3 - t0) * sfreq
+        assert pos % chunk == pytest.approx(chunk / 2, abs=1e-6)
+
+
 def test_match_by_event_time_gives_each_marker_one_epoch():
     markers = [1.0, 2.0]
     pairs, missed, unmatched = acq_bench.match_by_event_time(
@@ -185,3 +195,17 @@ def test_mne_lsl_poller_reports_each_epochs_event_time(stream_name, monkeypatch)
         onset, arrival = delivered[i]
         assert -slack <= onset - markers[k] < 1.0 / sfreq + slack  # first sample at/after
         assert arrival > markers[k] + acq_bench._TMAX - slack  # once its window ended
+
+
+def test_count_ratio_interval_holds_one_for_equal_counts_and_not_for_a_doubling():
+    from app.bench._dashboard import count_ratio
+
+    same = count_ratio(50, 50)
+    assert same["ratio"] == 1.0
+    assert same["ci95"][0] < 1.0 < same["ci95"][1]
+    assert same["ci95"][1] > 1.4  # 50 drops cannot tell 1.05 from 1.4
+    doubled = count_ratio(200, 100)
+    assert doubled["ratio"] == 2.0
+    assert doubled["ci95"][0] > 1.5
+    assert count_ratio(0, 0) == {"ratio": None, "ci95": None}
+    assert count_ratio(4, 0)["ci95"][1] is None  # no upper bound without a baseline

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -99,3 +100,23 @@ def test_the_frame_loop_and_software_gl_threads_go_real_time_and_nothing_else():
     else:
         assert (ok, main_rr, gl_rr) == ("False", "False", "False")
         assert "rtprio" in err
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="needs Xvfb (apt-get install xvfb)")
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling")
+@pytest.mark.timeout(60)
+def test_the_virtual_display_server_goes_real_time_with_the_frame_loop():
+    from app.presentation import display
+
+    assert display.rush_virtual_display() is None  # none started: nothing to do
+    with display.virtual_display(320, 240):
+        pid = display._SERVERS[-1]
+        ok = display.rush_virtual_display()
+        policies = {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+    if os.geteuid() == 0:
+        assert ok is True
+        assert policies == {os.SCHED_RR}
+    else:
+        assert ok is False
+        assert os.SCHED_RR not in policies
+    assert display.rush_virtual_display() is None  # the server ended with the block

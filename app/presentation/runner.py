@@ -30,6 +30,7 @@ from app.presentation.display import (
     check_refresh,
     lsl_offset,
     open_window,
+    rush_virtual_display,
 )
 from app.presentation.eventlog import EventWriter
 from app.presentation.frames import FrameRecorder, distribution
@@ -812,6 +813,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
         # last: every helper thread exists by now and stays ordinary; the frame loop (and
         # a software-GL display's drawing threads) go first from here on
         realtime = protocol.priority.presentation_realtime and rush_frame_loop("presentation")
+        display_realtime = rush_virtual_display() if realtime else None
         log(
             "presentation_ready",
             window_px=list(win.size),
@@ -820,6 +822,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             paced=pres.screen.pace_frames,
             niceness=current_niceness(),  # set by `eegs present`, before any thread
             realtime=realtime,
+            display_server_realtime=display_realtime,
             lsl_minus_psychopy_s=offset,
             markers=protocol.streams.markers,
             blocks=[
