@@ -172,7 +172,8 @@ class Priority(Section):
     presentation_realtime: bool = Field(
         True,
         description="The frame loop at real-time priority (PsychoPy's core.rush; on Linux "
-        "SCHED_RR, with Mesa's software-GL threads that draw its frames) where allowed.",
+        "SCHED_RR, with Mesa's software-GL threads that draw its frames and the Xvfb server "
+        "of --headless) where allowed.",
     )
     acquisition: int = Field(-10, ge=-20, le=19, description="The acquisition's niceness.")
     dashboard: int = Field(10, ge=-20, le=19, description="The dashboard server's niceness.")

@@ -6,7 +6,9 @@ marker (for mne-lsl). `eegs acquire` runs as its own process with the default
 protocol (notch, band-pass, baseline, resampling to 250 Hz) and a ZeroMQ subscriber
 here stamps each epoch's arrival. mne-lsl's EpochsStream (no reject, same filters)
 runs in a third process that stamps each new epoch. Latency = arrival on the LSL
-clock minus the marker time plus tmax (the end of the epoch's window).
+clock minus the marker time plus tmax (the end of the epoch's window). The source's
+clock starts so that every window ends mid-chunk (:func:`aligned_t0`): the wait for
+that chunk is the same in every run, so two runs can be compared.
 
 mne-lsl's epochs carry no timestamp of their own (``EpochsStream.events`` holds only
 the event codes), so the poller notes, for each epoch mne-lsl adds to its buffer, the
@@ -64,6 +66,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="measure twice in one run, without and with `eegs dashboard` and a connected "
         "headless Chromium page; report the ratios",
     )
+    p.add_argument(
+        "--source-niceness",
+        type=int,
+        default=0,
+        help="niceness of the stand-in amplifier process (default 0: an amplifier's LSL app "
+        "at the default priority); a lower one tells its delivery apart from the acquisition's",
+    )
 
 
 def _source(
@@ -75,10 +84,16 @@ def _source(
     period: float,
     n_markers: int,
     seconds: float,
+    niceness: int = 0,
 ) -> None:
     import json
 
     import pylsl
+
+    from workers.priority import set_niceness
+
+    if niceness:
+        set_niceness(niceness, "stand-in amplifier")
 
     from workers.lsl_clock import (
         SampleClock,
@@ -309,6 +324,7 @@ def _measure(args: argparse.Namespace, tag: str = "", dashboard: bool = False) -
             args.period,
             args.n_epochs,
             seconds,
+            getattr(args, "source_niceness", 0),
         ),
         daemon=True,
     )
@@ -416,7 +432,12 @@ def _measure(args: argparse.Namespace, tag: str = "", dashboard: bool = False) -
     mine, theirs = _stats(ours), _stats(theirs_lat)
     return {
         "benchmark": "acquisition",
-        "stream": {"channels": args.channels, "sfreq": args.sfreq, "chunk_samples": args.chunk},
+        "stream": {
+            "channels": args.channels,
+            "sfreq": args.sfreq,
+            "chunk_samples": args.chunk,
+            "source_niceness": getattr(args, "source_niceness", 0),
+        },
         "window_s": [_TMIN, _TMAX],
         "n_markers": args.n_epochs,
         "n_epochs": len(ours),
