@@ -203,6 +203,7 @@ class Progress:
         self._tail = EventTail(store.root / EVENTS_FILE)
         self._counts: dict[str, int] = {}
         self._where = ""
+        self._reshowing: str | None = None  # the block whose lost trials are shown again
 
     def update(self, force: bool = False) -> None:
         """Redraw the line (at most once a second)."""
@@ -214,12 +215,20 @@ class Progress:
         for e in self._tail.new():
             key = "batch" if e["event"] == "image_batch" and "image_ids" in e else e["event"]
             counts[key] = counts.get(key, 0) + 1
+            if e["event"] == "trials_reshown":  # at a block's end; counted apart
+                counts["reshown"] = counts.get("reshown", 0) + len(e.get("trials", []))
+                self._reshowing = e.get("block")
             if e["event"] == "marker" and e.get("marker", {}).get("event") == "stimulus_onset":
                 m = e["marker"]
-                self._where = f"{m.get('block', '?')} round {m.get('round', 0)}"
+                if m.get("block") != self._reshowing:
+                    self._reshowing = None
+                again = "re-show " if self._reshowing else ""
+                self._where = f"{again}{m.get('block', '?')} round {m.get('round', 0)}"
+        reshown = counts.get("reshown", 0)
         line = (
-            f"[eegs] {self._where:<22} trials {counts.get('trial', 0):3d}  "
-            f"epochs {counts.get('epoch', 0):3d}  rewards {counts.get('reward', 0):3d}  "
+            f"[eegs] {self._where:<22} trials {counts.get('trial', 0) - reshown:3d}"
+            + (f" (+{reshown} re-shown)" if reshown else "")
+            + f"  epochs {counts.get('epoch', 0):3d}  rewards {counts.get('reward', 0):3d}  "
             f"batches {counts.get('batch', 0):2d}"
         )
         self.stream.write("\r" + line if self.tty else line + "\n")

@@ -136,3 +136,35 @@ def test_run_rejects_bad_source(tmp_path):
     )
     assert res.returncode == 2
     assert "no such file" in res.stderr
+
+
+@pytest.mark.timeout(30)
+def test_progress_line_counts_reshown_trials_apart(tmp_path):
+    import io
+
+    from app.pilot import Progress
+
+    store = SessionStore(tmp_path / "s").open(role="session")
+
+    def show(trial: int, rnd: int) -> None:
+        onset = {"event": "stimulus_onset", "block": "closed_loop", "round": rnd, "trial": trial}
+        store.log("marker", marker=onset)
+        store.log("trial", trial=trial)
+
+    for t in range(8):
+        show(t, 1)
+    out = io.StringIO()
+    progress = Progress(store, out)
+    progress.update(force=True)
+    assert "closed_loop round 1" in out.getvalue()
+    assert "trials   8  epochs" in out.getvalue()
+    store.log("trials_reshown", block="closed_loop", round=0, trials=[2, 5])
+    show(8, 0)
+    show(9, 0)
+    progress.update(force=True)
+    last = out.getvalue().splitlines()[-1]
+    assert "re-show closed_loop round 0" in last
+    assert "trials   8 (+2 re-shown)" in last
+    store.log("marker", marker={"event": "stimulus_onset", "block": "validation", "round": 0})
+    progress.update(force=True)
+    assert "] validation round 0" in out.getvalue().splitlines()[-1]  # not a re-show
