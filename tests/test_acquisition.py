@@ -206,7 +206,11 @@ def test_sigkill_leaves_every_written_epoch_readable(processes, tmp_path, stream
         stored = SessionStore(session).epochs()  # every file loads
         assert logged <= {e.trial_id for e in stored}
         assert len(stored) >= 5
-        assert not list((session / "epochs").glob("*.tmp"))
+        # a kill mid-write may leave the one file it was writing, hidden, never a half
+        # epoch under its final name (checked above)
+        leftover = list((session / "epochs").glob("*.tmp"))
+        assert len(leftover) <= 1
+        assert all(p.name.startswith(".") for p in leftover)
     finally:
         src.stop()
 
