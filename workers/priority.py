@@ -51,6 +51,29 @@ def set_niceness(niceness: int, role: str) -> int | None:
     return current_niceness()
 
 
+def rush_threads(pid: int | str, prefixes: tuple[str, ...] | None = None) -> bool:
+    """SCHED_RR for the threads of process ``pid`` (named ``prefixes...``, else all).
+
+    Whether every one took it: False where one was refused, ended meanwhile, or the
+    platform has no ``/proc`` or SCHED_RR.
+    """
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    ok = True
+    for tid in tids:
+        try:
+            if prefixes is not None:
+                with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                    if not fh.read().strip().startswith(prefixes):
+                        continue
+            os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(1))
+        except (OSError, AttributeError):  # a thread that just ended, a refusal, not Linux
+            ok = False
+    return ok
+
+
 def rush_frame_loop(role: str) -> bool:
     """Put the calling thread, the frame loop, at real-time priority; whether it worked.
 
@@ -65,14 +88,7 @@ def rush_frame_loop(role: str) -> bool:
 
     ok = bool(core.rush(True))
     if ok and hasattr(os, "sched_setscheduler"):
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/comm") as fh:
-                    name = fh.read().strip()
-                if name.startswith(SOFTWARE_GL_THREADS):
-                    os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(1))
-            except OSError:  # a thread that just ended, or a refusal
-                ok = False
+        ok = rush_threads("self", SOFTWARE_GL_THREADS)
     if not ok:
         logger.warning(
             "%s: the frame loop could not be made real-time. To allow it, %s", role, HOW_TO_ALLOW

@@ -90,17 +90,16 @@ def _source(
 
     import pylsl
 
-    from workers.priority import set_niceness
-
-    if niceness:
-        set_niceness(niceness, "stand-in amplifier")
-
     from workers.lsl_clock import (
         SampleClock,
         make_eeg_info,
         make_marker_outlet,
         push_chunk_at_clock,
     )
+    from workers.priority import set_niceness
+
+    if niceness:
+        set_niceness(niceness, "stand-in amplifier")
 
     eeg = pylsl.StreamOutlet(make_eeg_info(name, [f"EEG{i:03d}" for i in range(n_ch)], sfreq))
     mrk = make_marker_outlet(f"{name}-markers")

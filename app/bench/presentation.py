@@ -153,12 +153,9 @@ def run(args: argparse.Namespace) -> dict:
     pairs: list[tuple[dict, dict]] = []
     try:
         for k in range(args.repeats):  # AB, BA, AB...: a drift of the host cancels out
-            first_loaded = k % 2 == 1
-            runs = [
-                _measure(args, dashboard_eeg=eeg if first_loaded == (j == 0) else None)
-                for j in range(2)
-            ]
-            pairs.append((runs[1], runs[0]) if first_loaded else (runs[0], runs[1]))
+            order = (eeg, None) if k % 2 else (None, eeg)
+            runs = {d: _measure(args, dashboard_eeg=d) for d in order}
+            pairs.append((runs[None], runs[eeg]))
     finally:
         stop.set()
         source.join(2)

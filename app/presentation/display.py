@@ -39,16 +39,11 @@ def rush_virtual_display() -> bool | None:
     the flip. A desktop's display server sets its own priority (GNOME's mutter runs its
     frame clock real-time); this one is ours to set. None when this process runs none.
     """
+    from workers.priority import rush_threads
+
     if not _SERVERS:
         return None
-    ok = True
-    for pid in _SERVERS:
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(1))
-        except (OSError, AttributeError):  # not allowed, not Linux, or it just ended
-            ok = False
-    return ok
+    return all([rush_threads(pid) for pid in _SERVERS])  # each one, then the verdict
 
 
 @contextlib.contextmanager
