@@ -176,6 +176,12 @@ class Priority(Section):
         "of --headless) where allowed.",
     )
     acquisition: int = Field(-10, ge=-20, le=19, description="The acquisition's niceness.")
+    acquisition_realtime: bool = Field(
+        True,
+        description="The acquisition's threads (buffer, epoching, ZeroMQ) at real-time "
+        "priority (Linux: SCHED_RR) where allowed, so that a browser or the generation "
+        "worker on the same cores cannot delay an epoch.",
+    )
     dashboard: int = Field(10, ge=-20, le=19, description="The dashboard server's niceness.")
 
 

@@ -228,6 +228,7 @@ def test_montage_picks_and_renames_channels(processes, tmp_path, stream_name, fr
         )
         ready = wait_for_event(session, "acquisition_ready", proc=proc)
         assert ready["ch_names"] == ["Oz", "EEG 1"]
+        assert ready["realtime"] is (os.geteuid() == 0)  # root may take SCHED_RR
         src.marker({"event": "stimulus_onset", "trial": 4})
         wait_for_event(session, "epoch", proc=proc)
         (stored,) = SessionStore(session).epochs()

@@ -209,3 +209,17 @@ def test_count_ratio_interval_holds_one_for_equal_counts_and_not_for_a_doubling(
     assert doubled["ci95"][0] > 1.5
     assert count_ratio(0, 0) == {"ratio": None, "ci95": None}
     assert count_ratio(4, 0)["ci95"][1] is None  # no upper bound without a baseline
+
+
+def test_quantile_ratio_interval_holds_one_for_one_distribution_and_not_for_a_slower_one():
+    from app.bench._dashboard import quantile_ratio
+
+    rng = np.random.default_rng(3)
+    a, b = 12 + rng.gamma(2.0, 0.3, 400), 12 + rng.gamma(2.0, 0.3, 400)
+    same = quantile_ratio(b, a, 95)
+    assert same["ci95"][0] < 1.0 < same["ci95"][1]
+    assert same["ci95"][0] <= same["ratio"] <= same["ci95"][1]
+    slower = quantile_ratio(a * 1.1, a, 95)  # every epoch 10 % later
+    assert slower["ratio"] == 1.1
+    assert slower["ci95"][0] > 1.0
+    assert quantile_ratio([], a, 50) == {"ratio": None, "ci95": None}

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from workers.priority import ACQUISITION_RT, FRAME_LOOP_RT
+
 _CHILD = """
 import logging, os, sys, threading
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -80,10 +82,25 @@ while len(tids) < 2: pass
 ok = rush_frame_loop("test")
 policy = {n: os.sched_getscheduler(tid) for n, tid in tids.items()}
 policy["main"] = os.sched_getscheduler(threading.get_native_id())
+prio = os.sched_getparam(threading.get_native_id()).sched_priority
+gl_prio = os.sched_getparam(tids["llvmpipe-0"]).sched_priority
 done.set()
 for t in threads: t.join()
 print(ok, policy["main"] == os.SCHED_RR, policy["llvmpipe-0"] == os.SCHED_RR,
-      policy["loader"] == os.SCHED_OTHER)
+      policy["loader"] == os.SCHED_OTHER, prio, gl_prio)
+"""
+
+_RUSH_PROCESS = """
+import logging, os, threading
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from workers.priority import rush_process
+ok = rush_process("test")
+seen = []
+def later():
+    tid = threading.get_native_id()
+    seen.append((os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority))
+t = threading.Thread(target=later); t.start(); t.join()
+print(ok, seen[0][0] == os.SCHED_RR, seen[0][1])
 """
 
 
@@ -93,13 +110,28 @@ def test_the_frame_loop_and_software_gl_threads_go_real_time_and_nothing_else():
     res = _python(_RUSH)
     assert res.returncode == 0, res.stderr[-2000:]
     out, err = res.stdout, res.stderr
-    ok, main_rr, gl_rr, loader_other = out.split()[-4:]
+    ok, main_rr, gl_rr, loader_other, prio, gl_prio = out.split()[-6:]
     assert loader_other == "True"  # a helper thread that existed before stays ordinary
     if os.geteuid() == 0:
         assert (ok, main_rr, gl_rr) == ("True", "True", "True")
+        assert int(prio) == int(gl_prio) == FRAME_LOOP_RT
     else:
         assert (ok, main_rr, gl_rr) == ("False", "False", "False")
         assert "rtprio" in err
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setscheduler"), reason="Linux scheduling")
+@pytest.mark.timeout(90)
+def test_the_acquisition_goes_real_time_below_the_frame_loop_with_every_later_thread():
+    res = _python(_RUSH_PROCESS)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ok, thread_rr, prio = res.stdout.split()[-3:]
+    if os.geteuid() == 0:
+        assert (ok, thread_rr) == ("True", "True")  # a thread started afterwards inherits it
+        assert int(prio) == ACQUISITION_RT < FRAME_LOOP_RT  # a frame goes before an epoch
+    else:
+        assert (ok, thread_rr) == ("False", "False")
+        assert "rtprio" in res.stderr
 
 
 @pytest.mark.skipif(shutil.which("Xvfb") is None, reason="needs Xvfb (apt-get install xvfb)")
@@ -112,10 +144,13 @@ def test_the_virtual_display_server_goes_real_time_with_the_frame_loop():
     with display.virtual_display(320, 240):
         pid = display._SERVERS[-1]
         ok = display.rush_virtual_display()
-        policies = {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        policies = {os.sched_getscheduler(t) for t in tids}
+        prios = {os.sched_getparam(t).sched_priority for t in tids}
     if os.geteuid() == 0:
         assert ok is True
         assert policies == {os.SCHED_RR}
+        assert prios == {FRAME_LOOP_RT}
     else:
         assert ok is False
         assert os.SCHED_RR not in policies

@@ -48,7 +48,7 @@ from workers.messages import (
     parse_marker,
     rating_message,
 )
-from workers.priority import set_niceness
+from workers.priority import rush_process, set_niceness
 from workers.session_store import RECORDING_FILE, SessionStore, json_safe, next_recording_file
 
 logger = logging.getLogger("eegs.acquisition")
@@ -509,6 +509,7 @@ def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
     """Entry point of the ``eegs acquire`` process."""
     protocol = config.protocol
     niceness = set_niceness(protocol.priority.acquisition, "acquisition")  # before any thread
+    realtime = protocol.priority.acquisition_realtime and rush_process("acquisition")
     store = SessionStore(config.session_dir).open(role="acquisition", protocol=protocol)
     net = protocol.network
     ctx = zmq.Context.instance()
@@ -526,6 +527,7 @@ def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
         store.log(
             "acquisition_ready",
             niceness=niceness,
+            realtime=realtime,
             eeg=protocol.streams.eeg,
             sfreq=acq.eeg.sfreq,
             ch_names=acq.eeg.picks,

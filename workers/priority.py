@@ -21,6 +21,12 @@ HOW_TO_ALLOW = (
     "again)"
 )
 
+#: Real-time priorities (SCHED_RR, 1-99): a frame has a deadline every refresh, an epoch
+#: a latency budget of tens of ms, so the frame loop preempts the acquisition, and both
+#: preempt every ordinary process.
+FRAME_LOOP_RT = 2
+ACQUISITION_RT = 1
+
 #: Threads that draw the frames of a software-OpenGL display (Mesa llvmpipe: Xvfb, VMs).
 SOFTWARE_GL_THREADS = ("llvmpipe",)
 
@@ -51,8 +57,10 @@ def set_niceness(niceness: int, role: str) -> int | None:
     return current_niceness()
 
 
-def rush_threads(pid: int | str, prefixes: tuple[str, ...] | None = None) -> bool:
-    """SCHED_RR for the threads of process ``pid`` (named ``prefixes...``, else all).
+def rush_threads(
+    pid: int | str, prefixes: tuple[str, ...] | None = None, priority: int = FRAME_LOOP_RT
+) -> bool:
+    """SCHED_RR ``priority`` for the threads of process ``pid`` (named ``prefixes...``, else all).
 
     Whether every one took it: False where one was refused, ended meanwhile, or the
     platform has no ``/proc`` or SCHED_RR.
@@ -68,18 +76,37 @@ def rush_threads(pid: int | str, prefixes: tuple[str, ...] | None = None) -> boo
                 with open(f"/proc/{pid}/task/{tid}/comm") as fh:
                     if not fh.read().strip().startswith(prefixes):
                         continue
-            os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(1))
+            os.sched_setscheduler(int(tid), os.SCHED_RR, os.sched_param(priority))
         except (OSError, AttributeError):  # a thread that just ended, a refusal, not Linux
             ok = False
     return ok
+
+
+def rush_process(role: str) -> bool:
+    """SCHED_RR for the calling thread and every thread it starts from now on; whether it took.
+
+    Threads inherit their creator's policy, so a process that calls it first, before
+    it starts any thread, runs wholly at real-time priority: the acquisition's buffer
+    thread (mne-lsl re-arms a timer thread per poll), its cutting loop and its ZeroMQ
+    I/O thread, below the frame loop (:data:`ACQUISITION_RT`). Each of them sleeps
+    between chunks, so none can hold a core; Linux's real-time throttling keeps 5 % for
+    everyone else in any case.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(ACQUISITION_RT))
+    except (OSError, AttributeError):  # a refusal, or not Linux
+        logger.warning("%s: could not be made real-time. To allow it, %s", role, HOW_TO_ALLOW)
+        return False
+    return True
 
 
 def rush_frame_loop(role: str) -> bool:
     """Put the calling thread, the frame loop, at real-time priority; whether it worked.
 
     PsychoPy's ``core.rush`` (Windows: a high priority class; Linux: SCHED_RR for this
-    thread). With software OpenGL the frame is drawn by Mesa's llvmpipe threads, which
-    the frame waits for: on Linux they get SCHED_RR too. Call it after the window
+    thread, raised here to :data:`FRAME_LOOP_RT`, above the acquisition's). With
+    software OpenGL the frame is drawn by Mesa's llvmpipe threads, which the frame waits
+    for: on Linux they get SCHED_RR too. Call it after the window
     exists (they exist then) and before the image loaders start (they stay ordinary).
     Measured under Xvfb with a browser showing the dashboard on 2 cores: dropped frames
     83 -> 381 without it, 59 -> 61 with it.
@@ -88,7 +115,11 @@ def rush_frame_loop(role: str) -> bool:
 
     ok = bool(core.rush(True))
     if ok and hasattr(os, "sched_setscheduler"):
-        ok = rush_threads("self", SOFTWARE_GL_THREADS)
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(FRAME_LOOP_RT))
+        except OSError:
+            ok = False
+        ok = rush_threads("self", SOFTWARE_GL_THREADS) and ok
     if not ok:
         logger.warning(
             "%s: the frame loop could not be made real-time. To allow it, %s", role, HOW_TO_ALLOW

@@ -25,6 +25,13 @@ counted here, never as late), ``mne_lsl_unmatched`` (delivered epochs at no mark
 time), ``mne_lsl_epoch_latency_ms`` (matched epochs only),
 ``mne_lsl_event_time_minus_marker_ms`` (their t = 0 against the marker),
 ``match_tolerance_ms``; ``ratio_p95`` = EEGS p95 / mne-lsl p95.
+
+``--with-dashboard`` runs ``--repeats`` pairs, without and with ``eegs dashboard`` and a
+connected page, alternating which goes first (AB, BA, ...), pools each arm's epochs and
+reports ``with_dashboard``: the ratios of the pooled median and p95 with their bootstrap
+95 % intervals (:func:`app.bench._dashboard.quantile_ratio`), each pair's processing
+medians, and the page's own figures; ``without_dashboard`` and ``with_dashboard_run``
+are the first pair in full.
 """
 
 from __future__ import annotations
@@ -53,8 +60,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--n-epochs",
         type=int,
         default=None,
-        help="markers to send (>= 100; default 120, and 300 per run with --with-dashboard, "
-        "whose ratio of two p95s needs more than the 6 epochs above a p95 of 120)",
+        help="markers to send per run (>= 100; default 120, and 200 per run with "
+        "--with-dashboard, whose runs are pooled: a ratio of two p95s needs more than the 6 "
+        "epochs above a p95 of 120)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="with --with-dashboard: pairs of runs (alternating which goes first: AB, BA, "
+        "...), pooled per arm",
     )
     p.add_argument("--period", type=float, default=0.3, help="seconds between markers")
     p.add_argument("--channels", type=int, default=64)
@@ -274,22 +289,38 @@ def run(args: argparse.Namespace) -> dict:
     """Run the three processes and compare their latencies."""
     dashboard = getattr(args, "with_dashboard", False)
     if args.n_epochs is None:
-        args.n_epochs = 300 if dashboard else 120
+        args.n_epochs = 200 if dashboard else 120
     if not dashboard:
-        return _measure(args)
-    from app.bench._dashboard import ratio
+        out = _measure(args)
+        out.pop("latencies")
+        return out
+    from app.bench._dashboard import quantile_ratio
 
-    without = _measure(args, tag="a")
-    loaded = _measure(args, tag="b", dashboard=True)
-    lat0, lat1 = without["epoch_latency_ms"], loaded["epoch_latency_ms"]
+    pairs: list[tuple[dict, dict]] = []
+    for k in range(args.repeats):  # AB, BA, AB...: a drift of the host cancels out
+        order = (True, False) if k % 2 else (False, True)
+        runs = {d: _measure(args, tag=f"{k}{'b' if d else 'a'}", dashboard=d) for d in order}
+        pairs.append((runs[False], runs[True]))
+    pooled = [[v for p in pairs for v in p[j].pop("latencies")] for j in (0, 1)]
+    median = quantile_ratio(pooled[1], pooled[0], 50)
+    p95 = quantile_ratio(pooled[1], pooled[0], 95)
+    without, loaded = pairs[0]
     return {
         "benchmark": "acquisition",
         "with_dashboard": {
-            "epoch_latency_median_ratio": ratio(lat1["median"], lat0["median"]),
-            "epoch_latency_p95_ratio": ratio(lat1["p95"], lat0["p95"]),
-            "missed": [without["missed"], loaded["missed"]],
+            "repeats": args.repeats,
+            "n_epochs": [len(pooled[0]), len(pooled[1])],
+            "epoch_latency_ms": [_stats(pooled[0]), _stats(pooled[1])],
+            "epoch_latency_median_ratio": median["ratio"],
+            "epoch_latency_median_ratio_ci95": median["ci95"],
+            "epoch_latency_p95_ratio": p95["ratio"],
+            "epoch_latency_p95_ratio_ci95": p95["ci95"],
+            "processing_ms_median": [
+                [a["processing_ms"]["median"], b["processing_ms"]["median"]] for a, b in pairs
+            ],
+            "missed": [sum(p[j]["missed"] for p in pairs) for j in (0, 1)],
             "goal_ratio": 1.05,
-            "dashboard": loaded.pop("dashboard"),
+            "dashboard": [b.pop("dashboard") for _, b in pairs],
         },
         "without_dashboard": without,
         "with_dashboard_run": loaded,
@@ -451,5 +482,6 @@ def _measure(args: argparse.Namespace, tag: str = "", dashboard: bool = False) -
         "mne_lsl_event_time_minus_marker_ms": _stats(onset_err),
         "match_tolerance_ms": round(tol * 1e3, 3),
         "ratio_p95": round(mine["p95"] / theirs["p95"], 3) if theirs["p95"] > 0 else None,
+        "latencies": ours,
         **({"dashboard": watch.stats} if dashboard else {}),
     }

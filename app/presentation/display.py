@@ -39,11 +39,12 @@ def rush_virtual_display() -> bool | None:
     the flip. A desktop's display server sets its own priority (GNOME's mutter runs its
     frame clock real-time); this one is ours to set. None when this process runs none.
     """
-    from workers.priority import rush_threads
+    from workers.priority import FRAME_LOOP_RT, rush_threads
 
     if not _SERVERS:
         return None
-    return all([rush_threads(pid) for pid in _SERVERS])  # each one, then the verdict
+    # each one, then the verdict
+    return all([rush_threads(pid, priority=FRAME_LOOP_RT) for pid in _SERVERS])
 
 
 @contextlib.contextmanager
