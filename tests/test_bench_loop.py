@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from app.bench.loop import FAMILIES, REWARDS
+from app.bench.loop import FAMILIES, ON_REQUEST, REWARDS
 
 
 @pytest.mark.timeout(600)
@@ -16,15 +16,15 @@ def test_a_small_population_gives_every_figure(processes, tmp_path):
     out = tmp_path / "loop.json"
     proc = processes.eegs(
         "bench", "loop", "--participants", "2", "--rounds", "2", "--families", "mixed,lpp",
-        "--workers", "2", "--out", str(out),
+        "--rewards", ",".join(REWARDS + ON_REQUEST), "--workers", "2", "--out", str(out),
     )  # fmt: skip
     stdout, stderr = proc.communicate(timeout=560)
     assert proc.returncode == 0, stderr[-3000:]
     fig = json.loads(out.read_text())
     assert json.loads(stdout) == fig  # the JSON is what the command prints, last
     assert "2/2 participants" in stderr  # progress on long work
-    assert set(fig["by_reward"]) == set(REWARDS)
-    for reward in REWARDS:
+    assert set(fig["by_reward"]) == set(REWARDS + ON_REQUEST)
+    for reward in REWARDS + ON_REQUEST:
         fams = fig["by_reward"][reward]["by_family"]
         assert set(fams) == {"mixed", "lpp"}
         for f in fams.values():
@@ -54,3 +54,21 @@ def test_no_reward_reads_the_family():
     for module in (models.rewards, models.personal_reward, workers.calibration):
         assert "family" not in inspect.getsource(module), module.__name__
     assert set(FAMILIES) == {"asymmetry", "lpp", "mixed", "weak"}
+
+
+@pytest.mark.timeout(300)
+def test_the_noisy_oracle_without_noise_is_the_oracle(processes, tmp_path):
+    out = tmp_path / "loop.json"
+    proc = processes.eegs(
+        "bench", "loop", "--participants", "1", "--rounds", "2", "--families", "lpp",
+        "--rewards", "oracle,noisy_oracle", "--oracle-noise", "0", "--workers", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    _, stderr = proc.communicate(timeout=280)
+    assert proc.returncode == 0, stderr[-3000:]
+    (p,) = json.loads(out.read_text())["per_participant"]
+    assert p["by_reward"]["noisy_oracle"] == p["by_reward"]["oracle"]  # the same loop exactly
+    bad = processes.eegs("bench", "loop", "--oracle-noise", "-1", "--out", str(out))
+    _, stderr = bad.communicate(timeout=60)
+    assert bad.returncode == 2
+    assert "--oracle-noise" in stderr

@@ -15,6 +15,11 @@ protocol's closed-loop rounds:
 - controls: ``random`` (random pool images every round: no loop at all), ``blind`` (a
   reward of pure noise through the same generator: the generator's own drift), and
   ``oracle`` (the hidden valence itself as the reward: the ceiling).
+- on request only, ``noisy_oracle``: the oracle's reward plus Gaussian noise of SD
+  ``--oracle-noise`` (reward units): a reward exactly as informative as a single-trial
+  estimator, with nothing else wrong with it, so that the loop's own loss to reward
+  noise is told apart from an estimator's (0.47 gives r = 0.55 with the hidden valence
+  of pool images, about the personal estimator's on the LPP family).
 
 Both gains are read from the brain model's oracle after the run, never during it:
 (a) mean hidden valence of the last two rounds minus round 0; (b) within the session,
@@ -39,6 +44,7 @@ import numpy as np
 from app.bench._stats import stats
 
 REWARDS = ("personal", "asymmetry", "lpp", "random", "blind", "oracle")
+ON_REQUEST = ("noisy_oracle",)  # diagnostic controls, not in the default run
 FAMILIES = ("asymmetry", "lpp", "mixed", "weak")
 GOALS = {"gain_a_min": 0.30, "frac_improved_min": 0.85, "vs_controls": 2.0, "vs_oracle": 0.70}
 
@@ -47,7 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options."""
     p.add_argument("--participants", type=int, default=40, help="participants in all")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma list, round robin")
-    p.add_argument("--rewards", default=",".join(REWARDS), help="comma list")
+    p.add_argument(
+        "--rewards",
+        default=",".join(REWARDS),
+        help=f"comma list of {REWARDS + ON_REQUEST} (default: all but {ON_REQUEST})",
+    )
+    p.add_argument(
+        "--oracle-noise",
+        type=float,
+        default=0.47,
+        help="SD of the noise noisy_oracle adds to the oracle's reward (reward units, 0-1)",
+    )
     p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds after round 0")
     p.add_argument("--first-subject", type=int, default=1000, help="seed of participant 1")
     p.add_argument("--protocol", default=None, metavar="FILE", help="default: pilot.toml")
@@ -140,6 +156,11 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
 
                 def score(images):
                     return (hidden(images) + 1.0) / 2.0
+            elif reward == "noisy_oracle":
+                noise = np.random.default_rng(noise_seed(subject, "noisy_oracle"))
+
+                def score(images, noise=noise, sd=spec["oracle_noise"]):
+                    return (hidden(images) + 1.0) / 2.0 + noise.normal(0.0, sd, len(images))
 
             fork = backend.fork()
             if reward == "random":
@@ -294,9 +315,12 @@ def run(args: argparse.Namespace) -> dict:
 
     rewards = [r for r in args.rewards.split(",") if r]
     families = [f for f in args.families.split(",") if f]
-    bad = [r for r in rewards if r not in REWARDS] + [f for f in families if f not in FAMILIES]
+    known = REWARDS + ON_REQUEST
+    bad = [r for r in rewards if r not in known] + [f for f in families if f not in FAMILIES]
     if bad:
-        raise InputError(f"unknown reward or family {bad}: rewards {REWARDS}, families {FAMILIES}")
+        raise InputError(f"unknown reward or family {bad}: rewards {known}, families {FAMILIES}")
+    if getattr(args, "oracle_noise", 0.0) < 0:
+        raise InputError(f"--oracle-noise must be >= 0, not {args.oracle_noise}")
     if args.participants < 1:
         raise InputError("--participants must be at least 1")
     protocol_file = args.protocol or str(
@@ -313,6 +337,7 @@ def run(args: argparse.Namespace) -> dict:
             "rounds": rounds,
             "round0": per_round,
             "protocol": protocol_file,
+            "oracle_noise": getattr(args, "oracle_noise", 0.47),
         }
         for i in range(args.participants)
     ]
