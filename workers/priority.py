@@ -57,10 +57,8 @@ def set_niceness(niceness: int, role: str) -> int | None:
     return current_niceness()
 
 
-def rush_threads(
-    pid: int | str, prefixes: tuple[str, ...] | None = None, priority: int = FRAME_LOOP_RT
-) -> bool:
-    """SCHED_RR ``priority`` for the threads of process ``pid`` (named ``prefixes...``, else all).
+def rush_threads(pid: int | str, prefixes: tuple[str, ...] | None, priority: int) -> bool:
+    """SCHED_RR ``priority`` for the threads of process ``pid`` (named ``prefixes...``; None: all).
 
     Whether every one took it: False where one was refused, ended meanwhile, or the
     platform has no ``/proc`` or SCHED_RR.
@@ -92,10 +90,17 @@ def rush_process(role: str) -> bool:
     between chunks, so none can hold a core; Linux's real-time throttling keeps 5 % for
     everyone else in any case.
     """
-    try:
-        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(ACQUISITION_RT))
-    except (OSError, AttributeError):  # a refusal, or not Linux
+    if not _rush_self(ACQUISITION_RT):
         logger.warning("%s: could not be made real-time. To allow it, %s", role, HOW_TO_ALLOW)
+        return False
+    return True
+
+
+def _rush_self(priority: int) -> bool:
+    """SCHED_RR ``priority`` for the calling thread; whether it took (not Linux: False)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
+    except (OSError, AttributeError):  # a refusal, or not Linux
         return False
     return True
 
@@ -115,11 +120,8 @@ def rush_frame_loop(role: str) -> bool:
 
     ok = bool(core.rush(True))
     if ok and hasattr(os, "sched_setscheduler"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(FRAME_LOOP_RT))
-        except OSError:
-            ok = False
-        ok = rush_threads("self", SOFTWARE_GL_THREADS) and ok
+        ok = _rush_self(FRAME_LOOP_RT)
+        ok = rush_threads("self", SOFTWARE_GL_THREADS, FRAME_LOOP_RT) and ok
     if not ok:
         logger.warning(
             "%s: the frame loop could not be made real-time. To allow it, %s", role, HOW_TO_ALLOW

@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> dict:
     bad = [r for r in rewards if r not in known] + [f for f in families if f not in FAMILIES]
     if bad:
         raise InputError(f"unknown reward or family {bad}: rewards {known}, families {FAMILIES}")
-    if getattr(args, "oracle_noise", 0.0) < 0:
+    if args.oracle_noise < 0:
         raise InputError(f"--oracle-noise must be >= 0, not {args.oracle_noise}")
     if args.participants < 1:
         raise InputError("--participants must be at least 1")
@@ -337,7 +337,7 @@ def run(args: argparse.Namespace) -> dict:
             "rounds": rounds,
             "round0": per_round,
             "protocol": protocol_file,
-            "oracle_noise": getattr(args, "oracle_noise", 0.47),
+            "oracle_noise": args.oracle_noise,
         }
         for i in range(args.participants)
     ]

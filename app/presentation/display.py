@@ -43,8 +43,7 @@ def rush_virtual_display() -> bool | None:
 
     if not _SERVERS:
         return None
-    # each one, then the verdict
-    return all([rush_threads(pid, priority=FRAME_LOOP_RT) for pid in _SERVERS])
+    return all([rush_threads(pid, None, FRAME_LOOP_RT) for pid in _SERVERS])  # each, then all
 
 
 @contextlib.contextmanager
