@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from app.loop_gains import loop_gains
 from app.report import write_report
 from app.restarts import summarize_losses
 from app.session_trials import Trial, collect_trials
@@ -218,6 +219,13 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
         summary["oracle_arousal_by_round"] = _by_round(
             loop, lambda t: affect[t.trial][1] if t.trial in affect else None
         )
+        seen = [t for t in loop if t.trial in affect]
+        if seen:  # the loop bench's gains (a) and (b), for this one participant
+            summary["oracle_valence_gains"] = loop_gains(
+                np.asarray([affect[t.trial][0] for t in seen]),
+                np.asarray([t.round for t in seen]),
+                [t.provenance.get("kind", "") for t in seen],
+            )
         if ratings is not None:  # does the simulated participant rate as it feels?
             pairs = {
                 scale: [

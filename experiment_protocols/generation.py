@@ -21,9 +21,10 @@ class Heuristic(Section):
     n_parents: int = Field(4, ge=2, description="Parents kept per round (softmax sampling).")
     temperature: float = Field(0.1, gt=0, description="Softmax temperature over rewards.")
     parent_score: Literal["reward", "posterior"] = Field(
-        "reward",
-        description="What parents are sampled by: each image's single-trial reward, or the "
-        "GP's posterior mean at its embedding (similar images' rewards pooled: less noise).",
+        "posterior",
+        description="What parents are sampled by: the GP's posterior mean at each image's "
+        "embedding (similar images' rewards pooled, spread like the rewards), or each "
+        "image's single-trial reward (the prototype).",
     )
     n_children: int = Field(4, ge=0, description="Children made by crossover per round.")
     inner_steps: int = Field(

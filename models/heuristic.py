@@ -6,8 +6,9 @@ GP and may be parents from round 1 on), so that the loop's gain is measured from
 Each later round:
 
 1. parents: sample ``n_parents`` shown images without replacement, with probability
-   softmax(score / temperature), the score being the image's reward or, with
-   ``parent_score = "posterior"``, the GP's posterior mean at it;
+   softmax(score / temperature), the score being the GP's posterior mean at the image,
+   spread like the rewards (``parent_score = "posterior"``, the default), or the
+   image's single-trial reward (``"reward"``, the prototype);
 2. crossover: each pair of parents swaps one random contiguous slice of their
    embeddings, giving two children;
 3. refinement, ``inner_steps`` times for all children at once: move each embedding up
@@ -77,6 +78,21 @@ def softmax(x: np.ndarray, temperature: float) -> np.ndarray:
     z -= z.max()
     p = np.exp(z)
     return p / p.sum()
+
+
+def _spread_like(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``values`` moved and scaled to the mean and SD of ``reference``, ranks kept.
+
+    The GP's posterior mean shrinks towards its constant by as much as the rewards are
+    noisy: over single-trial EEG rewards its spread is a fraction of theirs, and a
+    softmax at the rewards' temperature over it picks parents nearly at random.
+    Spread like the rewards, it ranks them by the denoised estimate with the
+    greediness the temperature sets for rewards.
+    """
+    sd = float(np.std(values))
+    if sd < 1e-12:
+        return np.full_like(values, float(np.mean(reference)))
+    return np.mean(reference) + (values - np.mean(values)) / sd * float(np.std(reference))
 
 
 def crossover(
@@ -231,10 +247,11 @@ class HeuristicGenerator:
         n = self.n_observations
         k = min(self.h.n_parents, n)
         scores = np.asarray(self.rewards)
-        if self.h.parent_score == "posterior" and n:
+        if self.h.parent_score == "posterior" and n > 1:
             self.update_surrogate()
             mu = self.gp.mean(np.stack(self.embeddings))
-            scores = -mu if self.gp_settings.negate_reward else mu
+            mu = -mu if self.gp_settings.negate_reward else mu
+            scores = _spread_like(mu, scores)
         p = softmax(scores, self.h.temperature)
         return [int(i) for i in self.rng.choice(n, size=k, replace=False, p=p)]
 

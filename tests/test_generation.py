@@ -406,3 +406,47 @@ def test_posterior_parents_trust_a_consistent_neighbourhood_over_one_lucky_trial
     by_reward, by_posterior = spike_share("reward"), spike_share("posterior")
     assert by_reward > 0.8  # the single lucky trial is nearly always a parent
     assert by_posterior < 0.3
+
+
+def test_posterior_parents_come_from_the_better_neighbourhood_however_noisy_the_trials(
+    backend, settings
+):
+    """Two places, true rewards 0.6 and 0.4, ten trials each with noise of SD 0.25.
+
+    The GP pools each place's trials and, seeing mostly noise, shrinks its posterior
+    mean towards its constant: a softmax at the rewards' temperature over that mean
+    picked parents nearly at random (about 0.6 from the better place here). Spread
+    like the rewards, it picks them from the better place nearly always, which
+    single trials cannot.
+    """
+    rng = np.random.default_rng(11)
+    dim = backend.embed_dim
+    a, b = rng.normal(size=dim), rng.normal(size=dim)
+    a, b = 5 * a / np.linalg.norm(a), 5 * b / np.linalg.norm(b)
+    noise = rng.normal(0.0, 0.25, size=(2, 10))
+
+    def share_from_a(parent_score: str) -> float:
+        h = settings.heuristic.model_copy(update={"parent_score": parent_score})
+        gen = HeuristicGenerator(h, settings.gp, backend, procedural_pool(backend, 8), seed=1)
+        for i in range(10):
+            gen.observe(f"a{i}", a + 0.01 * rng.normal(size=dim), 0.6 + noise[0, i])
+            gen.observe(f"b{i}", b + 0.01 * rng.normal(size=dim), 0.4 + noise[1, i])
+        picks = [gen.ids[i] for _ in range(200) for i in gen.select_parents()]
+        return sum(p.startswith("a") for p in picks) / len(picks)
+
+    by_reward, by_posterior = share_from_a("reward"), share_from_a("posterior")
+    assert by_posterior > 0.95
+    assert by_reward < 0.9
+
+
+def test_spread_like_keeps_the_ranks_and_takes_the_reference_mean_and_sd():
+    from models.heuristic import _spread_like
+
+    values = np.array([0.50, 0.52, 0.49, 0.51])
+    reference = np.array([0.1, 0.9, 0.3, 0.7])
+    out = _spread_like(values, reference)
+    np.testing.assert_array_equal(np.argsort(out), np.argsort(values))
+    assert out.mean() == pytest.approx(reference.mean())
+    assert out.std() == pytest.approx(reference.std())
+    flat = _spread_like(np.full(4, 0.3), reference)
+    np.testing.assert_allclose(flat, reference.mean())

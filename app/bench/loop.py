@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from app.bench._stats import stats
+from app.loop_gains import loop_gains
 
 REWARDS = ("personal", "asymmetry", "lpp", "random", "blind", "oracle")
 ON_REQUEST = ("noisy_oracle",)  # diagnostic controls, not in the default run
@@ -73,22 +74,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # -- one participant (runs in a Dask worker) --------------------------------------------------
-def _gains(valence: np.ndarray, rounds: np.ndarray, kinds: list[str]) -> dict[str, Any]:
-    curve = [float(valence[rounds == r].mean()) for r in range(int(rounds.max()) + 1)]
-    kinds_a = np.asarray(kinds)
-    later = rounds >= 1
-    chosen = later & np.isin(kinds_a, ["child", "nearest"])
-    beside = later & (kinds_a == "random")
-    gain_b = None
-    if chosen.any() and beside.any():
-        gain_b = float(valence[chosen].mean() - valence[beside].mean())
-    return {
-        "curve": [round(v, 4) for v in curve],
-        "gain_a": round(float(np.mean(curve[-2:]) - curve[0]), 4),
-        "gain_b": None if gain_b is None else round(gain_b, 4),
-    }
-
-
 def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
     """Calibration, then one closed loop per reward, for one simulated participant."""
     import torch
@@ -168,7 +153,7 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
             else:
                 loop = run_loop(p, rec, reward_fn, sizes, subject, prior, score, False, fork, pool)
             valence = hidden(loop.images)
-            out["by_reward"][reward] = _gains(valence, loop.rounds, loop.kinds)
+            out["by_reward"][reward] = loop_gains(valence, loop.rounds, loop.kinds)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     return out
 

@@ -1,0 +1,67 @@
+"""`eegs bench pilots`: live pilots over seeds, and the gains they share with the loop bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_eegs
+from helpers import short_pilot_protocol
+
+from app.bench.pilots import summarise
+from app.loop_gains import loop_gains
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_loop_gains_by_hand():
+    valence = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, -0.5, 0.9])
+    rounds = np.array([0, 0, 1, 1, 1, 2, 2, 2])
+    kinds = ["initial", "initial", "child", "nearest", "random", "child", "random", "nearest"]
+    g = loop_gains(valence, rounds, kinds)
+    assert g["curve"] == [0.1, 0.6, pytest.approx(0.4667, abs=1e-4)]
+    assert g["gain_a"] == pytest.approx((0.6 + 1.4 / 3) / 2 - 0.1, abs=1e-4)
+    chosen = np.mean([0.4, 0.6, 1.0, 0.9])
+    assert g["gain_b"] == pytest.approx(chosen - np.mean([0.8, -0.5]), abs=1e-4)
+    assert loop_gains(valence[:5], rounds[:5], ["initial"] * 2 + ["child"] * 3)["gain_b"] is None
+
+
+def test_the_live_goal_counts_seeds_whose_gain_b_is_positive():
+    def rows(n_pos: int) -> list[dict]:
+        return [
+            {"seed": s, "minutes": 5.5, "gain_a": 0.1, "gain_b": 0.2 if s < n_pos else -0.1}
+            for s in range(10)
+        ]
+
+    met, missed = summarise(rows(8), None), summarise(rows(7), None)
+    assert met["gain_b_positive"] == "8 of 10"
+    assert met["goals"]["gain_b_positive_share_ge_0.8"] is True
+    assert missed["goals"]["gain_b_positive_share_ge_0.8"] is False
+    assert met["goals"]["pilot_le_6_min"] is True
+    assert summarise(rows(8) + [{"seed": 10, "minutes": 6.5, "gain_a": None, "gain_b": None}],
+                     None)["goals"]["pilot_le_6_min"] is False  # fmt: skip
+
+
+def test_bench_pilots_runs_a_real_pilot_and_reports_its_summary_gains(tmp_path):
+    out = tmp_path / "pilots"
+    res = run_eegs(
+        "bench", "pilots", "--seeds", "1", "--first-seed", "5", "--rounds", "3",
+        "--no-dashboard", "--protocol", str(short_pilot_protocol(tmp_path)),
+        "--dir", str(out), timeout=540,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(res.stdout[res.stdout.index("{\n") :])
+    assert figures["n"] == 1
+    row = figures["per_seed"][0]
+    summary = json.loads((out / "seed-5" / "summary.json").read_text())
+    gains = summary["oracle_valence_gains"]
+    # the summary's gains are the loop bench's, over the oracle's valence by round
+    assert gains["curve"] == pytest.approx(summary["oracle_valence_by_round"], abs=1e-4)
+    curve = gains["curve"]
+    assert gains["gain_a"] == pytest.approx(np.mean(curve[-2:]) - curve[0], abs=1e-3)
+    assert gains["gain_b"] is not None  # the pilot shows random images beside chosen ones
+    assert (row["gain_a"], row["gain_b"]) == (gains["gain_a"], gains["gain_b"])
+    assert figures["gain_a_mean"] == row["gain_a"]
+    assert figures["gain_b_positive"] in ("0 of 1", "1 of 1")
+    assert 0 < row["minutes"] < 9
