@@ -46,7 +46,7 @@ def test_the_live_goal_counts_seeds_whose_gain_b_is_positive():
 def test_bench_pilots_runs_a_real_pilot_and_reports_its_summary_gains(tmp_path):
     out = tmp_path / "pilots"
     res = run_eegs(
-        "bench", "pilots", "--seeds", "1", "--first-seed", "5", "--rounds", "3",
+        "bench", "pilots", "--seeds", "1", "--first-seed", "5", "--rounds", "2",
         "--no-dashboard", "--protocol", str(short_pilot_protocol(tmp_path)),
         "--dir", str(out), timeout=540,
     )  # fmt: skip
