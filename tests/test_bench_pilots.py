@@ -39,8 +39,12 @@ def test_the_live_goal_counts_seeds_whose_gain_b_is_positive():
     assert met["goals"]["gain_b_positive_share_ge_0.8"] is True
     assert missed["goals"]["gain_b_positive_share_ge_0.8"] is False
     assert met["goals"]["pilot_le_6_min"] is True
-    assert summarise(rows(8) + [{"seed": 10, "minutes": 6.5, "gain_a": None, "gain_b": None}],
-                     None)["goals"]["pilot_le_6_min"] is False  # fmt: skip
+    slow = rows(8) + [{"seed": 10, "minutes": 6.5, "gain_a": None, "gain_b": None}]
+    assert summarise(slow, None)["goals"]["pilot_le_6_min"] is False
+    failed = summarise(rows(8) + [{"seed": 10, "error": "exit status 1"}], None)
+    assert failed["failed_seeds"] == [10]
+    assert failed["gain_b_positive"] == "8 of 11"  # a pilot that failed counts against
+    assert failed["goals"]["gain_b_positive_share_ge_0.8"] is False
 
 
 def test_bench_pilots_runs_a_real_pilot_and_reports_its_summary_gains(tmp_path):

@@ -33,7 +33,6 @@ or a lab's scheduler with ``--address``.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from app.bench._progress import report
 from app.bench._stats import stats
 from app.loop_gains import loop_gains
 
@@ -334,14 +334,9 @@ def run(args: argparse.Namespace) -> dict:
         for k, fut in enumerate(as_completed(futures), 1):
             res = fut.result()
             results.append(res)
-            el = time.perf_counter() - t0
-            print(
-                f"[bench loop] {k}/{len(specs)} participants ({res['family']}, subject "
-                f"{res['subject']}, {res['wall_s']:.0f} s); elapsed {el:.0f} s, "
-                f"left ~{el / k * (len(specs) - k):.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            what = f"participants ({res['family']}, subject {res['subject']}, "
+            what += f"{res['wall_s']:.0f} s)"
+            report("loop", k, len(specs), what, t0)
     finally:
         client.close()
         if cluster is not None:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.bench._progress import report
 from app.bench._stats import stats
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,11 +96,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out = base / f"seed-{seed}"
             t0 = time.perf_counter()
             rc = _run_pilot(_pilot_argv(args, seed, out), base / f"seed-{seed}.log")
-            if rc != 0:
-                raise RuntimeError(
-                    f"eegs pilot --seed {seed} exited with status {rc}: see {base}/seed-{seed}.log"
-                    + ("" if keep else " (pass --dir to keep it)")
-                )
+            if rc != 0:  # counted, and the other seeds still run
+                where = f"{base}/seed-{seed}.log" if keep else "pass --dir to keep its log"
+                rows.append({"seed": seed, "error": f"exit status {rc} ({where})"})
+                report("pilots", k, len(seeds), f"seed {seed}: FAILED, status {rc}", t_all)
+                continue
             summary = json.loads((out / "summary.json").read_text())
             gains = summary.get("oracle_valence_gains") or {}
             personal = summary.get("personal_estimator") or {}
@@ -115,14 +116,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "epoch_latency_p95_ms": (summary.get("epoch_latency_ms") or {}).get("p95"),
                 }
             )
-            el = time.perf_counter() - t_all
-            print(
-                f"[bench pilots] {k}/{len(seeds)} seed {seed}: gain (a) {gains.get('gain_a')}, "
-                f"(b) {gains.get('gain_b')}, {rows[-1]['minutes']} min; elapsed {el / 60:.1f} "
-                f"min, left ~{el / k * (len(seeds) - k) / 60:.1f} min",
-                file=sys.stderr,
-                flush=True,
-            )
+            report(
+                "pilots", k, len(seeds), f"seed {seed}: gain (a) {gains.get('gain_a')}, (b) "
+                f"{gains.get('gain_b')}, {rows[-1]['minutes']} min", t_all,
+            )  # fmt: skip
     finally:
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
@@ -131,22 +128,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def summarise(rows: list[dict[str, Any]], sessions: str | None) -> dict[str, Any]:
     """Gains over seeds and the live goals."""
-    a, b = stats(r["gain_a"] for r in rows), stats(r["gain_b"] for r in rows)
-    n_b = sum(1 for r in rows if r["gain_b"] is not None)
-    b_pos = sum(1 for r in rows if r["gain_b"] is not None and r["gain_b"] > 0)
-    minutes = [r["minutes"] for r in rows]
+    a, b = stats(r.get("gain_a") for r in rows), stats(r.get("gain_b") for r in rows)
+    b_pos = sum(1 for r in rows if r.get("gain_b") is not None and r["gain_b"] > 0)
+    minutes = [r["minutes"] for r in rows if "minutes" in r]
+    failed = [r["seed"] for r in rows if "error" in r]
     return {
         "benchmark": "pilots",
         "n": len(rows),
+        "failed_seeds": failed,
         "gain_a_mean": a["mean"],
         "gain_a_ci95": a["ci95"],
         "gain_a_share_gt_0": a["share_gt_0"],
         "gain_b_mean": b["mean"],
         "gain_b_ci95": b["ci95"],
-        "gain_b_positive": f"{b_pos} of {n_b}",
+        "gain_b_positive": f"{b_pos} of {len(rows)}",  # a failed pilot counts against
         "minutes_max": max(minutes, default=None),
         "goals": {
-            "gain_b_positive_share_ge_0.8": bool(n_b) and b_pos / n_b >= GOAL_GAIN_B_POSITIVE,
+            "gain_b_positive_share_ge_0.8": bool(rows)
+            and b_pos / len(rows) >= GOAL_GAIN_B_POSITIVE,
             "pilot_le_6_min": bool(minutes) and max(minutes) <= GOAL_PILOT_MINUTES,
         },
         "per_seed": rows,
