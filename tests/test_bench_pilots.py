@@ -38,9 +38,7 @@ def test_the_live_goal_counts_seeds_whose_gain_b_is_positive():
     assert met["gain_b_positive"] == "8 of 10"
     assert met["goals"]["gain_b_positive_share_ge_0.8"] is True
     assert missed["goals"]["gain_b_positive_share_ge_0.8"] is False
-    assert met["goals"]["pilot_le_6_min"] is True
-    slow = rows(8) + [{"seed": 10, "minutes": 6.5, "gain_a": None, "gain_b": None}]
-    assert summarise(slow, None)["goals"]["pilot_le_6_min"] is False
+    assert met["minutes_max"] == 5.5
     failed = summarise(rows(8) + [{"seed": 10, "error": "exit status 1"}], None)
     assert failed["failed_seeds"] == [10]
     assert failed["gain_b_positive"] == "8 of 11"  # a pilot that failed counts against
