@@ -1,4 +1,4 @@
-"""Shared by `eegs bench faults` and `eegs bench soak`: a real session, watched from outside.
+"""Shared by `eegs bench faults`, `soak` and `pilots`: a real session, watched from outside.
 
 The benches write a small protocol (the pilot protocol with the asymmetry reward, no
 rating screen, a short calibration block from a folder the bench makes, and as many

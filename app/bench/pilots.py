@@ -14,6 +14,7 @@ least 8 of 10) and each pilot's minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -23,10 +24,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from app.bench._closed_loop import kill_session
 from app.bench._progress import report
 from app.bench._stats import stats
+from experiment_protocols.brain_model import SubjectFamily
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_GAIN_B_POSITIVE = 0.8  # share of seeds with gain (b) > 0
@@ -38,7 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--protocol", type=Path, default=None, help="default: pilot.toml")
     p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds, round 0 included")
-    p.add_argument("--family", default=None, help="brain_model.family (default: the protocol's)")
+    p.add_argument(
+        "--family",
+        choices=get_args(SubjectFamily),
+        default=None,
+        help="brain_model.family (default: the protocol's)",
+    )
     p.add_argument("--no-dashboard", action="store_true", help="pilots without the dashboard")
     p.add_argument("--dir", type=Path, default=None, help="keep the sessions here")
 
@@ -57,8 +65,12 @@ def _pilot_argv(args: argparse.Namespace, seed: int, out: Path) -> list[str]:
     return argv
 
 
-def _run_pilot(argv: list[str], log: Path) -> int:
-    """One ``eegs pilot`` in its own process group; stopped (SIGINT, then SIGKILL) if we are."""
+def _run_pilot(argv: list[str], session: Path, log: Path) -> int:
+    """One ``eegs pilot`` in its own process group, stopped if we are.
+
+    SIGINT first (the pilot saves the session and stops its children); a pilot still
+    running 60 s later is killed with every child group it started (``kill_session``).
+    """
     with log.open("w") as fh:
         proc = subprocess.Popen(
             argv, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
@@ -67,12 +79,12 @@ def _run_pilot(argv: list[str], log: Path) -> int:
             return proc.wait()
         finally:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)  # the pilot saves the session and stops
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
                 try:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    kill_session(session, [proc])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for k, seed in enumerate(seeds, 1):
             out = base / f"seed-{seed}"
             t0 = time.perf_counter()
-            rc = _run_pilot(_pilot_argv(args, seed, out), base / f"seed-{seed}.log")
+            rc = _run_pilot(_pilot_argv(args, seed, out), out, base / f"seed-{seed}.log")
             if rc != 0:  # counted, and the other seeds still run
                 where = f"{base}/seed-{seed}.log" if keep else "pass --dir to keep its log"
                 rows.append({"seed": seed, "error": f"exit status {rc} ({where})"})
@@ -141,7 +153,7 @@ def summarise(rows: list[dict[str, Any]], sessions: str | None) -> dict[str, Any
         "gain_b_mean": b["mean"],
         "gain_b_ci95": b["ci95"],
         "gain_b_positive": f"{b_pos} of {len(rows)}",  # a failed pilot counts against
-        "minutes_max": max(minutes, default=None),  # README: about 6
+        "minutes_max": max(minutes, default=None),
         "goals": {
             "gain_b_positive_share_ge_0.8": bool(rows) and b_pos / len(rows) >= GOAL_GAIN_B_POSITIVE
         },
