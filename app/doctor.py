@@ -82,7 +82,7 @@ def check_streams(protocol: Protocol, timeout: float) -> list[Finding]:
 
 def _reward_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
     """The training-free rewards read named channels: at least one (pair) must be there."""
-    from models.rewards import from_settings
+    from models.rewards.base import from_settings
 
     r = protocol.generation.reward
     if r.mode == "personal":  # reads every channel; its fallback reads the frontal pairs
@@ -119,7 +119,7 @@ def _reward_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
 
 def _decoder_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
     """decoder.channels must all reach the epochs, or the calibration decoder cannot fit."""
-    from models.classifiers import ClassifierError, channel_picks
+    from models.decoders.classifiers import ClassifierError, channel_picks
 
     wanted = protocol.decoder.channels
     if not wanted:

@@ -47,7 +47,7 @@ from app.restarts import (
 from app.supervisor import ProcessCrashed, Supervisor
 from experiment_protocols import Protocol, load_protocol
 from experiment_protocols.schema import PROTOCOL_DIR
-from workers.calibration import CALIBRATION
+from workers.generation.personal_fit import CALIBRATION
 from workers.session_store import EVENTS_FILE, EventTail, SessionStore
 
 logger = logging.getLogger("eegs.pilot")
@@ -269,7 +269,7 @@ def resume_session(
     """Continue an interrupted session from where it stopped (``eegs resume``).
 
     The same protocol file, streams and endpoints are used again. The worker rebuilds
-    its state from the session directory (:mod:`workers.generation_restore`), the
+    its state from the session directory (:mod:`workers.generation.restore`), the
     presentation shows only what was never shown (:mod:`app.presentation.resume`),
     and the acquisition records into a new XDF part beside the first.
     """

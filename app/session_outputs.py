@@ -98,7 +98,7 @@ def ratings_summary(trials: list[Trial], protocol: Protocol) -> dict[str, Any] |
 
 def _r_with_ci(x: list[float], y: list[float]) -> dict[str, Any]:
     """Pearson r of paired values with its 95 % CI (Fisher z) and n."""
-    from models.personal_reward import fisher_ci
+    from models.rewards.personal import fisher_ci
 
     r = _corr(x, y)
     ci = None if r is None else [round(v, 4) for v in fisher_ci(r, len(x))]
@@ -204,7 +204,7 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
             k: v for k, v in personal.items() if k not in ("t_wall", "event")
         }
     if pilot:
-        from models.brain_response import BrainModel
+        from models.brain.response import BrainModel
 
         model = BrainModel(protocol.brain_model.subject_seed)
         affect = {t.trial: model.affect(t.image) for t in trials if t.image.exists()}

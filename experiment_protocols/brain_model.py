@@ -2,7 +2,7 @@
 
 The brain model streams EEG like an amplifier (on the stream named ``streams.eeg``),
 reads the session's markers (``streams.markers``) and adds the simulated subject's
-response to each image shown. See ``models/brain_response.py`` for the model and the
+response to each image shown. See ``models/brain/response.py`` for the model and the
 literature it follows.
 """
 
@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from experiment_protocols._section import Section
 
-#: Which components carry the simulated subject's affect (models/brain_response.py).
+#: Which components carry the simulated subject's affect (models/brain/response.py).
 SubjectFamily = Literal["standard", "asymmetry", "lpp", "mixed", "weak"]
 
 

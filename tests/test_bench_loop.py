@@ -47,11 +47,11 @@ def test_a_small_population_gives_every_figure(processes, tmp_path):
 
 def test_no_reward_reads_the_family():
     """The participant's family is the simulator's secret: reward code never sees it."""
-    import models.personal_reward
-    import models.rewards
-    import workers.calibration
+    import models.rewards.base
+    import models.rewards.personal
+    import workers.generation.personal_fit
 
-    for module in (models.rewards, models.personal_reward, workers.calibration):
+    for module in (models.rewards.base, models.rewards.personal, workers.generation.personal_fit):
         assert "family" not in inspect.getsource(module), module.__name__
     assert set(FAMILIES) == {"asymmetry", "lpp", "mixed", "weak"}
 

@@ -1,6 +1,6 @@
 """Subject families of the brain model, and the simulated participant's ratings.
 
-Families change which components carry the hidden valence (models/brain_response.py,
+Families change which components carry the hidden valence (models/brain/response.py,
 "Subject families"); these tests check each one where it should differ: the frontal
 alpha asymmetry index follows valence in ``asymmetry`` and not in ``lpp``, the LPP
 follows it in ``lpp`` and not in ``asymmetry``, a ``weak`` responder's effects are a
@@ -22,8 +22,8 @@ from app.cli import build_parser
 from app.commands import brain_model as brain_model_command
 from experiment_protocols import ProtocolError, load_protocol
 from experiment_protocols.brain_model import SubjectFamily
-from models.brain_ratings import RatingModel
-from models.brain_response import SUBJECT_FAMILIES, BrainModel
+from models.brain.ratings import RatingModel
+from models.brain.response import SUBJECT_FAMILIES, BrainModel
 from workers.brain_model import build_model
 
 pytestmark = pytest.mark.timeout(120)

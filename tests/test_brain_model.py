@@ -13,8 +13,8 @@ from scipy.signal import welch
 from scipy.stats import spearmanr
 
 from experiment_protocols import ProtocolError, load_protocol
-from models.brain_features import FEATURES, ImageError, image_features
-from models.brain_response import (
+from models.brain.features import FEATURES, ImageError, image_features
+from models.brain.response import (
     ATM_CHANNELS,
     PHOTODIODE,
     STANDARD_64,
@@ -313,7 +313,7 @@ def test_unreadable_image_still_lights_the_photodiode(tmp_path, model):
 def test_learned_model_is_trained_saved_loaded_and_streamed(tmp_path, images, request):
     import torch
 
-    from models.brain_learned import ImageToEEG, LearnedResponse, image_tensor, save_learned_model
+    from models.brain.learned import ImageToEEG, LearnedResponse, image_tensor, save_learned_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a thread pool only costs time
@@ -355,7 +355,7 @@ def test_learned_model_is_trained_saved_loaded_and_streamed(tmp_path, images, re
 def test_learned_model_refuses_pickles_and_foreign_classes(tmp_path):
     from safetensors.torch import save_file
 
-    from models.brain_learned import LearnedModelError, LearnedResponse
+    from models.brain.learned import LearnedModelError, LearnedResponse
 
     pkl = tmp_path / "model.safetensors"
     pkl.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))

@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from test_brain_model import make_images
 from threadpoolctl import threadpool_limits
 
-from models.brain_response import DEFAULT_SNR, BrainModel
+from models.brain.response import DEFAULT_SNR, BrainModel
 
 SFREQ = 250.0
 SUBJECT = 0

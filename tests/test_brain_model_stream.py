@@ -13,7 +13,7 @@ from helpers import events_named, wait_for_event, wait_until
 from scipy.signal import sosfilt
 from test_brain_model import make_images
 
-from models.brain_response import ATM_CHANNELS, BrainModel
+from models.brain.response import ATM_CHANNELS, BrainModel
 from workers.lsl_clock import make_marker_outlet
 from workers.session_store import SessionStore
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.atms import ATMS, ATMSConfig, CheckpointError, load_atms, save_atms
-from models.classifiers import (
+from models.decoders.atms import ATMS, ATMSConfig, CheckpointError, load_atms, save_atms
+from models.decoders.classifiers import (
     CLASS_NAMES,
     AtmsFcClassifier,
     AtmsFcSettings,
@@ -25,7 +25,7 @@ from models.classifiers import (
     pick_channels,
     scaled_kernel_length,
 )
-from models.clip_training import (
+from models.decoders.clip_training import (
     ClipTrainer,
     PairedEEG,
     clip_loss,

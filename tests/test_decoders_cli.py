@@ -120,7 +120,7 @@ def test_evaluate_writes_table1_that_matches_sklearn(tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert folds["datasets"]["EEGS"]["subjects"] == ["sub-01", "sub-02"]
     # the calibration decoder is fitted on the first dataset and reloads for the loop
-    from models.classifiers import load_classifier
+    from models.decoders.classifiers import load_classifier
 
     calib = load_classifier(tmp_path / "calib.safetensors")
     assert calib.kind == "atms_fc"
@@ -200,13 +200,13 @@ def test_train_encoder_checkpoints_and_resumes(tmp_path):
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2
     # the trained encoder is usable as the protocol's ATM-S checkpoint
-    from models.atms import load_atms
+    from models.decoders.atms import load_atms
 
     assert load_atms(out / "encoder.safetensors", n_channels=17, n_times=250).config.n_channels
 
 
 def test_train_encoder_from_arrays_and_refuses_pickles(tmp_path):
-    from models.clip_training import synthetic_pairs
+    from models.decoders.clip_training import synthetic_pairs
 
     pairs = synthetic_pairs(30, 2, snr=0.2, seed=0)
     np.save(tmp_path / "eeg.npy", pairs.eeg.reshape(30, 2, 17, 250))
@@ -259,7 +259,7 @@ def test_train_encoder_from_session_directories(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "48 training trials of 17 ch x 250 samples (48 images); 12 held-out" in res.stdout
-    from models.atms import load_atms
+    from models.decoders.atms import load_atms
 
     assert load_atms(tmp_path / "o" / "best.safetensors").config.embed_dim == 64
     res = run_eegs("train-encoder", "--session", str(tmp_path / "s1"), "--out", str(tmp_path))
@@ -272,8 +272,8 @@ def test_both_classifiers_decode_brain_model_valence():
     """Hidden oracle-valence labels are decoded from simulated EEG (clear SNR, 3 folds)."""
     from app.bench.decoders import KINDS, _f1, brain_model_set
     from experiment_protocols import load_protocol
-    from models.brain_response import ATM_CHANNELS
-    from models.classifiers import pick_channels
+    from models.brain.response import ATM_CHANNELS
+    from models.decoders.classifiers import pick_channels
 
     dec = load_protocol().decoder
     dec.evaluation.folds, dec.evaluation.seeds = 3, [0]
@@ -317,7 +317,7 @@ def test_brain_model_set_labellings():
 
 def test_train_encoder_on_brain_model_subjects(tmp_path):
     """--brain-model: pairs simulated by other subjects, all 64 channels, for ATM-S-FC."""
-    from models.atms import load_atms
+    from models.decoders.atms import load_atms
 
     out = tmp_path / "enc"
     args = ["train-encoder", "--brain-model", "30", "31", "--brain-model-images", "12"]
@@ -333,7 +333,7 @@ def test_train_encoder_on_brain_model_subjects(tmp_path):
 
 
 def test_bench_decoders_runs(tmp_path):
-    from models.atms import ATMS, ATMSConfig, save_atms
+    from models.decoders.atms import ATMS, ATMSConfig, save_atms
 
     encoder = save_atms(ATMS(ATMSConfig(n_channels=64)), tmp_path / "enc64.safetensors")
     res = run_eegs(

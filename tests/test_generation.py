@@ -11,7 +11,7 @@ from experiment_protocols.schema import PROTOCOL_DIR
 from models.backends.pool import ImagePool, PoolBackend
 from models.backends.procedural import ProceduralBackend, procedural_pool
 from models.heuristic import HeuristicGenerator, crossover, softmax
-from models.rewards import EpochData, LppReward, SemanticReward
+from models.rewards.base import EpochData, LppReward, SemanticReward
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +293,7 @@ def test_rewards_lpp_and_semantic():
 
 
 def test_asymmetry_reward_follows_frontal_alpha():
-    from models.rewards import AsymmetryReward
+    from models.rewards.base import AsymmetryReward
 
     rng = np.random.default_rng(1)
     sfreq, tmin = 250.0, -0.2
@@ -325,8 +325,8 @@ def test_asymmetry_reward_follows_frontal_alpha():
 
 def test_asymmetry_reward_tracks_the_brain_models_hidden_valence():
     """Single trials, default SNR: the asymmetry index (the personal reward's fallback)."""
-    from models.brain_response import BrainModel
-    from models.rewards import from_settings
+    from models.brain.response import BrainModel
+    from models.rewards.base import from_settings
 
     pool = procedural_pool(ProceduralBackend(size=96, fit_samples=256), 80, seed=5)
     images = [pool.image(i) for i in range(len(pool))]
@@ -341,8 +341,8 @@ def test_asymmetry_reward_tracks_the_brain_models_hidden_valence():
 
 
 def test_affective_reward_uses_a_saved_decoder(tmp_path):
-    from models.classifiers import CLASS_NAMES, load_classifier, make_classifier
-    from models.rewards import from_settings
+    from models.decoders.classifiers import CLASS_NAMES, load_classifier, make_classifier
+    from models.rewards.base import from_settings
 
     rng = np.random.default_rng(0)
     X = rng.normal(0, 5, (24, 4, 250)).astype(np.float32)

@@ -9,9 +9,9 @@ import pytest
 from conftest import Processes
 from helpers import events_named, wait_until
 
-from models.classifiers import load_classifier
-from workers.calibration import DECODER_FILE
-from workers.generation import GenerationClient
+from models.decoders.classifiers import load_classifier
+from workers.generation.personal_fit import DECODER_FILE
+from workers.generation.service import GenerationClient
 from workers.messages import (
     EpochMessage,
     ImageBatch,

@@ -22,19 +22,19 @@ from safetensors.numpy import load_file
 from experiment_protocols import load_protocol
 from models.backends.procedural import ProceduralBackend, procedural_pool
 from models.heuristic import HeuristicGenerator
-from models.rewards import EpochData, LppReward, Reward
+from models.rewards.base import EpochData, LppReward, Reward
 from workers import transport
-from workers.calibration import SessionFittedReward
-from workers.generation import GenerationClient, GenerationService
-from workers.generation_calibration import CalibrationGate
-from workers.generation_jobs import RoundScheduler
-from workers.generation_ledger import Issued, RewardLedger
-from workers.generation_provenance import (
+from workers.generation.calibration import CalibrationGate
+from workers.generation.jobs import RoundScheduler
+from workers.generation.ledger import Issued, RewardLedger
+from workers.generation.personal_fit import SessionFittedReward
+from workers.generation.provenance import (
     GENERATION_DIR,
     ProvenanceWriter,
     assemble_batch,
 )
-from workers.generation_scoring import EpochScorer, epoch_of
+from workers.generation.scoring import EpochScorer, epoch_of
+from workers.generation.service import GenerationClient, GenerationService
 from workers.messages import (
     EpochMessage,
     ErrorReply,

@@ -12,7 +12,7 @@ from conftest import Processes, run_eegs
 from PIL import Image
 from safetensors.numpy import load_file
 
-from workers.generation import GenerationClient
+from workers.generation.service import GenerationClient
 from workers.messages import (
     MAX_HEADER_BYTES,
     SCHEMA_VERSION,

@@ -290,8 +290,8 @@ def test_rewards_survive_an_embedding_failure(tmp_path):
     from PIL import Image
 
     from models.backends.procedural import ProceduralBackend, procedural_pool
-    from models.rewards import LppReward
-    from workers.generation import GenerationService
+    from models.rewards.base import LppReward
+    from workers.generation.service import GenerationService
 
     protocol = load_protocol()
     backend = ProceduralBackend(size=64, fit_samples=64, seed=0)
@@ -320,8 +320,8 @@ def test_a_worker_takes_only_its_own_sessions_messages(tmp_path):
     import numpy as np
 
     from models.backends.procedural import ProceduralBackend, procedural_pool
-    from models.rewards import LppReward
-    from workers.generation import GenerationService
+    from models.rewards.base import LppReward
+    from workers.generation.service import GenerationService
     from workers.messages import EpochMessage, ErrorReply, RewardReply, decode, encode
 
     store = SessionStore(tmp_path / "S01-2026").open(role="generation")

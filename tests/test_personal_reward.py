@@ -13,15 +13,19 @@ from conftest import REPO, Processes
 from helpers import events_named, wait_until
 
 from experiment_protocols import ProtocolError, load_protocol
-from models.personal_reward import (
+from models.rewards.base import AsymmetryReward, EpochData, asymmetry_from_settings
+from models.rewards.personal import (
     PersonalEstimator,
     PersonalReward,
     fit_personal,
     personal_reward,
 )
-from models.rewards import AsymmetryReward, EpochData, asymmetry_from_settings
-from workers.calibration import PERSONAL_FILE, PersonalSessionReward, personal_reward_for
-from workers.generation import GenerationClient
+from workers.generation.personal_fit import (
+    PERSONAL_FILE,
+    PersonalSessionReward,
+    personal_reward_for,
+)
+from workers.generation.service import GenerationClient
 from workers.messages import (
     EpochMessage,
     ImageBatch,
@@ -183,7 +187,7 @@ def test_the_index_drives_the_loop_where_it_agrees_better_with_the_ratings():
 
 
 def test_component_block_reads_the_asymmetry_and_the_lpp():
-    from models.personal_reward import FeatureSpec, component_features, epoch_features
+    from models.rewards.personal import FeatureSpec, component_features, epoch_features
 
     epochs, valence, _ = dataset(60, seed=12, effect=2.0)
     data = np.stack([e.data for e in epochs])

@@ -10,8 +10,8 @@ import pytest
 from conftest import run_eegs
 from sklearn.metrics import f1_score
 
+from app.evaluation.table1_report import BASELINE, EEGS, POSTER_TABLE1, verdict
 from app.pilot import PILOT_PROTOCOL
-from app.table1_report import BASELINE, EEGS, POSTER_TABLE1, verdict
 
 SEED = 3
 

@@ -4,7 +4,7 @@ It behaves like an amplifier's LSL app (an outlet of µV samples stamped by a sa
 counter anchored to the LSL clock, pushed in fixed chunks as they fall due) and
 like a participant: it reads the session's JSON marker stream with a plain inlet,
 and for every stimulus-onset marker it loads the image the marker names and adds
-the simulated subject's response (:mod:`models.brain_response`), starting at the
+the simulated subject's response (:mod:`models.brain.response`), starting at the
 display onset (the marker time plus the simulated display lag). Markers are read
 just before each chunk is rendered, so a marker that arrives before its onset
 sample is sent gets the whole response; one that arrives later loses the samples
@@ -17,7 +17,7 @@ With a response stream (``presentation.response_stream``) it also answers the ra
 screen like a person with a response box: each ``rating_onset`` marker (trial, scale,
 low, high) is answered, after a response delay, by one press on an LSL string outlet,
 ``{"key": "<point>", "trial": ..., "scale": ...}`` stamped at the moment of the press.
-The points and delays come from :class:`models.brain_ratings.RatingModel` (the
+The points and delays come from :class:`models.brain.ratings.RatingModel` (the
 subject's hidden valence and arousal of that trial's image, mapped to the scale with
 the subject's own noise and scale-use bias), drawn once per trial. Presses are queued
 and sent by the streaming loop when due, so answering never holds up the EEG.
@@ -38,8 +38,8 @@ import numpy as np
 import pylsl
 
 from experiment_protocols.brain_model import BrainModelSettings
-from models.brain_features import ImageError
-from models.brain_response import ATM_CHANNELS, STANDARD_64, BrainModel, StreamSimulator
+from models.brain.features import ImageError
+from models.brain.response import ATM_CHANNELS, STANDARD_64, BrainModel, StreamSimulator
 from workers import faults
 from workers.errors import InputError
 from workers.lsl_clock import SampleClock, make_eeg_info, push_chunk_at_clock
@@ -96,7 +96,7 @@ def build_model(settings: BrainModelSettings) -> BrainModel:
     """The simulated subject described by a protocol's ``[brain_model]`` section."""
     learned = None
     if settings.learned_model:
-        from models.brain_learned import LearnedModelError, LearnedResponse
+        from models.brain.learned import LearnedModelError, LearnedResponse
 
         try:
             learned = LearnedResponse.load(settings.learned_model, settings.learned_class or None)
@@ -220,9 +220,9 @@ class Responder:
         seed: int | None = None,
     ) -> None:
         try:
-            from models.brain_ratings import RatingModel
+            from models.brain.ratings import RatingModel
         except ImportError as err:
-            raise BrainModelError(f"answering ratings needs models.brain_ratings: {err}") from None
+            raise BrainModelError(f"answering ratings needs models.brain.ratings: {err}") from None
         self.name = name
         self.model = model
         self.scale = (int(scale[0]), int(scale[1]))

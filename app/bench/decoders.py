@@ -117,8 +117,8 @@ def brain_model_set(
     The epochs are simulated on the brain model's 64 channels (``info["ch_names"]``)
     in a shuffled presentation order and baseline-corrected.
     """
-    from models.brain_model_pairs import decoder_epochs, procedural_images
-    from models.brain_response import DEFAULT_SNR, BrainModel
+    from models.brain.pairs import decoder_epochs, procedural_images
+    from models.brain.response import DEFAULT_SNR, BrainModel
 
     if labels not in LABELLINGS:
         raise ValueError(f"labels must be one of {LABELLINGS}; got {labels!r}")
@@ -167,7 +167,7 @@ def brain_model_set(
 
 
 def _timings(X, y, settings, repeats: int) -> tuple[dict, dict, dict]:
-    from models.classifiers import make_classifier
+    from models.decoders.classifiers import make_classifier
 
     fit_s, score_med, score_p95 = {}, {}, {}
     for kind in KINDS:
@@ -190,7 +190,7 @@ def _timings(X, y, settings, repeats: int) -> tuple[dict, dict, dict]:
 
 
 def _f1(X, y, decoder, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
-    from app.commands.evaluate import LabelledEpochs, cross_validate
+    from app.evaluation.cross_validation import LabelledEpochs, cross_validate
 
     data = LabelledEpochs(X, y, np.full(len(y), "sim"), 250.0, None)
     recs = cross_validate(data, list(kinds), decoder, dataset="brain-model")
@@ -207,7 +207,7 @@ def _f1(X, y, decoder, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
 
 def _retrieval(args, training) -> dict[str, Any]:
     from app.commands.train_encoder import train_encoder
-    from models.clip_training import synthetic_pairs
+    from models.decoders.clip_training import synthetic_pairs
 
     train = synthetic_pairs(1000, 4, snr=args.retrieval_snr, seed=1)
     test = synthetic_pairs(200, 4, snr=args.retrieval_snr, seed=2)
@@ -261,8 +261,8 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from experiment_protocols import load_protocol
-    from models.brain_response import ATM_CHANNELS, DEFAULT_SNR
-    from models.classifiers import pick_channels
+    from models.brain.response import ATM_CHANNELS, DEFAULT_SNR
+    from models.decoders.classifiers import pick_channels
 
     protocol = load_protocol(args.protocol)
     dec = protocol.decoder

@@ -1,6 +1,6 @@
 """Per-stage times of the generation worker's rounds, batched vs sequential, GP at 500 points.
 
-The worker (:class:`workers.generation.GenerationService`) runs in this process behind
+The worker (:class:`workers.generation.service.GenerationService`) runs in this process behind
 a real ZeroMQ ROUTER socket on loopback TCP and plays its part of a session as the
 presentation drives it: for every image of a round one synthetic epoch (17 ATM-S
 channels, 250 Hz, -0.2 to 1.0 s) comes in, ``--trial-s`` apart, and gets its reward
@@ -115,7 +115,7 @@ def _image_folder(root: Path, n: int, size: int) -> Path:
 
 # -- measurement ----------------------------------------------------------------------------
 def _epoch(trial: int, image_id: str, rng: np.random.Generator):
-    from models.brain_response import ATM_CHANNELS
+    from models.brain.response import ATM_CHANNELS
     from workers.messages import EpochMessage
 
     x = rng.normal(0, 10, (len(ATM_CHANNELS), 301)).astype(np.float32)
@@ -142,7 +142,7 @@ def measure_backend(name, backend, pool, protocol, reward_fn, sizes, trial_s) ->
     import zmq
 
     from workers import transport
-    from workers.generation import GenerationClient, GenerationService
+    from workers.generation.service import GenerationClient, GenerationService
     from workers.messages import ErrorReply, ImageBatch, ImageRequest, encode
 
     service = GenerationService(protocol, backend, pool, reward_fn, store=None)
@@ -327,11 +327,11 @@ def run(args: argparse.Namespace) -> dict:
 
     from app.bench._sdxl_dry_run import dry_run, round_budget
     from experiment_protocols import load_protocol
-    from models.atms import ATMS
     from models.backends.base import BackendUnavailableError
-    from models.brain_response import ATM_CHANNELS
-    from models.rewards import SemanticReward
-    from workers.generation import GenerationError
+    from models.brain.response import ATM_CHANNELS
+    from models.decoders.atms import ATMS
+    from models.rewards.base import SemanticReward
+    from workers.generation.service import GenerationError
 
     if args.full_size and not args.random_weights:
         raise GenerationError("--full-size is the random-weight dry run: add --random-weights")

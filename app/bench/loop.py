@@ -3,9 +3,9 @@
 Each participant is a brain-model subject (seed, ``brain_model.family``) the loop was not
 tuned on. Per participant, everything runs offline and faster than real time, with the
 session's own code: the pilot protocol's generator (procedural backend, GP, heuristic),
-the acquisition's epoching (:class:`app.table1.Recorder`) and the worker's rewards.
+the acquisition's epoching (:class:`app.evaluation.table1.Recorder`) and the worker's rewards.
 Calibration: the pilot's labelled calibration images are shown, the participant rates
-each one (:mod:`models.brain_ratings`: the brain model answering like a person), and
+each one (:mod:`models.brain.ratings`: the brain model answering like a person), and
 the personal estimator is fitted on those ratings as the worker fits it. Then, for each
 reward, round 0 (the same random pool sample for every reward of a participant) and the
 protocol's closed-loop rounds:
@@ -79,7 +79,7 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from app.table1 import (
+    from app.evaluation.table1 import (
         Recorder,
         calibration_trials,
         noise_seed,
@@ -88,10 +88,10 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
         subject_protocol,
     )
     from experiment_protocols import load_protocol
-    from models.brain_ratings import RatingModel
-    from models.rewards import EpochData, from_settings
-    from workers.calibration import personal_reward_for
-    from workers.generation import build_backend, build_pool
+    from models.brain.ratings import RatingModel
+    from models.rewards.base import EpochData, from_settings
+    from workers.generation.personal_fit import personal_reward_for
+    from workers.generation.service import build_backend, build_pool
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _random_search(protocol, sizes: list[int], backend, pool):
     """Random unseen pool images every round: what the loop must beat."""
-    from app.table1 import LoopResult
+    from app.evaluation.table1 import LoopResult
     from models.heuristic import HeuristicGenerator
 
     g = protocol.generation
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
     """Run every participant on Dask and summarise."""
     from dask.distributed import as_completed
 
-    from app.table1 import closed_loop_shape
+    from app.evaluation.table1 import closed_loop_shape
     from experiment_protocols import load_protocol
     from workers.errors import InputError
 

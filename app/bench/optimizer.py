@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from experiment_protocols import load_protocol
     from models.backends.procedural import ProceduralBackend, procedural_pool
-    from models.brain_response import BrainModel
+    from models.brain.response import BrainModel
 
     torch.set_num_threads(2)
     gen_settings = load_protocol(args.protocol).generation

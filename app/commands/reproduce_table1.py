@@ -5,7 +5,7 @@ dataset), records fresh EEG for the EEGS set and for as many images of the norma
 baseline set, cross-validates ATM-S-FC and EEGNet, and writes DIR/table1.md,
 table1.csv, table1.json (every fold's predictions, the per-seed figures, the verdict),
 confusion matrices and per-subject recordings (seed-S/*.npz, readable by
-``eegs evaluate``). See :mod:`app.table1` for the design.
+``eegs evaluate``). See :mod:`app.evaluation.table1` for the design.
 
 Defaults are sized for a 2-core CPU: 50 training epochs per fit (the protocol says
 150) and one CV seed (5 folds) per subject and set.
@@ -90,11 +90,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the options, run :func:`app.table1.reproduce`, print the table."""
+    """Check the options, run :func:`app.evaluation.table1.reproduce`, print the table."""
     from typing import get_args
 
+    from app.evaluation.table1 import Config, closed_loop_shape
     from app.pilot import PILOT_PROTOCOL
-    from app.table1 import Config, closed_loop_shape
     from experiment_protocols import load_protocol
     from experiment_protocols.decoder import Decoder
     from workers.errors import InputError
@@ -155,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"the protocol's reward mode {cfg.reward!r} cannot run offline; use --reward"
         )
-    from app.table1 import reproduce
-    from models.atms import CheckpointError
-    from models.classifiers import ClassifierError
+    from app.evaluation.table1 import reproduce
+    from models.decoders.atms import CheckpointError
+    from models.decoders.classifiers import ClassifierError
 
     try:
         result = reproduce(cfg)

@@ -13,7 +13,7 @@ Data, one of:
 - ``--synthetic``: EEG that is a noisy linear function of random embeddings, to check
   the pipeline and measure how fast it learns;
 - ``--brain-model SUBJECT...``: procedural images shown once each to simulated subjects
-  of the brain model (:mod:`models.brain_model_pairs`), the stand-in for THINGS-EEG2 that
+  of the brain model (:mod:`models.brain.pairs`), the stand-in for THINGS-EEG2 that
   pretrains the frozen encoder of ATM-S-FC; pick subjects other than those the decoder
   is tested on. Channels: decoder.channels (all 64 when empty).
 
@@ -125,7 +125,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _load_embeddings(path: Path) -> np.ndarray:
     import torch
 
-    from models.atms import CheckpointError, read_torch_checkpoint
+    from models.decoders.atms import CheckpointError, read_torch_checkpoint
     from workers.errors import InputError
 
     if not path.exists():
@@ -153,7 +153,7 @@ def _load_embeddings(path: Path) -> np.ndarray:
 
 
 def _load_eeg_array(path: Path, sfreq: float, tmin: float, window) -> np.ndarray:
-    from models.classifiers import ClassifierError, crop_window
+    from models.decoders.classifiers import ClassifierError, crop_window
     from workers.errors import InputError
 
     if not path.exists():
@@ -177,7 +177,7 @@ def _load_eeg_array(path: Path, sfreq: float, tmin: float, window) -> np.ndarray
 
 
 def _pairs_from_array(eeg: np.ndarray, emb: np.ndarray, what: str):
-    from models.clip_training import PairedEEG
+    from models.decoders.clip_training import PairedEEG
     from workers.errors import InputError
 
     if len(eeg) != len(emb):
@@ -188,7 +188,7 @@ def _pairs_from_array(eeg: np.ndarray, emb: np.ndarray, what: str):
 
 def _split_images(pairs, n_holdout: int, seed: int):
     """Hold out ``n_holdout`` images (at most a fifth of them)."""
-    from models.clip_training import PairedEEG
+    from models.decoders.clip_training import PairedEEG
     from workers.errors import InputError
 
     images = np.unique(pairs.image_index)
@@ -209,9 +209,9 @@ def _split_images(pairs, n_holdout: int, seed: int):
 
 
 def _session_pairs(sessions: list[Path], emb_file: Path | None, window, channels=()):
-    from app.commands.evaluate import read_session_epochs
-    from models.classifiers import ClassifierError, crop_window, pick_channels
-    from models.clip_training import PairedEEG
+    from app.evaluation.cross_validation import read_session_epochs
+    from models.decoders.classifiers import ClassifierError, crop_window, pick_channels
+    from models.decoders.clip_training import PairedEEG
     from workers.errors import InputError
 
     if emb_file is None:
@@ -258,7 +258,7 @@ def _session_pairs(sessions: list[Path], emb_file: Path | None, window, channels
 
 def load_pairs(args: argparse.Namespace, training) -> tuple[Any, Any, dict[str, Any]]:
     """(train, test, description) for whichever source the options name."""
-    from models.clip_training import synthetic_pairs
+    from models.decoders.clip_training import synthetic_pairs
     from workers.errors import InputError
 
     window = args._window
@@ -273,7 +273,7 @@ def load_pairs(args: argparse.Namespace, training) -> tuple[Any, Any, dict[str, 
         }
         return train, test, desc
     if args.brain_model:
-        from models.brain_model_pairs import brain_model_pairs
+        from models.brain.pairs import brain_model_pairs
 
         if args.brain_model_images < 1:
             raise InputError(f"--brain-model-images must be >= 1; got {args.brain_model_images}")
@@ -351,9 +351,9 @@ def train_encoder(
     import torch
     from tqdm import tqdm
 
-    from models.atms import ATMS, ATMSConfig, CheckpointError, load_atms, save_atms
-    from models.atms import read_torch_checkpoint as read_ckpt
-    from models.clip_training import ClipTrainer
+    from models.decoders.atms import ATMS, ATMSConfig, CheckpointError, load_atms, save_atms
+    from models.decoders.atms import read_torch_checkpoint as read_ckpt
+    from models.decoders.clip_training import ClipTrainer
     from workers.errors import InputError
     from workers.session_store import atomic_write_bytes, atomic_write_json
 

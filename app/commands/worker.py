@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until stopped."""
     from app.shutdown import STOP
     from experiment_protocols import load_protocol
-    from workers.generation import GenerationConfig
-    from workers.generation import run as run_generation
+    from workers.generation.service import GenerationConfig
+    from workers.generation.service import run as run_generation
 
     overrides = {
         "generation.endpoint": args.endpoint,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.atms import ATMS, ATMSConfig, CheckpointError, load_atms, read_safetensors
+from models.decoders.atms import ATMS, ATMSConfig, CheckpointError, load_atms, read_safetensors
 
 CLASS_NAMES: tuple[str, str] = ("sadness", "amusement")
 """Class order of every classifier: column 0 = sadness (label 0), 1 = amusement (1)."""
@@ -345,7 +345,7 @@ class AtmsFcClassifier(EmotionClassifier):
     settings : AtmsFcSettings
         Head architecture and training.
     encoder : ATMS | None
-        A trained encoder (:func:`models.atms.load_atms`). ``None`` builds a randomly
+        A trained encoder (:func:`models.decoders.atms.load_atms`). ``None`` builds a randomly
         initialised one (seed 0, the same for every fit): a random-feature model.
     standardize, seed
         Z-score channels with training statistics; seed of the head's training.

@@ -18,7 +18,7 @@ ZeroMQ ROUTER socket (loopback by default; any other interface needs CURVE, see
 - a :class:`~workers.messages.StatusRequest` is answered by a
   :class:`~workers.messages.StatusReply`;
 - a :class:`~workers.messages.RatingMessage` (the participant's self-report of a trial)
-  is kept for the personal reward's fit (:mod:`workers.calibration`) and not answered,
+  is kept for the personal reward's fit (:mod:`workers.generation.personal_fit`) and not answered,
   whether it comes on the ROUTER or with the epochs on the SUB socket.
 
 Anything else (not JSON, another schema version, oversize, invalid fields, a type the
@@ -27,14 +27,14 @@ keeps serving. With ``generation.subscribe_epochs`` the worker also takes every 
 that ``eegs acquire`` publishes.
 
 A worker started on a session that already has history (``eegs resume``) first takes
-over the state of the one before (:mod:`workers.generation_restore`).
+over the state of the one before (:mod:`workers.generation.restore`).
 
 This module composes the worker's parts and serves them; each part stands alone and is
-tested alone: the books of issued images and rewards (:mod:`workers.generation_ledger`),
-scoring (:mod:`workers.generation_scoring`), the session-fitted reward's calibration
-(:mod:`workers.generation_calibration`), the rounds' scheduling
-(:mod:`workers.generation_jobs`), provenance (:mod:`workers.generation_provenance`), and
-what is loaded once (:mod:`workers.generation_setup`). A fault in one part is logged and
+tested alone: the books of issued images and rewards (:mod:`workers.generation.ledger`),
+scoring (:mod:`workers.generation.scoring`), the session-fitted reward's calibration
+(:mod:`workers.generation.calibration`), the rounds' scheduling
+(:mod:`workers.generation.jobs`), provenance (:mod:`workers.generation.provenance`), and
+what is loaded once (:mod:`workers.generation.setup`). A fault in one part is logged and
 answered as an error or skipped; the loop and the other parts go on.
 
 Generation and the hyperparameter refit run in one background thread, so the socket
@@ -61,23 +61,23 @@ from experiment_protocols import Protocol
 from models.backends.base import Backend, BackendUnavailableError
 from models.backends.pool import ImagePool
 from models.heuristic import HeuristicGenerator
-from models.rewards import RewardError, RewardFunction
+from models.rewards.base import RewardError, RewardFunction
 from workers import transport
-from workers.calibration import SessionFittedReward
 from workers.errors import InputError
-from workers.generation_calibration import CalibrationGate
-from workers.generation_client import GenerationClient
-from workers.generation_jobs import Job, RoundScheduler
-from workers.generation_ledger import Issued, RewardLedger
-from workers.generation_provenance import (
+from workers.generation.calibration import CalibrationGate
+from workers.generation.client import GenerationClient
+from workers.generation.jobs import Job, RoundScheduler
+from workers.generation.ledger import Issued, RewardLedger
+from workers.generation.personal_fit import SessionFittedReward
+from workers.generation.provenance import (
     GENERATION_DIR,
     Batch,
     ProvenanceWriter,
     assemble_batch,
 )
-from workers.generation_restore import restore
-from workers.generation_scoring import EpochScorer, epoch_of, image_roots
-from workers.generation_setup import build_backend, build_pool, build_reward
+from workers.generation.restore import restore
+from workers.generation.scoring import EpochScorer, epoch_of, image_roots
+from workers.generation.setup import build_backend, build_pool, build_reward
 from workers.messages import (
     EpochMessage,
     ErrorReply,
@@ -132,9 +132,9 @@ def _envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 class GenerationService:
     """The worker's parts, composed; :meth:`serve` is its ZeroMQ loop.
 
-    The parts (:mod:`workers.generation_ledger`, :mod:`workers.generation_scoring`,
-    :mod:`workers.generation_calibration`, :mod:`workers.generation_jobs`,
-    :mod:`workers.generation_provenance`) each stand alone; here every call into one is
+    The parts (:mod:`workers.generation.ledger`, :mod:`workers.generation.scoring`,
+    :mod:`workers.generation.calibration`, :mod:`workers.generation.jobs`,
+    :mod:`workers.generation.provenance`) each stand alone; here every call into one is
     contained, so that a fault in one is logged and answered as an error, and the loop and
     the other parts go on.
 
@@ -145,7 +145,7 @@ class GenerationService:
     backend, pool
         Built once (see :func:`build_backend`, :func:`build_pool`).
     reward_fn
-        Epoch -> reward in [0, 1] (see :mod:`models.rewards`).
+        Epoch -> reward in [0, 1] (see :mod:`models.rewards.base`).
     store
         Session directory for events, embeddings and provenance; None = no files.
     """
@@ -462,7 +462,7 @@ class GenerationService:
 
 def run(config: GenerationConfig, stop: Callable[[], bool] = lambda: False) -> GenerationService:
     """Entry point of the ``eegs worker`` process."""
-    from models.atms import CheckpointError  # torch: only when a worker starts
+    from models.decoders.atms import CheckpointError  # torch: only when a worker starts
 
     protocol = config.protocol
     g = protocol.generation

@@ -1,6 +1,6 @@
 """The simulated participant's self-report: hidden affect to a rating scale, like a person.
 
-The brain model (:mod:`models.brain_response`) knows each image's hidden valence in
+The brain model (:mod:`models.brain.response`) knows each image's hidden valence in
 (-1, 1) and arousal in (0, 1); a participant who is asked reports them on a scale (the
 Self-Assessment Manikin, 1-9 by default; Bradley & Lang 1994) imperfectly, and each
 in their own way. :class:`RatingModel` is that report, pure computation: the
@@ -57,7 +57,7 @@ class RatingModel:
     Parameters
     ----------
     subject_seed : int
-        The subject (as in :class:`models.brain_response.BrainModel`).
+        The subject (as in :class:`models.brain.response.BrainModel`).
     noise_sd : tuple of float
         SD of the response noise per scale, fraction of the range.
     offset : tuple of float

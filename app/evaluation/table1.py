@@ -3,7 +3,7 @@
 The poster compares emotion decoders (ATM-S-FC, EEGNetv4) trained on EEG recorded while a
 subject watched a conventional labelled set (ArtPhoto) and while they watched the
 EEGS-generated set. Here the subject is the simulated brain model
-(:mod:`models.brain_response`), and for every seed S (one simulated subject each):
+(:mod:`models.brain.response`), and for every seed S (one simulated subject each):
 
 1. **EEGS set**: the closed loop runs offline, in-process, for subject S with the pilot
    protocol's settings (``experiment_protocols/pilot.toml``: procedural backend, GP +
@@ -28,7 +28,7 @@ EEGS-generated set. Here the subject is the simulated brain model
    label_names), which ``eegs evaluate`` reads too. The decoders get the protocol's
    ``decoder.channels`` (every channel of the brain model when empty, the default),
    0-1 s.
-4. **Evaluation**: :func:`app.commands.evaluate.cross_validate` (stratified k-fold within
+4. **Evaluation**: :func:`app.evaluation.cross_validation.cross_validate` (stratified k-fold within
    subject, the protocol's ``decoder`` settings; training epochs and CV seeds set here).
 5. **Table**: rows dataset x classifier, F1 of class 1 ("F1-Amuse"), of class 0
    ("F1-Sad") and their mean, mean ± SD over folds and seeds, the per-seed F1-avg and
@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from app.table1_report import (
+from app.evaluation.table1_report import (
     BASELINE,
     EEGS,
     POSTER_TABLE1,
@@ -147,7 +147,7 @@ class Recorder:
     """One simulated subject's EEG, epoched and baseline-corrected like ``eegs acquire``."""
 
     def __init__(self, protocol: Protocol) -> None:
-        from models.classifiers import channel_picks
+        from models.decoders.classifiers import channel_picks
         from workers.brain_model import build_model
 
         self.brain = build_model(protocol.brain_model)
@@ -244,11 +244,11 @@ def affective_reward(
 ) -> Any:
     """Reward = P(target class) from the live worker's calibration decoder.
 
-    The same :class:`workers.calibration.CalibratedDecoderReward`, fitted on the
+    The same :class:`workers.generation.personal_fit.CalibratedDecoderReward`, fitted on the
     calibration block's epochs.
     """
-    from models.rewards import EpochData
-    from workers.calibration import CalibratedDecoderReward
+    from models.rewards.base import EpochData
+    from workers.generation.personal_fit import CalibratedDecoderReward
 
     reward = CalibratedDecoderReward(
         protocol.decoder, protocol.generation.reward.target_class, out, min_per_class=1
@@ -264,9 +264,9 @@ def calibration_ratings(protocol: Protocol, rec: Recorder, calib: StimulusSet) -
     """The simulated participant's own valence ratings of the calibration images.
 
     As in a live session, where the brain model answers the rating screen
-    (:mod:`models.brain_ratings`): its hidden valence through its own scale use and noise.
+    (:mod:`models.brain.ratings`): its hidden valence through its own scale use and noise.
     """
-    from models.brain_ratings import RatingModel
+    from models.brain.ratings import RatingModel
 
     r = protocol.presentation.ratings
     model = RatingModel.draw(protocol.brain_model.subject_seed)
@@ -278,8 +278,8 @@ def personal_reward(
     protocol: Protocol, rec: Recorder, calib: StimulusSet, X_calib
 ) -> tuple[Any, dict[str, Any]]:
     """The live worker's personal estimator, fitted on the calibration epochs and ratings."""
-    from models.rewards import EpochData
-    from workers.calibration import personal_reward_for
+    from models.rewards.base import EpochData
+    from workers.generation.personal_fit import personal_reward_for
 
     r = protocol.presentation.ratings
     epochs = [EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin) for x in X_calib]
@@ -316,8 +316,8 @@ def run_loop(
     from PIL import Image
 
     from models.heuristic import HeuristicGenerator
-    from models.rewards import EpochData, as_reward
-    from workers.generation_setup import build_backend, build_pool
+    from models.rewards.base import EpochData, as_reward
+    from workers.generation.setup import build_backend, build_pool
 
     g = protocol.generation
     backend = build_backend(protocol) if backend is None else backend
@@ -453,8 +453,8 @@ def oracle_check(rec: Recorder, stim: StimulusSet) -> dict[str, Any]:
 
 def evaluate_file(path: Path, name: str, kinds: list[str], dec, encoder, subject: int) -> list:
     """Cross-validate every classifier on one recorded set (``eegs evaluate``'s code)."""
-    from app.commands.evaluate import cross_validate, load_labelled
-    from models.classifiers import DISPLAY_NAMES
+    from app.evaluation.cross_validation import cross_validate, load_labelled
+    from models.decoders.classifiers import DISPLAY_NAMES
 
     data = load_labelled([path], dec)
     records = []
@@ -505,7 +505,7 @@ def run_subject(cfg: Config, subject: int, session: Path | None, encoder) -> dic
             reward_fn, info["personal_estimator"] = personal_reward(protocol, rec, calib, X_calib)
             prior = (calib.images, X_calib)
         else:
-            from models.rewards import from_settings
+            from models.rewards.base import from_settings
 
             reward_fn = from_settings(protocol.generation.reward)
             prior = (calib.images, X_calib)
@@ -553,8 +553,8 @@ def reproduce(cfg: Config) -> dict[str, Any]:
     """Run every subject, write table1.md/.csv/.json and confusion matrices."""
     import torch
 
-    from app.commands.evaluate import plot_confusions
-    from models.atms import load_atms
+    from app.evaluation.cross_validation import plot_confusions
+    from models.decoders.atms import load_atms
     from workers.session_store import atomic_write_json
 
     t0 = time.perf_counter()

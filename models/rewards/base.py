@@ -6,8 +6,8 @@ callable, so a lab can plug in its own. These are built in (protocol
 ``generation.reward.mode``):
 
 - ``affective``: the decoder's probability of the target class (ATM-S-FC or EEGNet,
-  :mod:`models.classifiers`) on the 0-1 s window (a decoder fitted during the session
-  on its calibration block is :mod:`workers.calibration`);
+  :mod:`models.decoders.classifiers`) on the 0-1 s window (a decoder fitted during the session
+  on its calibration block is :mod:`workers.generation.personal_fit`);
 - ``semantic``: cosine similarity between the ATM-S embedding of the epoch and a target
   EEG embedding, mapped from [-1, 1] to [0, 1];
 - ``lpp``: a training-free index, the mean late positive potential (Schupp et al. 2000;
@@ -23,7 +23,7 @@ callable, so a lab can plug in its own. These are built in (protocol
 - ``personal`` (default.toml's and pilot.toml's mode): an estimator of the participant's
   own valence ratings, fitted by the worker on the session's calibration block and
   cross-validated inside it; the asymmetry index when the participant does not decode
-  above chance (:mod:`models.personal_reward`, :mod:`workers.calibration`).
+  above chance (:mod:`models.rewards.personal`, :mod:`workers.generation.personal_fit`).
 """
 
 from __future__ import annotations
@@ -256,8 +256,8 @@ def from_settings(settings) -> RewardFunction:
     if settings.mode == "personal":
         raise RewardError(
             "generation.reward.mode = 'personal' is fitted on the participant's own ratings "
-            "during a session (workers/calibration.py); offline, fit it with "
-            "workers.calibration.personal_reward_for (calibration epochs + ratings)"
+            "during a session (workers/generation/personal_fit.py); offline, fit it with "
+            "workers.generation.personal_fit.personal_reward_for (calibration epochs + ratings)"
         )
     if settings.mode == "affective":
         if not settings.decoder:
@@ -268,15 +268,15 @@ def from_settings(settings) -> RewardFunction:
         if settings.decoder == "calibration":
             raise RewardError(
                 "generation.reward.decoder = 'calibration' is fitted by the generation worker "
-                "during a session (workers/calibration.py); it is not a file to load"
+                "during a session (workers/generation/personal_fit.py); it is not a file to load"
             )
-        from models.classifiers import CLASS_NAMES, load_classifier
+        from models.decoders.classifiers import CLASS_NAMES, load_classifier
 
         return AffectiveReward(
             load_classifier(settings.decoder), settings.target_class, CLASS_NAMES
         )
-    from models.atms import ATMS, load_atms
-    from models.brain_response import ATM_CHANNELS
+    from models.brain.response import ATM_CHANNELS
+    from models.decoders.atms import ATMS, load_atms
 
     encoder = load_atms(settings.encoder) if settings.encoder else ATMS()
     encoder.eval()

@@ -459,7 +459,7 @@ def load_atms(
         if meta.get("format") != FORMAT:
             raise CheckpointError(
                 f"{path}: safetensors file without EEGS ATM-S metadata (format="
-                f"{meta.get('format')!r}); write it with models.atms.save_atms"
+                f"{meta.get('format')!r}); write it with models.decoders.atms.save_atms"
             )
         try:
             config = ATMSConfig.from_json(meta["config"])

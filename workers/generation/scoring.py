@@ -14,8 +14,8 @@ import numpy as np
 
 from experiment_protocols import Protocol
 from experiment_protocols.generation import Generation
-from models.rewards import EpochData, RewardFunction, as_reward
-from workers.generation_ledger import Log, RewardLedger
+from models.rewards.base import EpochData, RewardFunction, as_reward
+from workers.generation.ledger import Log, RewardLedger
 from workers.messages import EpochMessage, ErrorReply, RewardReply
 from workers.session_store import SessionStore
 
@@ -56,7 +56,7 @@ class EpochScorer:
     settings
         The protocol's ``generation`` section (image key, flagged epochs).
     reward_fn
-        Epoch -> reward in [0, 1] (see :mod:`models.rewards`).
+        Epoch -> reward in [0, 1] (see :mod:`models.rewards.base`).
     ledger
         Where a used reward is credited.
     roots

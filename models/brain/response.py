@@ -1,8 +1,8 @@
 """The black-box brain model: a simulated participant whose EEG reacts to image pixels.
 
 :class:`BrainModel` turns an image into the EEG of one simulated subject: ongoing
-background EEG (:mod:`models.brain_background`) plus a stimulus-locked response
-computed from interpretable pixel features (:mod:`models.brain_features`) through
+background EEG (:mod:`models.brain.background`) plus a stimulus-locked response
+computed from interpretable pixel features (:mod:`models.brain.features`) through
 hidden, per-subject weights. The streaming process (``eegs brain-model``) and the
 offline :meth:`BrainModel.simulate_epochs` share one code path,
 :class:`StreamSimulator`.
@@ -116,7 +116,7 @@ not change with the family, and one seed has the same topography in every family
 uses it.
 Only the brain model knows its family: it is never in the EEG stream or the epochs.
 
-With a learned image-to-EEG model (:mod:`models.brain_learned`) the learned response
+With a learned image-to-EEG model (:mod:`models.brain.learned`) the learned response
 replaces the parametric one in the EEG; :meth:`BrainModel.affect` still reports the
 parametric hidden affect.
 """
@@ -133,14 +133,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.brain_background import (
+from models.brain.background import (
     FRONTAL_ALPHA_CENTRES,
     FRONTAL_ALPHA_WIDTH,
     BackgroundEEG,
     BackgroundSpec,
     sphere_gaussian,
 )
-from models.brain_features import (
+from models.brain.features import (
     FEATURE_NORMS,
     FEATURES,
     ImageError,
@@ -151,7 +151,7 @@ from models.brain_features import (
 )
 
 if TYPE_CHECKING:
-    from models.brain_learned import LearnedResponse
+    from models.brain.learned import LearnedResponse
 
 __all__ = [
     "ATM_CHANNELS",
@@ -704,7 +704,7 @@ class BrainModel:
         self._cache.clear()
 
     def features(self, image: ImageLike) -> np.ndarray:
-        """The pixel features the subject reacts to (see :mod:`models.brain_features`)."""
+        """The pixel features the subject reacts to (see :mod:`models.brain.features`)."""
         return self._cached("features", image, image_features)
 
     def affect(self, image: ImageLike) -> tuple[float, float]:

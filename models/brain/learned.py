@@ -157,7 +157,7 @@ class LearnedResponse:
         except (KeyError, ValueError, TypeError) as err:
             raise LearnedModelError(
                 f"{path}: metadata must hold eegs.ch_names, eegs.sfreq and eegs.image_size "
-                f"(see models/brain_learned.py): {err!r}"
+                f"(see models/brain/learned.py): {err!r}"
             ) from None
         if class_path:
             module_cls = _resolve_class(class_path, trusted_only=False, source=path)

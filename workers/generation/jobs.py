@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from experiment_protocols.generation import Generation
 from models.heuristic import Candidate, HeuristicGenerator
-from workers.generation_ledger import Log
+from workers.generation.ledger import Log
 from workers.messages import ErrorReply, ImageRequest
 
 logger = logging.getLogger("eegs.generation")

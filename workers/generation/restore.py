@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from workers.generation_ledger import Issued
-from workers.generation_provenance import GENERATION_DIR
+from workers.generation.ledger import Issued
+from workers.generation.provenance import GENERATION_DIR
 from workers.messages import EpochMessage
 from workers.session_store import EVENTS_FILE, SessionStore, read_events
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.atms import ATMS
+from models.decoders.atms import ATMS
 
 MAX_LOGIT_SCALE = 100.0
 """Upper bound of exp(logit_scale), as in CLIP, so the temperature cannot collapse."""

@@ -2,7 +2,7 @@
 
 Scoring credits rewards here from the serving thread and the decoder-fit thread; the
 round thread drains them into the generator. Kept apart from the service so that a
-restarted worker (:mod:`workers.generation_restore`) and the tests can fill and read the
+restarted worker (:mod:`workers.generation.restore`) and the tests can fill and read the
 books without sockets or threads.
 """
 

@@ -11,8 +11,12 @@ from pathlib import Path
 from experiment_protocols import Protocol
 from models.backends.base import Backend
 from models.backends.pool import ImagePool
-from models.rewards import RewardFunction, from_settings
-from workers.calibration import CALIBRATION, CalibratedDecoderReward, PersonalSessionReward
+from models.rewards.base import RewardFunction, from_settings
+from workers.generation.personal_fit import (
+    CALIBRATION,
+    CalibratedDecoderReward,
+    PersonalSessionReward,
+)
 
 
 def build_backend(protocol: Protocol, *, random_weights: bool = False) -> Backend:

@@ -4,7 +4,7 @@ The poster's premise is that normative affective labels fail to match an individ
 brain, so the reward that drives the loop is learnt per participant: each calibration
 epoch (every channel) is mapped to the valence the participant rated for that image
 (issue 14; ``generation.reward.mode = "personal"``; the worker's side is
-:mod:`workers.calibration`).
+:mod:`workers.generation.personal_fit`).
 
 Features (:func:`epoch_features`), from each epoch alone:
 
@@ -54,7 +54,7 @@ the generator's observations without their ratings leaking in.
 
 Fallback: when the participant does not decode (or too few trials were rated, or the
 ratings do not vary), the reward is the training-free frontal alpha asymmetry index
-(:class:`models.rewards.AsymmetryReward`). The index is also scored against the same
+(:class:`models.rewards.base.AsymmetryReward`). The index is also scored against the same
 ratings (:func:`index_agreement`: r and a permutation p): it fits nothing, so its r on
 the calibration trials is as honest an estimate as the estimator's out-of-fold r, and
 when it is the higher of the two the index drives the loop even though the estimator
@@ -81,7 +81,7 @@ from typing import Any
 
 import numpy as np
 
-from models.rewards import EpochData, Reward, RewardError, RewardFunction, as_reward
+from models.rewards.base import EpochData, Reward, RewardError, RewardFunction, as_reward
 
 logger = logging.getLogger("eegs.personal_reward")
 

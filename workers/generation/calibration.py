@@ -1,7 +1,8 @@
 """Calibration inside the worker: keep epochs and ratings until a session-fitted reward is fitted.
 
-A reward fitted on the session itself (:class:`~workers.calibration.SessionFittedReward`:
-the calibrated decoder, the personal estimator) cannot score until it is fitted. Until
+A reward fitted on the session itself
+(:class:`~workers.generation.personal_fit.SessionFittedReward`: the calibrated decoder,
+the personal estimator) cannot score until it is fitted. Until
 then this gate keeps the calibration block's epochs and ratings for the fit, parks every
 other epoch, fits in a thread of its own as soon as the block is in (or the closed loop
 has begun), and then hands the parked epochs back to be scored. A fit that fails is
@@ -16,9 +17,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.rewards import EpochData, RewardError
-from workers.calibration import SessionFittedReward
-from workers.generation_ledger import Log
+from models.rewards.base import EpochData, RewardError
+from workers.generation.ledger import Log
+from workers.generation.personal_fit import SessionFittedReward
 from workers.messages import EpochMessage, ErrorReply, RatingMessage, RewardReply
 
 logger = logging.getLogger("eegs.generation")

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from models.clip_training import PairedEEG
+from models.decoders.clip_training import PairedEEG
 
 EMBED_DIM = 1024
 _LIFT_SEED = 20240601
@@ -52,7 +52,7 @@ def decoder_epochs(
     One continuous simulated stream, epochs cut at -0.2-1.0 s like ``eegs acquire``,
     baseline-corrected on -0.2-0 s and cropped to ``window_s``; every channel of the model.
     """
-    from models.classifiers import crop_window
+    from models.decoders.classifiers import crop_window
 
     X = model.simulate_epochs(list(images), tmin=_TMIN, tmax=_TMAX, seed=seed)
     n_base = int(round(-_TMIN * model.sfreq))
@@ -78,8 +78,8 @@ def brain_model_pairs(
     when empty), as the decoders get them.
     """
     from models.backends.procedural import ProceduralBackend
-    from models.brain_response import DEFAULT_SNR, BrainModel
-    from models.classifiers import pick_channels
+    from models.brain.response import DEFAULT_SNR, BrainModel
+    from models.decoders.classifiers import pick_channels
 
     if not subjects or n_images < 1:
         raise ValueError("brain_model_pairs needs at least one subject and one image")

@@ -11,7 +11,7 @@ scores the epochs that waited.
 "calibration"``, :class:`CalibratedDecoderReward`): the worker keeps every epoch whose
 marker carries one of the decoder's two labels (``decoder.positive_label`` /
 ``negative_label``, the calibration images' classes); it fits ``decoder.classifier``
-on them (ATM-S-FC or EEGNet, :mod:`models.classifiers`), saves it to
+on them (ATM-S-FC or EEGNet, :mod:`models.decoders.classifiers`), saves it to
 ``SESSION/decoder/calibration.safetensors`` and from then on rewards each epoch with the
 decoder's probability of ``generation.reward.target_class``.
 
@@ -21,7 +21,7 @@ marker's ``block`` is the label of a block of kind ``calibration``) and every va
 rating of those trials (:class:`~workers.messages.RatingMessage`, published by ``eegs
 acquire`` beside the epochs or sent to the worker's ROUTER; paired by trial id, in either
 order). When every calibration trial has its epoch and its rating (or at the first
-closed-loop request), it fits :func:`models.personal_reward.fit_personal` with the
+closed-loop request), it fits :func:`models.rewards.personal.fit_personal` with the
 protocol's ``personal_*`` keys, logs a ``personal_estimator`` record (decodes, cv r, CI,
 p, n trials, fallback), saves ``decoder/personal.safetensors`` + ``decoder/personal.json``
 and rewards every epoch with the predicted valence, or with the asymmetry index when the
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from models.rewards import EpochData, Reward, RewardError
+from models.rewards.base import EpochData, Reward, RewardError
 
 logger = logging.getLogger("eegs.calibration")
 
@@ -176,7 +176,7 @@ class CalibratedDecoderReward(SessionFittedReward):
 
     def fit(self) -> dict[str, Any]:
         """Fit, save and switch to the decoder; returns what the session log keeps."""
-        from models.classifiers import make_classifier
+        from models.decoders.classifiers import make_classifier
 
         with self._lock:
             X = np.stack(self.X).astype(np.float32)
@@ -202,13 +202,13 @@ class CalibratedDecoderReward(SessionFittedReward):
         }
 
     def _load(self) -> None:
-        from models.classifiers import load_classifier
+        from models.decoders.classifiers import load_classifier
 
         self.classifier = load_classifier(self.path)
 
     def _window(self, epoch: EpochData) -> np.ndarray:
         """The decoding window of the decoder's channels (``decoder.channels``)."""
-        from models.classifiers import ClassifierError, crop_window, pick_channels
+        from models.decoders.classifiers import ClassifierError, crop_window, pick_channels
 
         s = self.settings
         try:
@@ -244,8 +244,8 @@ def personal_reward_for(
     estimator, or the asymmetry index when the participant does not decode) and the
     ``personal_estimator`` record (decodes, cv r, CI, p, n trials, fallback).
     """
-    from models.personal_reward import personal_reward
-    from models.rewards import asymmetry_from_settings
+    from models.rewards.base import asymmetry_from_settings
+    from models.rewards.personal import personal_reward
 
     reward = personal_reward(
         epochs,
@@ -290,7 +290,7 @@ class PersonalSessionReward(SessionFittedReward):
         seed: int = 0,
         use_flagged: bool = False,
     ) -> None:
-        from models.rewards import asymmetry_from_settings
+        from models.rewards.base import asymmetry_from_settings
 
         self.settings = settings
         self.blocks = set(calibration_blocks)
@@ -301,7 +301,7 @@ class PersonalSessionReward(SessionFittedReward):
         self.fallback = asymmetry_from_settings(settings)
         self.epochs: dict[int, tuple[EpochData, bool]] = {}  # trial -> (epoch, flagged)
         self.ratings: dict[int, tuple[float, float, float]] = {}  # trial -> (valence, lo, hi)
-        self.reward = None  # a models.personal_reward.PersonalReward once fitted
+        self.reward = None  # a models.rewards.personal.PersonalReward once fitted
         self._lock = threading.Lock()
         if self.path.with_suffix(".json").exists():
             self._load()
@@ -355,7 +355,7 @@ class PersonalSessionReward(SessionFittedReward):
 
     def fit(self) -> dict[str, Any]:
         """Fit (or fall back), save, switch; returns the ``personal_estimator`` record."""
-        from models.personal_reward import PersonalReward
+        from models.rewards.personal import PersonalReward
 
         with self._lock:
             trials = sorted(self.epochs.keys() & self.ratings.keys())
@@ -400,7 +400,7 @@ class PersonalSessionReward(SessionFittedReward):
         return reward(epoch)
 
     def _load(self) -> None:
-        from models.personal_reward import PersonalReward
+        from models.rewards.personal import PersonalReward
 
         self.reward = PersonalReward.load(self.path, self.fallback)
 

@@ -1,4 +1,4 @@
-"""Table 1 of ``eegs reproduce-table1``: rows, verdict, CSV and Markdown (see app.table1)."""
+"""Table 1 of ``eegs reproduce-table1``: rows, verdict, CSV, Markdown (app.evaluation.table1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from app.commands.evaluate import F1_COLUMNS
+from app.evaluation.cross_validation import F1_COLUMNS
 
 # The poster's Table 1: (F1-Amuse, F1-Sad, F1-avg).
 POSTER_TABLE1: dict[str, dict[str, tuple[float, float, float]]] = {
@@ -38,7 +38,7 @@ def verdict(records: list[dict[str, Any]], kinds: list[str]) -> dict[str, Any]:
     """
     from scipy.stats import binomtest, ttest_rel
 
-    from models.classifiers import DISPLAY_NAMES
+    from models.decoders.classifiers import DISPLAY_NAMES
 
     per = per_seed_f1(records)
     out: dict[str, Any] = {"criterion": " ".join(verdict.__doc__.split("\n\n")[1].split())}
@@ -123,8 +123,8 @@ TABLE_COLUMNS = [
 
 def table_rows(records: list[dict[str, Any]], classes: dict[str, tuple[str, str]]) -> list:
     """Rows dataset x classifier: mean ± SD over folds and seeds, per seed, poster's."""
-    from app.commands.evaluate import summarise
-    from models.classifiers import DISPLAY_NAMES
+    from app.evaluation.cross_validation import summarise
+    from models.decoders.classifiers import DISPLAY_NAMES
 
     per = per_seed_f1(records)
     kind_of = {v: k for k, v in DISPLAY_NAMES.items()}

@@ -4,7 +4,7 @@ A finished round becomes a :class:`Batch` (the :class:`~workers.messages.ImageBa
 and its encoded images, one :class:`ImageRecord` per image); after the reply is sent,
 :class:`ProvenanceWriter` writes ``SESSION/generation/round-XX/<image id>.safetensors``
 (embedding, conditioning) with a ``.json`` sidecar, and logs the ``image_batch`` event a
-restarted worker reads (:mod:`workers.generation_restore`). A write that fails (a full
+restarted worker reads (:mod:`workers.generation.restore`). A write that fails (a full
 disk, say) is logged as ``provenance_failed``; the images were already sent.
 """
 
@@ -24,8 +24,8 @@ from safetensors.numpy import save
 from experiment_protocols.generation import Generation
 from models.backends.base import Backend
 from models.heuristic import Candidate, HeuristicGenerator
-from workers.generation_jobs import Job
-from workers.generation_ledger import Log
+from workers.generation.jobs import Job
+from workers.generation.ledger import Log
 from workers.messages import ErrorReply, ImageBatch, ImageInfo, array_spec
 from workers.session_store import SessionStore, atomic_write_bytes, atomic_write_json
 

@@ -1,0 +1,1 @@
+"""The generation worker (``eegs worker``): one process, its parts one module each."""
