@@ -28,6 +28,7 @@ callable, so a lab can plug in its own. These are built in (protocol
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,34 @@ class LppReward:
         return Reward(1.0 / (1.0 + np.exp(-amp / self.scale_uv)), {"lpp_uv": round(amp, 4)})
 
 
+#: Electrode name prefixes of the frontal 10-10 rows (prefrontal, anterior frontal,
+#: frontal, fronto-central), where the frontal alpha asymmetry is read.
+FRONTAL_PREFIXES = ("Fp", "AF", "F", "FC")
+_NAME_NUMBER = re.compile(r"([A-Za-z]+)(\d+)")
+
+
+def homologous_pairs(
+    ch_names: Sequence[str], prefixes: Sequence[str] = FRONTAL_PREFIXES
+) -> list[tuple[str, str]]:
+    """(left, right) homologous channels of ``ch_names`` in the rows ``prefixes``.
+
+    The 10-20 system's rule: an odd number is over the left hemisphere, the next even
+    number with the same prefix is its mirror on the right (F3/F4, AF7/AF8, Fp1/Fp2).
+    Names are compared without case; pairs come in the order of their left channel.
+    """
+    rows = {p.lower() for p in prefixes}
+    by_name = {ch.lower(): ch for ch in ch_names}
+    pairs = []
+    for ch in ch_names:
+        m = _NAME_NUMBER.fullmatch(ch)
+        if m is None or m.group(1).lower() not in rows or int(m.group(2)) % 2 == 0:
+            continue
+        right = by_name.get(f"{m.group(1)}{int(m.group(2)) + 1}".lower())
+        if right is not None:
+            pairs.append((ch, right))
+    return pairs
+
+
 class AsymmetryReward:
     """Logistic of the frontal alpha asymmetry (right minus left log alpha power)."""
 
@@ -138,10 +167,14 @@ class AsymmetryReward:
         """The channels of ``ch_names`` this reward reads.
 
         The left channels of the complete pairs, then their right channels in the same
-        order.
+        order. A montage that holds none of the configured pairs (a Muse headband's AF7
+        and AF8 beside F3/F4...) is read on its own homologous frontal pairs
+        (:func:`homologous_pairs`).
         """
         have = set(ch_names)
         pairs = [(a, b) for a, b in self.pairs if a in have and b in have]
+        if not pairs:
+            pairs = homologous_pairs(ch_names)
         return [a for a, _ in pairs] + [b for _, b in pairs]
 
     def __call__(self, epoch: EpochData) -> Reward:
