@@ -49,9 +49,12 @@ def test_no_reward_reads_the_family():
     """The participant's family is the simulator's secret: reward code never sees it."""
     import models.rewards.base
     import models.rewards.personal
+    import models.rewards.personal_cv
+    import models.rewards.personal_features
     import workers.generation.personal_fit
 
-    for module in (models.rewards.base, models.rewards.personal, workers.generation.personal_fit):
+    for module in (models.rewards.base, models.rewards.personal, models.rewards.personal_cv,
+                   models.rewards.personal_features, workers.generation.personal_fit):  # fmt: skip
         assert "family" not in inspect.getsource(module), module.__name__
     assert set(FAMILIES) == {"asymmetry", "lpp", "mixed", "weak"}
 

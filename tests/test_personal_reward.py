@@ -95,9 +95,9 @@ def test_estimator_recovers_a_known_mapping():
     assert cv["n_trials"] == 48
     assert cv["folds"] == 5
     assert cv["n_permutations"] == 200
-    # components: the asymmetry, LPP (Cz CPz Pz) and frontal (F3 F4) regions x 3 windows;
-    # then 3 bands + 8 ERP bins per channel
-    assert cv["n_features"] == 1 + 3 + 3 + len(CH) * (3 + 8)
+    # per channel 19 ERP windows (0.05-1.0 s) and 3 bands, and the asymmetry index
+    assert cv["n_features"] == len(CH) * (19 + 3) + 1
+    assert set(cv["candidates"]) == {"erp", "spectral", "asymmetry"}
     # held-out epochs of the same participant: the reward follows their hidden valence
     test, valence, _ = dataset(40, seed=2)
     rewards = [est(e) for e in test]
@@ -159,55 +159,113 @@ def test_fallback_is_the_asymmetry_index():
     assert ok(epochs[0]).details["out_of_fold"]
 
 
-def test_the_index_drives_the_loop_where_it_agrees_better_with_the_ratings():
+def test_the_index_is_a_candidate_inside_the_permutation_test():
     fallback = AsymmetryReward(
         list(zip(CH[0:10:2], CH[1:10:2], strict=True)), (8, 13), (0.3, 1.0), 0.5
     )
-    epochs, _, ratings = dataset(48, seed=11)
-    est = fit_personal(epochs, ratings, SCALE, seed=0, permutations=50)
-    assert est.decodes
-    r = est.cv["r"]
-    better = PersonalReward(est, fallback, fallback_r=min(r + 0.1, 1.0), fallback_p=0.01)
-    assert better.decodes
-    assert not better.uses_estimator
-    assert better.record["reward"] == "asymmetry"
-    assert "index is used" in better.record["reason"]
-    out = better(epochs[0])
-    assert out.value == pytest.approx(fallback(epochs[0]).value)
-    assert out.details["fallback"] == "asymmetry"
-    worse = PersonalReward(est, fallback, fallback_r=r - 0.1, fallback_p=0.01)
-    assert worse.uses_estimator
-    assert worse.record["reward"] == "personal"
-    # and the real comparison on these trials follows the same rule
-    real = personal_reward(epochs, ratings, SCALE, fallback, permutations=50)
+    # valence in the frontal alpha balance only: the index's candidate carries the fit
+    epochs, _, ratings = dataset(48, seed=11, effect=0.6)
+    for e in epochs:  # no parietal bump
+        e.data[PARIETAL] = synthetic_epoch(0.0, 7, alpha=False)[PARIETAL]
+    real = personal_reward(epochs, ratings, SCALE, fallback, permutations=100)
     rec = real.record
+    assert rec["decodes"]
+    assert rec["reward"] == "personal"  # the index's own r is reported, not used to choose
+    assert rec["candidates"]["asymmetry"] > rec["candidates"]["erp"]
     assert -1 <= rec["fallback_r"] <= 1
     assert 0 < rec["fallback_p"] <= 1
-    assert rec["reward"] == ("personal" if rec["cv_r"] >= rec["fallback_r"] else "asymmetry")
+    assert "each candidate alone: erp r = " in rec["reason"]
+    # a record saved by a session (the index chosen there) is kept as it was
+    saved = {**rec, "reward": "asymmetry", "fallback": "asymmetry"}
+    again = PersonalReward(real.estimator, fallback, record=saved)
+    assert not again.uses_estimator
+    assert again(epochs[0]).value == pytest.approx(fallback(epochs[0]).value)
 
 
-def test_component_block_reads_the_asymmetry_and_the_lpp():
-    from models.rewards.personal import FeatureSpec, component_features, epoch_features
+def test_the_fast_cross_validation_is_scikit_learns():
+    """The permutation test's matrix path gives cross_val_predict's predictions."""
+    from sklearn.covariance import ledoit_wolf_shrinkage as sklearn_lw
+    from sklearn.model_selection import PredefinedSplit, cross_val_predict
 
+    from models.rewards.personal import DEFAULT_INDEX, stratified_folds
+    from models.rewards.personal_cv import (
+        candidate_model,
+        fold_paths,
+        ledoit_wolf_shrinkage,
+        out_of_fold,
+        within_fold_permutations,
+    )
+    from models.rewards.personal_features import (
+        FeatureSpec,
+        Geometry,
+        build_maps,
+        index_from_settings,
+    )
+
+    epochs, _, ratings = dataset(40, seed=13)
+    data = np.stack([e.data for e in epochs]).astype(np.float64)
+    geo = Geometry(tuple(CH), SFREQ, TMIN, N_TIMES)
+    maps, skipped = build_maps(geo, FeatureSpec(), index_from_settings(DEFAULT_INDEX))
+    assert [m.name for m in maps] == ["erp", "spectral", "asymmetry"]
+    assert skipped == {}
+    blocks = [m.transform(data, epochs) for m in maps]
+    for F in blocks[:2]:  # the Gram-matrix Ledoit-Wolf is scikit-learn's
+        Z = F - F.mean(0)
+        assert ledoit_wolf_shrinkage(Z @ Z.T, Z.shape[1]) == pytest.approx(
+            sklearn_lw(Z, assume_centered=True), rel=1e-9
+        )
+    folds = stratified_folds(ratings, 5, 3)
+    order = within_fold_permutations(folds, 3, np.random.default_rng(0))
+    for row in order:  # a shuffle moves ratings within folds only
+        assert (folds[row] == folds).all()
+    Y = np.column_stack([ratings, ratings[order].T])
+    flags = [m.standardise for m in maps]
+    fast = out_of_fold(fold_paths(list(zip(blocks, flags, strict=True)), folds), Y)
+    edges = np.cumsum([0] + [F.shape[1] for F in blocks])
+    spans = [(m.name, slice(a, b), m.standardise)
+             for m, a, b in zip(maps, edges[:-1], edges[1:], strict=True)]  # fmt: skip
+    F_all = np.concatenate(blocks, axis=1)
+    for j in range(Y.shape[1]):
+        slow = cross_val_predict(candidate_model(spans), F_all, Y[:, j], cv=PredefinedSplit(folds))
+        np.testing.assert_allclose(fast[:, j], slow, rtol=0, atol=1e-3)
+    est = fit_personal(epochs, ratings, SCALE, seed=3, permutations=10)
+    np.testing.assert_allclose(est.out_of_fold(epochs), fast[:, 0], atol=1e-9)
+
+
+def test_feature_maps_read_any_montage():
+    from models.rewards.personal import DEFAULT_INDEX
+    from models.rewards.personal_features import (
+        FeatureSpec,
+        Geometry,
+        build_maps,
+        index_from_settings,
+    )
+
+    index = index_from_settings(DEFAULT_INDEX)
     epochs, valence, _ = dataset(60, seed=12, effect=2.0)
-    data = np.stack([e.data for e in epochs])
-    spectral, erp = epoch_features(data, SFREQ, TMIN)
-    comp = component_features(spectral, erp, CH, SFREQ, TMIN, N_TIMES)
-    assert comp.shape == (60, 7)
-    assert np.corrcoef(comp[:, 0], valence)[0, 1] > 0.5  # right minus left alpha
-    r = [np.corrcoef(comp[:, j], valence)[0, 1] for j in range(7)]
-    assert r[2] > 0.3  # the parietal bump (0.5 s) is in the LPP region's 0.3-0.6 s window
-    assert max(abs(r[1]), abs(r[3])) < 0.2  # ... and not in its other windows
-    # a montage without any of the named channels: no component, and no error
-    none = component_features(spectral, erp, [f"E{i}" for i in range(len(CH))], SFREQ, TMIN,
-                              N_TIMES)  # fmt: skip
-    assert none.shape == (60, 0)
-    # an estimator saved before the block existed reads back without it
-    old = FeatureSpec.from_json({k: v for k, v in FeatureSpec().__dict__.items()
-                                 if k in ("spectral_window_s", "welch_segment_s", "bands_hz",
-                                          "erp_window_s", "erp_bin_s")})  # fmt: skip
-    assert old.faa_pairs == ()
-    assert old.full_weight == 1.0
+    data = np.stack([e.data for e in epochs]).astype(np.float64)
+    maps, _ = build_maps(Geometry(tuple(CH), SFREQ, TMIN, N_TIMES), FeatureSpec(), index)
+    erp, spectral, asym = (m.transform(data, epochs) for m in maps)
+    assert erp.shape == (60, len(CH) * 19)
+    # the parietal bump (0.5 s) is in Pz's window means around 0.5 s, not before 0.2 s
+    pz = CH.index("Pz") * 19
+    assert np.corrcoef(erp[:, pz + 9], valence)[0, 1] > 0.5  # 0.50-0.55 s
+    assert abs(np.corrcoef(erp[:, pz], valence)[0, 1]) < 0.3  # 0.05-0.10 s
+    alpha = spectral.reshape(60, len(CH), 3)[..., 1]
+    assert np.corrcoef(alpha[:, 1] - alpha[:, 0], valence)[0, 1] > 0.5  # F4 - F3
+    assert np.corrcoef(asym[:, 0], valence)[0, 1] > 0.5  # right minus left
+    # a Muse headband (TP9 AF7 AF8 TP10): its own pair AF7/AF8; no pair at all: no index
+    muse = ("TP9", "AF7", "AF8", "TP10")
+    maps, skipped = build_maps(Geometry(muse, 256.0, -0.2, 308), FeatureSpec(), index)
+    assert [m.name for m in maps] == ["erp", "spectral", "asymmetry"]
+    assert maps[2].index.reads(list(muse)) == ["AF7", "AF8"]
+    maps, skipped = build_maps(Geometry(("Cz", "Pz"), 256.0, -0.2, 308), FeatureSpec(), index)
+    assert [m.name for m in maps] == ["erp", "spectral"]
+    assert "homologous" in skipped["asymmetry"]
+    # epochs too short for band power: the ERP alone
+    maps, skipped = build_maps(Geometry(("Cz",), 100.0, -0.1, 40), FeatureSpec(), None)
+    assert [m.name for m in maps] == ["erp"]
+    assert "band power" in skipped["spectral"]
 
 
 def test_save_load_round_trip_without_pickle(tmp_path):
@@ -223,7 +281,7 @@ def test_save_load_round_trip_without_pickle(tmp_path):
     assert meta["cv"] == est.cv
     raw = path.read_bytes()  # safetensors: 8-byte header length, a JSON header, raw arrays
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
-    assert set(header) >= {"mean", "scale", "coef"}
+    assert set(header) >= {"erp.mean", "erp.scale", "erp.coef", "asymmetry.coef"}
     assert not raw.startswith(b"\x80")  # no pickle protocol marker
     back = PersonalEstimator.load(path)
     test, _, _ = dataset(5, seed=9)
@@ -388,7 +446,7 @@ def _start_worker(procs: Processes, protocol: Path, session: Path, endpoint: str
     return client
 
 
-@pytest.mark.parametrize("participant", ["decodes", "index_better", "random_ratings"])
+@pytest.mark.parametrize("participant", ["decodes", "random_ratings"])
 def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, participant):
     from app.session_outputs import build_summary
 
@@ -410,10 +468,8 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
         ratings = rate(valence, rng)
         if participant == "random_ratings":  # ratings that have nothing to do with the EEG
             ratings = np.random.default_rng(12).integers(1, 10, N_CAL).astype(float)
-        # "decodes": valence in the parietal ERP only, which the asymmetry index cannot read;
-        # "index_better": in the frontal alpha balance too, which the index reads directly
-        kind = {"effect": 0.5, "alpha": True} if participant == "index_better" else {
-            "effect": 2.0, "alpha": False}  # fmt: skip
+        # "decodes": valence in the parietal ERP only, which the asymmetry index cannot read
+        kind = {"effect": 2.0, "alpha": False}
         for trial in range(N_CAL):
             x = synthetic_epoch(valence[trial], 500 + trial, **kind)
             rating = RatingMessage(
@@ -455,12 +511,6 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
             assert record["fallback_r"] < record["cv_r"]
             assert all(e["details"].get("out_of_fold") for e in cal_rewards)
             est = PersonalEstimator.load(session / PERSONAL_FILE)
-        elif participant == "index_better":
-            assert record["decodes"] is True
-            assert record["fallback_r"] > record["cv_r"]
-            assert record["reward"] == "asymmetry"
-            assert "index is used" in record["reason"]
-            assert all(e["details"]["fallback"] == "asymmetry" for e in cal_rewards)
         else:
             assert record["decodes"] is False
             assert record["fallback"] == "asymmetry"

@@ -28,6 +28,7 @@ from workers.lsl_clock import (
     push_chunk_at_clock,
     wait_for_consumers,
 )
+from workers.messages import RATING_EVENT
 from workers.muse_csv import is_muse_csv, read_muse_csv
 
 logger = logging.getLogger("eegs.replay")
@@ -71,7 +72,14 @@ class Recording:
 
 @dataclass
 class ReplayConfig:
-    """What one ``eegs replay`` process streams."""
+    """What one ``eegs replay`` process streams.
+
+    With ``label_ratings`` each event whose label it names becomes a trial of a rated
+    block, as the presentation would send it: a stimulus marker (``event``, the label
+    in ``label``, ``block``) and a ``rating`` marker of that trial whose valence is the
+    label's rating on ``scale``. A labelled recording so drives a session's calibration
+    (the personal estimator fitted on the labels as ratings).
+    """
 
     path: Path
     name: str = "EEGS-EEG"
@@ -80,6 +88,29 @@ class ReplayConfig:
     chunk_s: float = 0.02
     wait_s: float = 0.0
     lead_s: float = 1.0
+    label_ratings: dict[str, float] | None = None
+    block: str = "calibration"
+    event: str = "stimulus_onset"
+    scale: tuple[float, float] = (1.0, 9.0)
+
+
+def rated_trials(events: list[tuple[int, dict]], config: ReplayConfig) -> list[tuple[int, dict]]:
+    """``events`` with each labelled one as a stimulus marker and its rating marker."""
+    if not config.label_ratings:
+        return events
+    lo, hi = config.scale
+    out = []
+    for s, m in events:
+        label = m.get("event")
+        if label not in config.label_ratings:
+            out.append((s, m))
+            continue
+        trial = m["trial"]
+        out.append((s, {**m, "event": config.event, "label": label, "block": config.block}))
+        rating = {"event": RATING_EVENT, "trial": trial, "block": config.block,
+                  "valence": config.label_ratings[label], "low": lo, "high": hi}  # fmt: skip
+        out.append((s, rating))
+    return out
 
 
 def load_recording(path: str | Path) -> Recording:
@@ -225,6 +256,7 @@ def run(config: ReplayConfig, stop=lambda: False) -> int:
     for k, (s, m) in enumerate(events):
         m.setdefault("trial", k)
         m.setdefault("sample", s + s0)
+    events = rated_trials(events, config)
     data = rec.data[s0:s1]
     eeg_out = pylsl.StreamOutlet(make_eeg_info(config.name, rec.ch_names, rec.sfreq))
     mrk_out = make_marker_outlet(f"{config.name}-markers")

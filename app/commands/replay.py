@@ -37,14 +37,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seconds between the streams opening (or consumers arriving) and the first "
         "sample, so that recorders and epochers are connected (default 1)",
     )
+    p.add_argument(
+        "--rate",
+        default=None,
+        metavar="LABEL=R,...",
+        help="replay the events so labelled as rated trials: a stimulus marker (--event, "
+        "--block) and a rating marker of valence R each, e.g. face=7,house=3 to calibrate a "
+        "session's personal estimator on a labelled recording",
+    )
+    p.add_argument("--block", default="calibration", help="the rated trials' block (--rate)")
+    p.add_argument(
+        "--event", default="stimulus_onset", help="the rated trials' marker event (--rate)"
+    )
+    p.add_argument("--scale", default="1,9", metavar="LOW,HIGH", help="the ratings' scale (--rate)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Replay the file once, then exit."""
     from app.shutdown import STOP
+    from workers.errors import InputError
     from workers.replay import ReplayConfig
     from workers.replay import run as run_replay
 
+    label_ratings = None
+    if args.rate:
+        label_ratings = {}
+        for item in args.rate.split(","):
+            label, sep, value = item.partition("=")
+            try:
+                label_ratings[label.strip()] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not label.strip():
+                raise InputError(f"--rate: {item!r} is not LABEL=NUMBER")
+    try:
+        lo, hi = (float(v) for v in args.scale.split(","))
+    except ValueError:
+        raise InputError(f"--scale {args.scale!r}: expected LOW,HIGH") from None
+    bad = {k: v for k, v in (label_ratings or {}).items() if not lo <= v <= hi}
+    if not lo < hi or bad:
+        raise InputError(f"--rate {bad or ''} / --scale {args.scale!r}: ratings on LOW < HIGH")
     config = ReplayConfig(
         path=args.file,
         name=args.name,
@@ -53,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
         chunk_s=args.chunk,
         wait_s=args.wait,
         lead_s=args.lead,
+        label_ratings=label_ratings,
+        block=args.block,
+        event=args.event,
+        scale=(lo, hi),
     )
     n = run_replay(config, stop=STOP.is_set)
     print(f"replayed {args.file.name}: {n} markers")

@@ -153,11 +153,5 @@ def frontal_asymmetry_index(ch_names: Sequence[str]):
 
 def faa_values(data, ch_names, sfreq, tmin, index=None) -> np.ndarray:
     """The asymmetry index's log-power difference of every epoch (training free)."""
-    from models.rewards.base import EpochData, as_reward
-
     index = index or frontal_asymmetry_index(ch_names)
-    out = []
-    for x in np.asarray(data, dtype=np.float64):
-        details = as_reward(index(EpochData(x, list(ch_names), sfreq, tmin))).details
-        out.append(details["alpha_asymmetry"])
-    return np.asarray(out)
+    return index.asymmetry(data, ch_names, sfreq, tmin)

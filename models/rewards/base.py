@@ -177,22 +177,28 @@ class AsymmetryReward:
             pairs = homologous_pairs(ch_names)
         return [a for a, _ in pairs] + [b for _, b in pairs]
 
-    def __call__(self, epoch: EpochData) -> Reward:
-        """Reward of one epoch."""
+    def asymmetry(
+        self, data: np.ndarray, ch_names: Sequence[str], sfreq: float, tmin: float
+    ) -> np.ndarray:
+        """The asymmetry ln P(right) - ln P(left) over the pairs, of epochs (..., ch, times)."""
         from scipy.signal import sosfiltfilt
 
-        names = list(epoch.ch_names)
+        names = list(ch_names)
         picks = [names.index(ch) for ch in self.reads(names)]
         if not picks:
             raise RewardError(
                 f"none of the frontal pairs {self.pairs} is in the epoch ({names[:8]}...)"
             )
-        span = _span(epoch, self.window_s)
-        data = np.asarray(epoch.data, dtype=np.float64)[picks]
-        alpha = sosfiltfilt(self._band(epoch.sfreq), data, axis=-1)[:, span]
+        x = np.asarray(data, dtype=np.float64)
+        span = _span(EpochData(x, names, sfreq, tmin), self.window_s)
+        alpha = sosfiltfilt(self._band(sfreq), x[..., picks, :], axis=-1)[..., span]
         power = (alpha**2).mean(-1) + 1e-12
         n = len(picks) // 2
-        faa = float(np.mean(np.log(power[n:]) - np.log(power[:n])))
+        return np.mean(np.log(power[..., n:]) - np.log(power[..., :n]), axis=-1)
+
+    def __call__(self, epoch: EpochData) -> Reward:
+        """Reward of one epoch."""
+        faa = float(self.asymmetry(epoch.data, epoch.ch_names, epoch.sfreq, epoch.tmin))
         return Reward(
             1.0 / (1.0 + np.exp(-faa / self.alpha_scale)), {"alpha_asymmetry": round(faa, 4)}
         )

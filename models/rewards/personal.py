@@ -3,66 +3,52 @@
 The poster's premise is that normative affective labels fail to match an individual
 brain, so the reward that drives the loop is learnt per participant: each calibration
 epoch (every channel) is mapped to the valence the participant rated for that image
-(issue 14; ``generation.reward.mode = "personal"``; the worker's side is
+(``generation.reward.mode = "personal"``; the worker's side is
 :mod:`workers.generation.personal_fit`).
 
-Features (:func:`epoch_features`), from each epoch alone:
+Model (:mod:`models.rewards.personal_cv`, scikit-learn pieces): three candidates, one
+per feature map of :mod:`models.rewards.personal_features` (the ERP's window means,
+band powers, the asymmetry index), each a ridge regression of the ratings. A candidate
+whose leave-one-out error on the training trials beats the mean rating (by more than
+one standard error) shows signal and keeps its leave-one-out penalty; any other gets the
+analytic Ledoit-Wolf shrinkage penalty. The estimate is the mean of the candidates that
+show signal, or of all three when none does. Nothing is tied to a montage: every map
+reads the epochs' own channels and window, and the asymmetry index the protocol's
+homologous pairs or the montage's own.
 
-- spectral: log10 band power per channel in theta (4-8 Hz), alpha (8-13 Hz) and beta
-  (13-30 Hz) over the post-stimulus window 0.2-1.0 s (Welch, Hann windows of 0.5 s,
-  half overlap). Differences of these logs are the frontal alpha asymmetry and its
-  relatives, so the asymmetry index is one of the directions the model can learn;
-- ERP: baseline-corrected (the pre-stimulus mean) mean amplitude per channel in
-  100 ms bins over 0.1-0.9 s: early visual components, the frontal slow wave, the LPP.
+Why this model (``eegs bench estimator``, on real faces/houses recordings and on the
+brain model's simulated participants, docs/architecture.md section 6): each map alone
+wins somewhere and fails elsewhere (the ERP where an LPP or an N170 differs, band power
+where the frontal alpha balance carries valence); the plain mean of all three was
+diluted by the maps without signal, choosing the single best candidate by an inner
+cross-validation was noisy at 48-96 trials, and a fixed penalty was either too strong
+(the Ledoit-Wolf one on 64 channels at 400 trials) or too weak (a leave-one-out minimum
+of a flat curve on 4 real channels at 48-96 trials).
 
-- components: the few summaries that carry affect in the literature, each one number
-  per epoch: the frontal alpha asymmetry (right minus left log alpha power, averaged
-  over the homologous frontal pairs present), and the mean baseline-corrected amplitude
-  of a centro-parietal (LPP) and a frontal (slow wave) region in 0.1-0.3, 0.3-0.6 and
-  0.6-0.9 s. Seven numbers, where 48 trials can estimate a weight each; the full blocks
-  above stay in, at half weight, for what a region average misses (a participant whose
-  LPP peaks off Pz). On 35 simulated participants whose valence shows in the asymmetry,
-  the LPP or both (48 rated trials each), this raised the out-of-fold r from 0.30 to 0.35
-  on average, and in each of the three groups.
+Cross-validation inside the calibration block: ``folds`` folds stratified by rating
+(:func:`stratified_folds`; each run of k consecutive ranks spread over the k folds),
+each fold's model fitted on the other folds alone; the out-of-fold predictions give
+Pearson r, its 95 % confidence interval (Fisher z) and a permutation p-value: the
+ratings shuffled ``permutations`` times within the folds and the whole cross-validation
+run again on each (all at once, :func:`models.rewards.personal_cv.out_of_fold`),
+p = (1 + #{r_perm >= r}) / (1 + permutations). The asymmetry index is one of the
+candidates, so the test covers it too: no separate choice of the index is made on the
+calibration trials (its r and p there are still reported, ``fallback_r``/``fallback_p``).
 
-No ATM-S features: no pretrained ATM-S ships with the project, and a random encoder
-only adds 1024 noise dimensions to 24-60 trials.
-
-Model: every feature standardised on the training trials, then each block (components,
-spectral, ERP) scaled by its weight / sqrt(its size) (weights 1, 0.5, 0.5), so each
-block weighs by its weight, not by its size, in the penalty; ridge
-regression with an intercept, solved in its dual (trials x trials) form, the penalty
-chosen from a grid of 29 (relative to the mean eigenvalue of the trials' Gram matrix)
-by exact leave-one-out error on the training trials (what ``sklearn.linear_model.
-RidgeCV`` does), so 24-60 trials x 64 channels stay regularised.
-
-Cross-validation inside the calibration block: k folds (``folds``, 5) stratified by
-rating (each run of k consecutive ranks is spread over the k folds), every fold model
-with its own standardisation and penalty; the out-of-fold predictions give Pearson r,
-its 95 % confidence interval (Fisher z, n - 3 degrees of freedom) and a permutation
-p-value: the ratings shuffled ``permutations`` times (200) and the same stratified CV
-run on each, p = (1 + #{r_perm >= r}) / (1 + permutations).
-
-Decision rule: the participant **decodes** when r > 0 and p < ``p_threshold`` (0.05).
-Then the reward of an epoch is the predicted valence mapped from the rating scale
-(low, high) to [0, 1] and clipped. The prediction is calibrated by the out-of-fold
-slope (rating regressed on the out-of-fold prediction), so it estimates the rating
-itself rather than the ridge's shrunk score: E[rating | prediction], spread about r x
-the ratings' SD. An epoch the estimator was fitted on (recognised by its bytes) gets
-its out-of-fold prediction, never the in-sample one, so calibration images can join
-the generator's observations without their ratings leaking in.
+Decision rule: the participant **decodes** when r > 0 and p < ``p_threshold``. Then
+the reward of an epoch is the predicted valence mapped from the rating scale (low,
+high) to [0, 1] and clipped, calibrated by the out-of-fold slope (rating regressed on
+the out-of-fold prediction) so it estimates the rating itself. An epoch the estimator
+was fitted on (recognised by its bytes) gets its out-of-fold prediction, never the
+in-sample one, so calibration images can join the generator's observations without
+their ratings leaking in.
 
 Fallback: when the participant does not decode (or too few trials were rated, or the
 ratings do not vary), the reward is the training-free frontal alpha asymmetry index
-(:class:`models.rewards.base.AsymmetryReward`). The index is also scored against the same
-ratings (:func:`index_agreement`: r and a permutation p): it fits nothing, so its r on
-the calibration trials is as honest an estimate as the estimator's out-of-fold r, and
-when it is the higher of the two the index drives the loop even though the estimator
-decodes (48 trials estimate 700 weights less well than a fixed contrast where that
-contrast is what carries the participant's valence). :class:`PersonalReward` holds that
+(:class:`models.rewards.base.AsymmetryReward`). :class:`PersonalReward` holds that
 choice and the record the session keeps (``personal_estimator`` in ``events.jsonl`` and
-``summary.json``: decodes, the reward in use, cv r, CI, p, the index's r and p, n
-trials, fallback).
+``summary.json``: decodes, the reward in use, cv r, CI, p, each candidate's r, the
+index's r and p, n trials, fallback and why).
 
 Files (:meth:`PersonalEstimator.save`): arrays in safetensors, everything else in a
 JSON sidecar; never pickle.
@@ -75,208 +61,47 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.rewards.base import EpochData, Reward, RewardError, RewardFunction, as_reward
+from models.rewards.base import (
+    AsymmetryReward,
+    EpochData,
+    Reward,
+    RewardError,
+    RewardFunction,
+    as_reward,
+)
+from models.rewards.personal_cv import (
+    candidate_model,
+    fold_paths,
+    out_of_fold,
+    pearson_columns,
+    within_fold_permutations,
+)
+from models.rewards.personal_features import (
+    FeatureMap,
+    FeatureSpec,
+    Geometry,
+    build_maps,
+    index_from_settings,
+    index_settings,
+)
 
 logger = logging.getLogger("eegs.personal_reward")
 
-FORMAT = "eegs-personal-estimator/1"
-BANDS_HZ: dict[str, tuple[float, float]] = {
-    "theta": (4.0, 8.0),
-    "alpha": (8.0, 13.0),
-    "beta": (13.0, 30.0),
-}
-# (left, right) homologous pairs, the regions of the LPP and of the frontal slow wave
-FAA_PAIRS: tuple[tuple[str, str], ...] = (
-    ("Fp1", "Fp2"), ("AF7", "AF8"), ("AF3", "AF4"), ("F7", "F8"), ("F5", "F6"),
-    ("F3", "F4"), ("F1", "F2"), ("FC5", "FC6"), ("FC3", "FC4"), ("FC1", "FC2"),
-)  # fmt: skip
-LPP_CHANNELS: tuple[str, ...] = ("Cz", "CPz", "CP1", "CP2", "Pz", "P1", "P2", "POz")
-FRONTAL_CHANNELS: tuple[str, ...] = ("AFz", "Fz", "F1", "F2", "F3", "F4", "FCz")
+FORMAT = "eegs-personal-estimator/2"
+#: The asymmetry candidate's index when the caller gives none (the protocol's defaults
+#: over the homologous frontal pairs the montage holds).
+DEFAULT_INDEX = {"pairs": [], "band_hz": [8.0, 13.0], "window_s": [0.3, 1.0], "alpha_scale": 0.5}
 _Z95 = 1.959963984540054
-_N_ALPHAS = 29
 
 
 class PersonalFitError(RewardError):
     """The calibration trials cannot fit an estimator (too few, constant ratings...)."""
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Which features one epoch gives (defaults: the module docstring)."""
-
-    spectral_window_s: tuple[float, float] = (0.2, 1.0)
-    welch_segment_s: float = 0.5
-    bands_hz: tuple[tuple[str, float, float], ...] = tuple(
-        (name, lo, hi) for name, (lo, hi) in BANDS_HZ.items()
-    )
-    erp_window_s: tuple[float, float] = (0.1, 0.9)
-    erp_bin_s: float = 0.1
-    faa_pairs: tuple[tuple[str, str], ...] = FAA_PAIRS
-    lpp_channels: tuple[str, ...] = LPP_CHANNELS
-    frontal_channels: tuple[str, ...] = FRONTAL_CHANNELS
-    component_windows_s: tuple[tuple[float, float], ...] = ((0.1, 0.3), (0.3, 0.6), (0.6, 0.9))
-    full_weight: float = 0.5  # weight of the spectral and ERP blocks beside the components
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> FeatureSpec:
-        """Inverse of ``asdict``; a file from before the component block gets none."""
-        components = "faa_pairs" in d
-        return cls(
-            spectral_window_s=tuple(d["spectral_window_s"]),
-            welch_segment_s=float(d["welch_segment_s"]),
-            bands_hz=tuple((str(n), float(lo), float(hi)) for n, lo, hi in d["bands_hz"]),
-            erp_window_s=tuple(d["erp_window_s"]),
-            erp_bin_s=float(d["erp_bin_s"]),
-            faa_pairs=tuple((str(a), str(b)) for a, b in d.get("faa_pairs", [])),
-            lpp_channels=tuple(str(c) for c in d.get("lpp_channels", [])),
-            frontal_channels=tuple(str(c) for c in d.get("frontal_channels", [])),
-            component_windows_s=tuple(
-                (float(a), float(b)) for a, b in d.get("component_windows_s", [])
-            ),
-            full_weight=float(d.get("full_weight", 1.0)) if components else 1.0,
-        )
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Sample spans of the features for one epoch geometry (sfreq, tmin, n_times)."""
-
-    baseline: slice | None
-    spectral: slice
-    nperseg: int
-    erp_bins: tuple[slice, ...]
-    erp_centres_s: tuple[float, ...]
-
-    @classmethod
-    def of(cls, spec: FeatureSpec, sfreq: float, tmin: float, n_times: int) -> _Layout:
-        def sample(t: float) -> int:
-            return int(round((t - tmin) * sfreq))
-
-        t_end = tmin + n_times / sfreq
-        lo, hi = spec.spectral_window_s
-        s0, s1 = max(sample(lo), 0), min(sample(hi), n_times)
-        if s1 - s0 < int(round(0.25 * sfreq)):
-            raise RewardError(
-                f"the epoch ({tmin:g} to {t_end:g} s) holds less than 0.25 s of the spectral "
-                f"window {list(spec.spectral_window_s)} s"
-            )
-        nperseg = min(s1 - s0, int(round(spec.welch_segment_s * sfreq)))
-        top = max(hi for _, _, hi in spec.bands_hz)
-        if top >= sfreq / 2:
-            raise RewardError(f"band up to {top:g} Hz is not below Nyquist ({sfreq / 2:g} Hz)")
-        base = slice(0, sample(0.0)) if sample(0.0) > 0 else None
-        lo, hi = spec.erp_window_s
-        edges = np.arange(lo, hi + 1e-9, spec.erp_bin_s)
-        bins, centres = [], []
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
-            i0, i1 = sample(a), sample(b)
-            if i0 >= 0 and i1 <= n_times and i1 > i0:
-                bins.append(slice(i0, i1))
-                centres.append(float(a + b) / 2)
-        if not bins:
-            raise RewardError(f"the epoch holds none of the ERP window {list(spec.erp_window_s)}")
-        return cls(base, slice(s0, s1), nperseg, tuple(bins), tuple(centres))
-
-
-def epoch_features(
-    data: np.ndarray, sfreq: float, tmin: float, spec: FeatureSpec = FeatureSpec()
-) -> tuple[np.ndarray, np.ndarray]:
-    """(spectral, ERP) features of epochs ``data`` (..., n_channels, n_times) in µV.
-
-    Spectral: (..., n_channels * n_bands) log10 band powers, channel-major; ERP:
-    (..., n_channels * n_bins) baseline-corrected bin means.
-    """
-    from scipy.signal import welch
-
-    x = np.asarray(data, dtype=np.float64)
-    lay = _Layout.of(spec, sfreq, tmin, x.shape[-1])
-    seg = x[..., lay.spectral]
-    freqs, psd = welch(
-        seg, fs=sfreq, nperseg=lay.nperseg, noverlap=lay.nperseg // 2, detrend="constant", axis=-1
-    )
-    bands = []
-    for _, lo, hi in spec.bands_hz:
-        keep = (freqs >= lo) & (freqs < hi)
-        if not keep.any():
-            raise RewardError(f"no Welch frequency in the band {lo:g}-{hi:g} Hz")
-        bands.append(np.log10(psd[..., keep].mean(-1) + 1e-12))
-    spectral = np.stack(bands, axis=-1).reshape(*x.shape[:-2], -1)
-    if lay.baseline is not None:
-        x = x - x[..., lay.baseline].mean(-1, keepdims=True)
-    erp = np.stack([x[..., b].mean(-1) for b in lay.erp_bins], axis=-1)
-    return spectral, erp.reshape(*x.shape[:-2], -1)
-
-
-def component_features(
-    spectral: np.ndarray,
-    erp: np.ndarray,
-    ch_names: Sequence[str],
-    sfreq: float,
-    tmin: float,
-    n_times: int,
-    spec: FeatureSpec = FeatureSpec(),
-) -> np.ndarray:
-    """The component block (module docstring) from :func:`epoch_features`' two blocks.
-
-    Columns: the frontal alpha asymmetry (when a pair and an ``alpha`` band exist), then
-    per region (LPP, frontal) with a channel present, one mean per component window
-    that holds an ERP bin. (..., 0) when nothing applies.
-    """
-    lay = _Layout.of(spec, sfreq, tmin, n_times)
-    index = {ch.lower(): i for i, ch in enumerate(ch_names)}
-    n_ch = len(ch_names)
-    lead = spectral.shape[:-1]
-    cols: list[np.ndarray] = []
-    bands = [name for name, _, _ in spec.bands_hz]
-    pairs = [
-        (index[a.lower()], index[b.lower()])
-        for a, b in spec.faa_pairs
-        if a.lower() in index and b.lower() in index
-    ]
-    if pairs and "alpha" in bands:
-        alpha = spectral.reshape(*lead, n_ch, len(bands))[..., bands.index("alpha")]
-        cols.append(np.mean([alpha[..., r] - alpha[..., left] for left, r in pairs], axis=0))
-    centres = np.asarray(lay.erp_centres_s)
-    per_ch = erp.reshape(*lead, n_ch, len(centres))
-    for region in (spec.lpp_channels, spec.frontal_channels):
-        picks = [index[c.lower()] for c in region if c.lower() in index]
-        if not picks:
-            continue
-        mean = per_ch[..., picks, :].mean(-2)
-        for a, b in spec.component_windows_s:
-            keep = (centres > a) & (centres < b)
-            if keep.any():
-                cols.append(mean[..., keep].mean(-1))
-    if not cols:
-        return np.zeros((*lead, 0))
-    return np.stack(cols, axis=-1)
-
-
-def design(
-    data: np.ndarray,
-    ch_names: Sequence[str],
-    sfreq: float,
-    tmin: float,
-    spec: FeatureSpec = FeatureSpec(),
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every feature of epochs ``data`` side by side, and the block weight of each column.
-
-    A block of size m and weight w gets w / sqrt(m) per column, so that after
-    standardisation it weighs w in the ridge penalty whatever its size.
-    """
-    spectral, erp = epoch_features(data, sfreq, tmin, spec)
-    comp = component_features(spectral, erp, ch_names, sfreq, tmin, data.shape[-1], spec)
-    blocks = [(comp, 1.0), (spectral, spec.full_weight), (erp, spec.full_weight)]
-    blocks = [(b, wt) for b, wt in blocks if b.shape[-1]]
-    X = np.concatenate([b for b, _ in blocks], axis=-1)
-    w = np.concatenate([np.full(b.shape[-1], wt / np.sqrt(b.shape[-1])) for b, wt in blocks])
-    return X, w
 
 
 def _epoch_key(data: np.ndarray) -> str:
@@ -286,42 +111,6 @@ def _epoch_key(data: np.ndarray) -> str:
     h.update(str(a.shape).encode())
     h.update(a.tobytes())
     return h.hexdigest()
-
-
-# -- ridge with a leave-one-out penalty -------------------------------------------------------
-def _standardise(X: np.ndarray, block_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) such that (X - mean) / scale is z-scored and block-weighted."""
-    mean = X.mean(0)
-    sd = X.std(0)
-    sd[sd < 1e-12] = np.inf  # a constant feature contributes nothing
-    return mean, sd / block_w
-
-
-def _ridge(Z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Ridge on centred ``Z``: (coef, intercept, penalty chosen by exact LOO error)."""
-    n = len(y)
-    ym = float(y.mean())
-    yc = y - ym
-    K = Z @ Z.T
-    lam, V = np.linalg.eigh(K)
-    lam = np.clip(lam, 0.0, None)
-    mean_eig = max(float(lam.sum()) / n, 1e-12)
-    alphas = mean_eig * np.logspace(-3, 4, _N_ALPHAS)
-    Vy = V.T @ yc
-    shrink = lam[None, :] / (lam[None, :] + alphas[:, None])  # (A, n)
-    fitted = (shrink * Vy[None, :]) @ V.T
-    lev = 1.0 / n + shrink @ (V**2).T
-    loo = (yc[None, :] - fitted) / np.maximum(1.0 - lev, 1e-9)
-    best = int(np.argmin((loo**2).mean(1)))
-    alpha = float(alphas[best])
-    dual = V @ (Vy / (lam + alpha))
-    return Z.T @ dual, ym, alpha
-
-
-def _fit_predict(X: np.ndarray, block_w: np.ndarray, y: np.ndarray, train, test) -> np.ndarray:
-    mean, scale = _standardise(X[train], block_w)
-    coef, intercept, _ = _ridge((X[train] - mean) / scale, y[train])
-    return intercept + ((X[test] - mean) / scale) @ coef
 
 
 def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -340,19 +129,8 @@ def _stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     return folds
 
 
-def _oof(X: np.ndarray, block_w: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    pred = np.empty(len(y))
-    for f in np.unique(folds):
-        test = folds == f
-        pred[test] = _fit_predict(X, block_w, y, ~test, test)
-    return pred
-
-
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean()
-    b = b - b.mean()
-    den = float(np.sqrt((a @ a) * (b @ b)))
-    return float(a @ b) / den if den > 1e-12 else 0.0
+    return float(pearson_columns(np.asarray(a)[:, None], np.asarray(b)[:, None])[0])
 
 
 def fisher_ci(r: float, n: int) -> tuple[float, float]:
@@ -364,7 +142,25 @@ def fisher_ci(r: float, n: int) -> tuple[float, float]:
     return (float(np.tanh(z - half)), float(np.tanh(z + half)))
 
 
-# -- the estimator --------------------------------------------------------------------------
+# -- the estimator ------------------------------------------------------------------------------
+@dataclass
+class Candidate:
+    """One fitted candidate: standardisation and ridge weights of one feature map."""
+
+    name: str
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    penalty: float
+    weight: float  # in the estimate's mean (0: no signal on the calibration trials)
+    signal_t: float  # paired t of its leave-one-out gain over the mean rating
+
+    def predict(self, F: np.ndarray) -> np.ndarray:
+        """Predicted ratings (uncalibrated) from this map's features."""
+        return self.intercept + ((F - self.mean) / self.scale) @ self.coef
+
+
 @dataclass
 class PersonalEstimator:
     """Epoch (all channels) -> the participant's rated valence; ``__call__`` is the reward.
@@ -378,18 +174,70 @@ class PersonalEstimator:
     tmin: float
     n_times: int
     spec: FeatureSpec
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: float
-    ridge_alpha: float
-    slope: float  # out-of-fold calibration: rating ~ intercept_cal + slope * prediction
+    index: dict[str, Any] | None  # the asymmetry candidate's index settings
+    candidates: list[Candidate]
+    slope: float  # out-of-fold calibration: rating ~ offset + slope * prediction
     offset: float
     rating_scale: tuple[float, float]
     cv: dict[str, Any] = field(default_factory=dict)
     oof: dict[str, float] = field(default_factory=dict)  # epoch key -> out-of-fold rating
     # epoch key -> the uncalibrated out-of-fold output (not saved: the fit's own trials)
     cv_output: dict[str, float] = field(default_factory=dict, repr=False)
+    _maps: dict[str, FeatureMap] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        geo = Geometry(tuple(self.ch_names), self.sfreq, self.tmin, self.n_times)
+        index = None if self.index is None else index_from_settings(self.index)
+        maps, _ = build_maps(geo, self.spec, index)
+        self._maps = {m.name: m for m in maps}
+        missing = [c.name for c in self.candidates if c.name not in self._maps]
+        if missing:
+            raise RewardError(f"the personal estimator's maps {missing} cannot read its epochs")
+
+    @property
+    def decodes(self) -> bool:
+        """The decision rule: out-of-fold r > 0 and permutation p < the threshold."""
+        return bool(self.cv.get("decodes", False))
+
+    def _stack(self, epochs: Sequence[EpochData]) -> tuple[np.ndarray, list[EpochData]]:
+        out, aligned = [], []
+        for epoch in epochs:
+            names = list(epoch.ch_names)
+            data = np.asarray(epoch.data, dtype=np.float64)
+            if names != self.ch_names:
+                index = {ch: i for i, ch in enumerate(names)}
+                missing = [ch for ch in self.ch_names if ch not in index]
+                if missing:
+                    raise RewardError(
+                        f"the personal estimator needs channels {missing[:8]} absent from the epoch"
+                    )
+                data = data[[index[ch] for ch in self.ch_names]]
+            if float(epoch.sfreq) != self.sfreq or float(epoch.tmin) != self.tmin:
+                raise RewardError(
+                    f"the personal estimator was fitted on epochs at {self.sfreq:g} Hz from "
+                    f"{self.tmin:g} s, not {epoch.sfreq:g} Hz from {epoch.tmin:g} s"
+                )
+            if data.shape[-1] != self.n_times:
+                raise RewardError(
+                    f"the personal estimator was fitted on epochs of {self.n_times} samples, "
+                    f"not {data.shape[-1]}"
+                )
+            out.append(data)
+            aligned.append(EpochData(data, self.ch_names, self.sfreq, self.tmin))
+        return np.stack(out), aligned
+
+    def raw(self, epochs: Sequence[EpochData]) -> np.ndarray:
+        """The candidates' weighted prediction (before the out-of-fold calibration)."""
+        data, aligned = self._stack(epochs)
+        return sum(
+            c.weight * c.predict(self._maps[c.name].transform(data, aligned))
+            for c in self.candidates
+            if c.weight > 0
+        )
+
+    def predict(self, epochs: Sequence[EpochData]) -> np.ndarray:
+        """Calibrated predicted ratings (on the rating scale, not clipped)."""
+        return self.offset + self.slope * self.raw(epochs)
 
     def out_of_fold(self, epochs: Sequence[EpochData]) -> np.ndarray:
         """The out-of-fold output of each of the fitted epochs (before calibration)."""
@@ -397,36 +245,6 @@ class PersonalEstimator:
             return np.asarray([self.cv_output[_epoch_key(e.data)] for e in epochs])
         except KeyError:
             raise RewardError("an epoch the estimator was not fitted on") from None
-
-    @property
-    def decodes(self) -> bool:
-        """The decision rule: out-of-fold r > 0 and permutation p < the threshold."""
-        return bool(self.cv.get("decodes", False))
-
-    def _x(self, epoch: EpochData) -> np.ndarray:
-        names = list(epoch.ch_names)
-        if names != self.ch_names:
-            index = {ch: i for i, ch in enumerate(names)}
-            missing = [ch for ch in self.ch_names if ch not in index]
-            if missing:
-                raise RewardError(
-                    f"the personal estimator needs channels {missing[:8]} absent from the epoch"
-                )
-            data = np.asarray(epoch.data)[[index[ch] for ch in self.ch_names]]
-        else:
-            data = np.asarray(epoch.data)
-        if float(epoch.sfreq) != self.sfreq or float(epoch.tmin) != self.tmin:
-            raise RewardError(
-                f"the personal estimator was fitted on epochs at {self.sfreq:g} Hz from "
-                f"{self.tmin:g} s, not {epoch.sfreq:g} Hz from {epoch.tmin:g} s"
-            )
-        return design(data, self.ch_names, self.sfreq, self.tmin, self.spec)[0]
-
-    def predict(self, epochs: Sequence[EpochData]) -> np.ndarray:
-        """Calibrated predicted ratings (on the rating scale, not clipped)."""
-        X = np.stack([self._x(e) for e in epochs])
-        raw = self.intercept + ((X - self.mean) / self.scale) @ self.coef
-        return self.offset + self.slope * raw
 
     def to_unit(self, rating: float) -> float:
         """A rating mapped from the scale (low, high) to [0, 1], clipped."""
@@ -447,17 +265,15 @@ class PersonalEstimator:
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """``path`` (.safetensors: mean, scale, coef) and its ``.json`` sidecar (+ ``extra``)."""
+        """``path`` (.safetensors: each candidate's arrays) and its ``.json`` sidecar."""
         from safetensors.numpy import save
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        finite = np.where(np.isfinite(self.scale), self.scale, 0.0)  # 0 = constant feature
-        tensors = {
-            "mean": np.ascontiguousarray(self.mean, np.float64),
-            "scale": np.ascontiguousarray(finite, np.float64),
-            "coef": np.ascontiguousarray(self.coef, np.float64),
-        }
+        tensors = {}
+        for c in self.candidates:
+            for key in ("mean", "scale", "coef"):
+                tensors[f"{c.name}.{key}"] = np.ascontiguousarray(getattr(c, key), np.float64)
         _atomic_write(path, save(tensors, metadata={"format": FORMAT}))
         meta = {**self.describe(), **(extra or {})}
         _atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1).encode())
@@ -472,9 +288,18 @@ class PersonalEstimator:
             "sfreq": self.sfreq,
             "tmin": self.tmin,
             "n_times": self.n_times,
-            "features": asdict(self.spec),
-            "intercept": self.intercept,
-            "ridge_alpha": self.ridge_alpha,
+            "features": self.spec.to_json(),
+            "index": self.index,
+            "candidates": [
+                {
+                    "name": c.name,
+                    "intercept": c.intercept,
+                    "penalty": c.penalty,
+                    "weight": c.weight,
+                    "signal_t": c.signal_t,
+                }
+                for c in self.candidates
+            ],  # fmt: skip
             "slope": self.slope,
             "offset": self.offset,
             "rating_scale": list(self.rating_scale),
@@ -490,21 +315,25 @@ class PersonalEstimator:
         path = Path(path)
         meta = json.loads(path.with_suffix(".json").read_text())
         if meta.get("format") != FORMAT:
-            raise RewardError(f"{path}: not a personal estimator ({meta.get('format')!r})")
+            raise RewardError(
+                f"{path}: not a personal estimator of this version ({meta.get('format')!r}, "
+                f"expected {FORMAT!r}); fit it again on the session's calibration block"
+            )
         t = load_file(str(path))
-        scale = t["scale"]
-        scale = np.where(scale == 0.0, np.inf, scale)
+        candidates = [
+            Candidate(c["name"], t[f"{c['name']}.mean"], t[f"{c['name']}.scale"],
+                      t[f"{c['name']}.coef"], float(c["intercept"]), float(c["penalty"]),
+                      float(c["weight"]), float(c["signal_t"]))
+            for c in meta["candidates"]
+        ]  # fmt: skip
         return cls(
             ch_names=list(meta["ch_names"]),
             sfreq=float(meta["sfreq"]),
             tmin=float(meta["tmin"]),
             n_times=int(meta["n_times"]),
             spec=FeatureSpec.from_json(meta["features"]),
-            mean=t["mean"],
-            scale=scale,
-            coef=t["coef"],
-            intercept=float(meta["intercept"]),
-            ridge_alpha=float(meta["ridge_alpha"]),
+            index=meta["index"],
+            candidates=candidates,
             slope=float(meta["slope"]),
             offset=float(meta["offset"]),
             rating_scale=(float(meta["rating_scale"][0]), float(meta["rating_scale"][1])),
@@ -530,23 +359,27 @@ def fit_personal(
     p_threshold: float = 0.05,
     min_trials: int = 12,
     spec: FeatureSpec = FeatureSpec(),
+    index: AsymmetryReward | None = None,
 ) -> PersonalEstimator:
     """Fit the estimator on calibration epochs and their valence ratings; CV inside them.
 
-    Raises :class:`PersonalFitError` when fewer than ``min_trials`` (or ``folds``) trials
-    are given or the ratings do not vary. The returned estimator may not decode: check
-    ``decodes`` (or use :class:`PersonalReward`, which falls back).
+    ``index`` is the asymmetry candidate's index (the personal reward's fallback; by
+    default the protocol's default band and window over the montage's homologous frontal
+    pairs). Raises :class:`PersonalFitError` when fewer than ``min_trials`` (or
+    ``folds``) trials are given, the ratings do not vary or no feature map can read the
+    epochs. The returned estimator may not decode: check ``decodes`` (or use
+    :class:`PersonalReward`, which falls back).
     """
     from threadpoolctl import threadpool_limits
 
     t0 = time.perf_counter()
-    with threadpool_limits(1):  # a thousand small eigh: threads cost more than they give
-        return _fit(
-            epochs, ratings, scale, seed, folds, permutations, p_threshold, min_trials, spec, t0
-        )
+    with threadpool_limits(1):  # small matrices: threads cost more than they give
+        return _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_trials,
+                    spec, index, t0)  # fmt: skip
 
 
-def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_trials, spec, t0):
+def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_trials, spec,
+         index, t0) -> PersonalEstimator:  # fmt: skip
     y = np.asarray(ratings, dtype=np.float64)
     n = len(y)
     lo, hi = float(scale[0]), float(scale[1])
@@ -570,31 +403,58 @@ def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_tri
             raise PersonalFitError("calibration epochs differ in channels, rate or start")
         if np.asarray(e.data).shape != (len(ch_names), n_times):
             raise PersonalFitError("calibration epochs differ in length")
+    index_json = index_settings(index) if index is not None else dict(DEFAULT_INDEX)
+    geo = Geometry(tuple(ch_names), sfreq, tmin, n_times)
+    maps, skipped = build_maps(geo, spec, index_from_settings(index_json))
     data = np.stack([np.asarray(e.data, dtype=np.float64) for e in epochs])
-    X, block_w = design(data, ch_names, sfreq, tmin, spec)
-    if not np.isfinite(X).all():
-        raise PersonalFitError("an epoch gives non-finite features")
+    blocks = []
+    for m in list(maps):
+        F = m.transform(data, epochs)
+        if not np.isfinite(F).all():
+            skipped[m.name] = "an epoch gives non-finite features"
+            maps.remove(m)
+            continue
+        blocks.append(F)
+    if not maps:
+        raise PersonalFitError(f"no feature map can read these epochs: {skipped}")
+
+    # cross-validation of the real ratings (column 0) and of every permutation at once
     rng = np.random.default_rng(seed)
     k = min(folds, n)
     fold_of = _stratified_folds(y, k, rng)
-    oof = _oof(X, block_w, y, fold_of)
-    r = _pearson(oof, y)
-    null = np.empty(permutations)
-    for i in range(permutations):
-        yp = rng.permutation(y)
-        null[i] = _pearson(_oof(X, block_w, yp, _stratified_folds(yp, k, rng)), yp)
+    order = within_fold_permutations(fold_of, permutations, rng)
+    Y = np.column_stack([y, y[order].T]) if permutations else y[:, None]
+    paths = fold_paths([(F, m.standardise) for F, m in zip(blocks, maps, strict=True)], fold_of)
+    oof_all = out_of_fold(paths, Y)
+    r_all = pearson_columns(oof_all, Y)
+    r, null = float(r_all[0]), r_all[1:]
     p = float((1 + np.sum(null >= r - 1e-12)) / (1 + permutations))
-    ci = fisher_ci(r, n)
-    # the full model: every trial, its own penalty; calibrated by the out-of-fold slope
-    mean, sc = _standardise(X, block_w)
-    coef, intercept, alpha = _ridge((X - mean) / sc, y)
+    oof = oof_all[:, 0]
+    each = {
+        m.name: round(_pearson(out_of_fold(paths, y[:, None], i)[:, 0], y), 4)
+        for i, m in enumerate(maps)
+    }
+
+    # the model on every trial (scikit-learn), calibrated by the out-of-fold slope
+    F_all = np.concatenate(blocks, axis=1)
+    edges = np.cumsum([0] + [F.shape[1] for F in blocks])
+    spans = [(m.name, slice(int(a), int(b)), m.standardise)
+             for m, a, b in zip(maps, edges[:-1], edges[1:], strict=True)]  # fmt: skip
+    model = candidate_model(spans).fit(F_all, y)
+    candidates = []
+    for (name, _, std), pipe, w in zip(spans, model.estimators_, model.weights_, strict=True):
+        scaler, ridge = pipe[1], pipe[2]
+        scale_ = scaler.scale_ if std else np.ones(len(scaler.mean_))
+        candidates.append(Candidate(name, scaler.mean_, scale_, ridge.coef_, ridge.intercept_,
+                                    ridge.alpha_, float(w), round(ridge.signal_t_, 3)))  # fmt: skip
     oof_c = oof - oof.mean()
     var = float(oof_c @ oof_c)
     slope = max(float(oof_c @ (y - y.mean())) / var, 0.0) if var > 1e-12 else 0.0
-    fitted_raw = intercept + ((X - mean) / sc) @ coef
+    fitted_raw = model.predict(F_all)
     offset = float(y.mean() - slope * fitted_raw.mean())
     oof_rating = y.mean() + slope * oof_c  # the out-of-fold predictions, calibrated alike
     decodes = bool(r > 0 and p < p_threshold)
+    ci = fisher_ci(r, n)
     cv = {
         "decodes": decodes,
         "r": round(r, 4),
@@ -604,33 +464,33 @@ def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_tri
         "n_trials": n,
         "folds": int(k),
         "n_permutations": int(permutations),
+        "permutation": "ratings shuffled within folds; the whole cross-validation per shuffle",
         "null_r_mean": round(float(null.mean()), 4) if permutations else None,
-        "ridge_alpha": alpha,
-        "n_features": int(X.shape[1]),
+        "candidates": each,
+        "skipped": skipped,
+        "ridge_alpha": {c.name: float(c.penalty) for c in candidates},
+        "weights": {c.name: round(c.weight, 4) for c in candidates},
+        "n_features": int(F_all.shape[1]),
         "rating_mean": round(float(y.mean()), 4),
         "rating_sd": round(float(y.std()), 4),
         "seed": int(seed),
         "fit_s": round(time.perf_counter() - t0, 3),
     }
+    keys = [_epoch_key(e.data) for e in epochs]
     return PersonalEstimator(
         ch_names=ch_names,
         sfreq=sfreq,
         tmin=tmin,
         n_times=n_times,
         spec=spec,
-        mean=mean,
-        scale=sc,
-        coef=coef,
-        intercept=intercept,
-        ridge_alpha=alpha,
+        index=index_json,
+        candidates=candidates,
         slope=slope,
         offset=offset,
         rating_scale=(lo, hi),
         cv=cv,
-        oof={
-            _epoch_key(e.data): round(float(v), 6) for e, v in zip(epochs, oof_rating, strict=True)
-        },
-        cv_output={_epoch_key(e.data): float(v) for e, v in zip(epochs, oof, strict=True)},
+        oof={k_: round(float(v), 6) for k_, v in zip(keys, oof_rating, strict=True)},
+        cv_output={k_: float(v) for k_, v in zip(keys, oof, strict=True)},
     )
 
 
@@ -659,9 +519,10 @@ class PersonalReward:
         self.fallback_name = fallback_name
         cv = dict(estimator.cv) if estimator is not None else {}
         decodes = bool(cv.get("decodes", False))
-        # a training-free index fits nothing, so its r on the calibration trials is as
-        # honest as the estimator's out-of-fold r: the better of the two drives the loop
-        uses = decodes and (fallback_r is None or cv["r"] >= fallback_r)
+        # the index is one of the estimator's candidates, inside its permutation test:
+        # its r on the same trials is reported, not used to choose (a choice made on the
+        # calibration trials themselves would escape the test)
+        uses = decodes
         index = (
             ""
             if fallback_r is None
@@ -670,6 +531,13 @@ class PersonalReward:
                 + ("" if fallback_p is None else f", permutation p = {fallback_p:.3f}")
             )
         )
+        each = cv.get("candidates") or {}
+        parts = (
+            ""
+            if not each
+            else "; each candidate alone: "
+            + ", ".join(f"{name} r = {value:.2f}" for name, value in each.items())
+        )
         if not reason:
             if estimator is None:
                 reason = "no estimator"
@@ -677,15 +545,14 @@ class PersonalReward:
                 reason = (
                     f"decodes: out-of-fold r = {cv['r']:.2f} (95 % CI {cv['r_ci95'][0]:.2f} to "
                     f"{cv['r_ci95'][1]:.2f}), permutation p = {cv['p_value']:.3f} < "
-                    f"{cv['p_threshold']:g}{index}"
+                    f"{cv['p_threshold']:g}{parts}{index}"
                 )
-                if not uses:
-                    reason += f", higher than the estimator's: the {fallback_name} index is used"
             else:
                 reason = (
                     f"does not decode above chance: out-of-fold r = {cv['r']:.2f} (95 % CI "
                     f"{cv['r_ci95'][0]:.2f} to {cv['r_ci95'][1]:.2f}), permutation p = "
-                    f"{cv['p_value']:.3f} (needs r > 0 and p < {cv['p_threshold']:g}){index}"
+                    f"{cv['p_value']:.3f} (needs r > 0 and p < {cv['p_threshold']:g}){parts}"
+                    f"{index}"
                 )
         self.record: dict[str, Any] = {
             "decodes": decodes,
@@ -703,6 +570,7 @@ class PersonalReward:
             "n_permutations": cv.get("n_permutations"),
             "ridge_alpha": cv.get("ridge_alpha"),
             "n_features": cv.get("n_features"),
+            "candidates": cv.get("candidates"),
             "rating_mean": cv.get("rating_mean"),
             "rating_sd": cv.get("rating_sd"),
             "fit_s": cv.get("fit_s"),
@@ -761,6 +629,8 @@ def personal_reward(
     **fit: Any,
 ) -> PersonalReward:
     """:func:`fit_personal`, with the fallback when it cannot fit or does not decode."""
+    if isinstance(fallback, AsymmetryReward):
+        fit.setdefault("index", fallback)  # the fallback is also one of the candidates
     try:
         est = fit_personal(epochs, ratings, scale, seed, **fit)
     except (ValueError, np.linalg.LinAlgError) as err:  # PersonalFitError, RewardError...
