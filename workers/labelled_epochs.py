@@ -56,6 +56,7 @@ class LabelledEpochs:
     scale: tuple[float, float]
     labels: list[str] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    onsets_s: np.ndarray | None = None  # each trial's event time in its recording
 
     def __len__(self) -> int:
         return len(self.ratings)
@@ -64,7 +65,9 @@ class LabelledEpochs:
         """The trials ``index``, in that order."""
         index = np.asarray(index, dtype=int)
         labels = None if self.labels is None else [self.labels[i] for i in index]
-        return replace(self, data=self.data[index], ratings=self.ratings[index], labels=labels)
+        onsets = None if self.onsets_s is None else self.onsets_s[index]
+        return replace(self, data=self.data[index], ratings=self.ratings[index], labels=labels,
+                       onsets_s=onsets)  # fmt: skip
 
     def epochs(self) -> list[EpochData]:
         """Every trial as the worker gets it."""
@@ -74,13 +77,56 @@ class LabelledEpochs:
 # -- recordings with labelled events ---------------------------------------------------------
 @dataclass(frozen=True)
 class RecordingPreprocessing:
-    """Offline preprocessing of a real recording (defaults: the faces/houses bench)."""
+    """Offline preprocessing of a real recording (defaults: the faces/houses bench).
 
-    l_freq: float = 0.5
-    h_freq: float = 30.0
+    ``phase = "zero"``: MNE's zero-phase FIR band-pass (the bench's); ``"causal"``: the
+    Butterworth IIR filters of ``filter_order`` run forward only, as ``eegs acquire``
+    filters a live stream (:meth:`like_acquisition`). ``crop_s`` reads only that part of
+    the recording (seconds), filters starting cold at its beginning as a replay does.
+    """
+
+    l_freq: float | None = 0.5
+    h_freq: float | None = 30.0
     tmin: float = -0.2
     tmax: float = 1.0
     reject_uv: float | None = 150.0  # peak to peak, any channel
+    phase: str = "zero"
+    filter_order: int = 4
+    notch_hz: tuple[float, ...] = ()
+    crop_s: tuple[float, float] | None = None
+
+    @classmethod
+    def like_acquisition(
+        cls, protocol: Protocol, crop_s: tuple[float, float] | None = None
+    ) -> RecordingPreprocessing:
+        """The filters, window and rejection of a live session of ``protocol``."""
+        pre = protocol.preprocessing
+        return cls(
+            l_freq=pre.l_freq,
+            h_freq=pre.h_freq,
+            tmin=protocol.epochs.tmin,
+            tmax=protocol.epochs.tmax,
+            reject_uv=protocol.quality.reject_uv,
+            phase="causal",
+            filter_order=pre.filter_order,
+            notch_hz=tuple(pre.notch_hz),
+            crop_s=crop_s,
+        )
+
+    def filter(self, raw) -> None:
+        """Filter ``raw`` in place."""
+        if self.phase == "zero":
+            if self.notch_hz:
+                raw.notch_filter(list(self.notch_hz), verbose="error")
+            raw.filter(self.l_freq, self.h_freq, verbose="error")
+            return
+        if self.phase != "causal":
+            raise LabelledEpochsError(f"filter phase {self.phase!r}: expected zero or causal")
+        iir = {"order": self.filter_order, "ftype": "butter", "output": "sos"}
+        if self.notch_hz:
+            raw.notch_filter(list(self.notch_hz), method="iir", phase="forward", verbose="error")
+        raw.filter(self.l_freq, self.h_freq, method="iir", phase="forward", iir_params=iir,
+                   verbose="error")  # fmt: skip
 
 
 def read_labelled_recording(
@@ -113,14 +159,18 @@ def read_labelled_recording(
         except Exception as err:  # MNE raises many types for unreadable files
             raise LabelledEpochsError(f"{path}: MNE cannot read it: {err}") from None
     raw.pick("eeg")
+    pre = preprocessing
+    start = 0.0
+    if pre.crop_s is not None:
+        start = float(pre.crop_s[0])
+        raw.crop(start, min(float(pre.crop_s[1]), raw.times[-1]))
     present = sorted(set(raw.annotations.description) & set(label_ratings))
     if not present:
         raise LabelledEpochsError(
             f"{path}: no event labelled {sorted(label_ratings)} (its events: "
             f"{sorted(set(raw.annotations.description))[:10]})"
         )
-    pre = preprocessing
-    raw.filter(pre.l_freq, pre.h_freq, verbose="error")
+    pre.filter(raw)
     event_id = {label: k + 1 for k, label in enumerate(present)}
     events, _ = mne.events_from_annotations(raw, event_id=event_id, verbose="error")
     epochs = mne.Epochs(
@@ -148,12 +198,16 @@ def read_labelled_recording(
         ratings=np.asarray([label_ratings[lab] for lab in labels], dtype=np.float64),
         scale=scale,
         labels=labels,
+        onsets_s=start + (epochs.events[:, 0] - raw.first_samp) / raw.info["sfreq"],
         details={
             "source": str(path),
             "n_events": int(len(events)),
             "n_dropped": int(len(events) - len(epochs)),
             "preprocessing": {
                 "band_hz": [pre.l_freq, pre.h_freq],
+                "filters": "zero-phase FIR (MNE)"
+                if pre.phase == "zero"
+                else f"causal Butterworth IIR, order {pre.filter_order}",
                 "window_s": [pre.tmin, pre.tmax],
                 "reject_peak_to_peak_uv": pre.reject_uv,
             },

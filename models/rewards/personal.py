@@ -9,21 +9,24 @@ epoch (every channel) is mapped to the valence the participant rated for that im
 Model (:mod:`models.rewards.personal_cv`, scikit-learn pieces): three candidates, one
 per feature map of :mod:`models.rewards.personal_features` (the ERP's window means,
 band powers, the asymmetry index), each a ridge regression of the ratings. A candidate
-whose leave-one-out error on the training trials beats the mean rating (by more than
-one standard error) shows signal and keeps its leave-one-out penalty; any other gets the
-analytic Ledoit-Wolf shrinkage penalty. The estimate is the mean of the candidates that
-show signal, or of all three when none does. Nothing is tied to a montage: every map
-reads the epochs' own channels and window, and the asymmetry index the protocol's
-homologous pairs or the montage's own.
+whose leave-one-out error on the training trials beats the mean rating (a paired t over
+the trials above the one-sided 5 % point) shows signal and keeps its leave-one-out
+penalty; any other gets the analytic Ledoit-Wolf shrinkage penalty. The estimate is the
+mean of the candidates that show signal; when none does, the ERP candidate alone with
+the shrinkage penalty, the shrinkage-LDA decoder of ERP research as a regression.
+Nothing is tied to a montage: every map reads the epochs' own channels and window, and
+the asymmetry index the protocol's homologous pairs or the montage's own.
 
-Why this model (``eegs bench estimator``, on real faces/houses recordings and on the
-brain model's simulated participants, docs/architecture.md section 6): each map alone
+Why this model (``eegs bench estimator`` on real faces/houses recordings and on the
+brain model's simulated participants; docs/architecture.md section 6): each map alone
 wins somewhere and fails elsewhere (the ERP where an LPP or an N170 differs, band power
 where the frontal alpha balance carries valence); the plain mean of all three was
-diluted by the maps without signal, choosing the single best candidate by an inner
-cross-validation was noisy at 48-96 trials, and a fixed penalty was either too strong
-(the Ledoit-Wolf one on 64 channels at 400 trials) or too weak (a leave-one-out minimum
-of a flat curve on 4 real channels at 48-96 trials).
+diluted by the maps without signal; choosing the best candidate by an inner
+cross-validation, or averaging every candidate when none shows signal, let a map
+without signal in by chance at 48-96 trials (on 4 real channels, where the ERP's own
+signal rarely shows in a leave-one-out test); and a fixed penalty was either too weak
+(Ledoit-Wolf on 64 channels at 200-400 trials) or, chosen by leave-one-out on a flat
+curve, noise.
 
 Cross-validation inside the calibration block: ``folds`` folds stratified by rating
 (:func:`stratified_folds`; each run of k consecutive ranks spread over the k folds),

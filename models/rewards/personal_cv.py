@@ -9,20 +9,19 @@ mean over the candidates that show signal (:class:`GatedMean`).
   grid of penalties (scikit-learn's ``RidgeCV``, exact) is compared, trial by trial,
   with the error of predicting each rating by the mean of the others. Where the best
   penalty beats that mean by more than ``min_t`` standard errors (a paired t over the
-  trials), the data say that this map predicts, and that penalty is used. Otherwise
-  the leave-one-out curve is flat and its minimum noise, and the penalty is the
-  analytic Ledoit-Wolf shrinkage of the features' covariance (the shrinkage LDA's
-  choice, Blankertz et al. 2011), which needs no ratings. On real faces/houses
-  recordings the minimum of a flat curve lost up to 0.15 of r to the shrinkage at
-  48-96 trials; where a brain-model participant's LPP carries valence, the shrinkage
-  over-weighed noisy directions of 64 channels and lost 0.14 at 400 trials to the
-  leave-one-out penalty.
+  trials; 1.645, the one-sided 5 % point), the data say that this map predicts, and
+  that penalty is used. Otherwise the leave-one-out curve is flat and its minimum noise,
+  and the penalty is the analytic Ledoit-Wolf shrinkage of the features' covariance
+  (the shrinkage LDA's choice, Blankertz et al. 2011), which needs no ratings. On real
+  faces/houses recordings the minimum of a flat curve lost up to 0.1 of r to the
+  shrinkage at 48-200 trials; where a simulated participant's LPP carries valence, the
+  shrinkage over-weighed noisy directions of 64 channels and lost 0.12-0.14 at 200-400
+  trials to the leave-one-out penalty.
 - The combination (:class:`GatedMean`): the mean of the predictions of the candidates
-  whose leave-one-out error shows signal by the same test, or of every candidate when
-  none does. The plain mean of all lost 0.1-0.2 of r where a single map carries the
-  valence (the others' noise diluted it), choosing the single best candidate lost as
-  much at 48 trials (a noisy choice), and the gate kept within the best single map's
-  CI, and above it where valence shows in several maps.
+  whose leave-one-out error shows signal by the same test; when none does, the first
+  candidate (the ERP's) alone. The plain mean of all lost 0.1-0.2 of r where a single
+  map carries the valence (the others' noise diluted it); a gate at one standard error
+  or an all-candidate fallback let maps without signal in by chance at 48-96 trials.
 
 The permutation test repeats all of it on each shuffle. For a fixed penalty each
 candidate's prediction is linear in the ratings: test = training mean + S (ratings -
@@ -47,8 +46,8 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 #: Penalties searched by leave-one-out, relative to the mean eigenvalue of the trials'
 #: Gram matrix (from almost none to a prediction that is nearly the mean).
 PENALTY_GRID = tuple(float(a) for a in np.logspace(-3, 5, 25))
-#: Paired t of the leave-one-out gain over the mean that counts as signal.
-MIN_T = 1.0
+#: Paired t of the leave-one-out gain over the mean that counts as signal: one-sided 5 %.
+MIN_T = 1.645
 _MAX_SHRINKAGE = 1.0 - 1e-6
 
 
@@ -146,7 +145,7 @@ class EvidenceRidge(RegressorMixin, BaseEstimator):
 
 
 class GatedMean(RegressorMixin, BaseEstimator):
-    """The mean of the candidates whose ridge shows signal (of all when none does)."""
+    """The mean of the candidates whose ridge shows signal; the first alone when none does."""
 
     def __init__(self, estimators: Sequence[tuple[str, object]]) -> None:
         self.estimators = estimators
@@ -155,9 +154,7 @@ class GatedMean(RegressorMixin, BaseEstimator):
         """Fit every candidate, then weigh those with signal equally."""
         self.estimators_ = [clone(est).fit(X, y) for _, est in self.estimators]
         signal = np.asarray([est[-1].signal_ for est in self.estimators_], dtype=float)
-        self.weights_ = (
-            signal / signal.sum() if signal.any() else np.full(len(signal), 1 / len(signal))
-        )
+        self.weights_ = gate_weights(signal[:, None])[:, 0]
         return self
 
     def predict(self, X):
@@ -165,6 +162,13 @@ class GatedMean(RegressorMixin, BaseEstimator):
         return sum(
             w * est.predict(X) for w, est in zip(self.weights_, self.estimators_, strict=True)
         )
+
+
+def gate_weights(signal: np.ndarray) -> np.ndarray:
+    """(candidates, P) weights: equal over those with signal, else the first one alone."""
+    w = np.array(signal, dtype=np.float64)
+    w[0, w.sum(0) == 0] = 1.0
+    return w / w.sum(0)
 
 
 def candidate_model(blocks: Sequence[tuple[str, slice, bool]], min_t: float = MIN_T):
@@ -282,9 +286,7 @@ def out_of_fold(
             out[fold.test] = evaluate(fold.paths[candidate], Yt, min_t)[0]
             continue
         preds, signal = zip(*(evaluate(p, Yt, min_t) for p in fold.paths), strict=True)
-        w = np.asarray(signal, dtype=np.float64)  # (C, P)
-        w[:, w.sum(0) == 0] = 1.0  # no candidate shows signal: all of them
-        w /= w.sum(0)
+        w = gate_weights(np.asarray(signal, dtype=np.float64))
         out[fold.test] = np.einsum("cp,ctp->tp", w, np.asarray(preds))
     return out
 
