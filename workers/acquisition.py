@@ -39,17 +39,25 @@ from scipy.signal import firwin, resample_poly
 
 from experiment_protocols import Protocol
 from workers import transport
-from workers.errors import InputError
+from workers.errors import InputError, is_disk_full
 from workers.messages import (
+    MAX_TRIAL_ID,
     RATING_EVENT,
     EpochMessage,
     array_spec,
     encode,
     parse_marker,
     rating_message,
+    trial_id_of,
 )
 from workers.priority import rush_process, set_niceness
-from workers.session_store import RECORDING_FILE, SessionStore, json_safe, next_recording_file
+from workers.session_store import (
+    RECORDING_FILE,
+    SessionStore,
+    disk_free_bytes,
+    json_safe,
+    next_recording_file,
+)
 
 logger = logging.getLogger("eegs.acquisition")
 
@@ -182,11 +190,12 @@ class Acquisition:
                     f"streams.sfreq = {s.sfreq:g} Hz"
                 )
             nyquist = sfreq / 2
-            if pre.h_freq is not None and pre.h_freq >= nyquist:
-                raise AcquisitionError(
-                    f"preprocessing.h_freq = {pre.h_freq:g} Hz is not below the Nyquist "
-                    f"frequency ({nyquist:g} Hz) of the {sfreq:g} Hz stream"
-                )
+            for name, freq in [("h_freq", pre.h_freq)] + [("notch_hz", f) for f in pre.notch_hz]:
+                if freq is not None and freq >= nyquist:
+                    raise AcquisitionError(
+                        f"preprocessing.{name} = {freq:g} Hz is not below the Nyquist "
+                        f"frequency ({nyquist:g} Hz) of the {sfreq:g} Hz stream"
+                    )
             rename = {k: v for k, v in pre.rename.items() if k in stream.ch_names}
             if rename:
                 stream.rename_channels(rename)
@@ -201,8 +210,7 @@ class Acquisition:
             scale = np.array([_UNIT_SCALE_TO_UV.get(mul, 1.0) for _, mul in units])
             iir = {"order": pre.filter_order, "ftype": "butter", "output": "sos"}
             for freq in pre.notch_hz:
-                if freq < nyquist:
-                    stream.notch_filter(freq, picks=picks)
+                stream.notch_filter(freq, picks=picks)
             if pre.l_freq is not None or pre.h_freq is not None:
                 stream.filter(pre.l_freq, pre.h_freq, picks=picks, iir_params=iir)
             stream.add_callback(lambda d, t, i: self._on_chunk(d, t, i, stream))
@@ -213,6 +221,28 @@ class Acquisition:
         self._last_ts = -np.inf
         self._last_new_local = pylsl.local_clock()
         return _EEG(stream, sfreq, picks, scale[:, None])
+
+    def stop_on_full_disk(self, err: OSError) -> None:
+        """The disk is full: say so, and account for every epoch this ends.
+
+        The store has freed its reserve (:meth:`SessionStore.write_file`), so these lines,
+        the recorder's last chunks (:meth:`close`, next) and ``session.json`` fit; the
+        session process then stops the session as failed, to be resumed on another disk.
+        """
+        self.store.release_reserve()
+        free = disk_free_bytes(self.store.root)
+        logger.error("disk full (%s): stopping the recording and the epochs", err)
+        self.store.log(
+            "disk_full",
+            process="acquisition",
+            path=str(getattr(err, "filename", None) or self.store.root),
+            error=str(err),
+            free_bytes=free,
+            recording=self.recording_file if self.recorder is not None else None,
+        )
+        for p in self.pending:
+            self.store.log("epoch_lost", trial_id=p.trial_id, reason="disk full")
+        self.pending.clear()
 
     def close(self) -> None:
         """Stop the recording and disconnect both streams."""
@@ -290,14 +320,20 @@ class Acquisition:
                 self._forward_rating(marker, t)
             if marker["event"] != self.protocol.epochs.event:
                 continue
-            trial = marker.get("trial")
-            valid = isinstance(trial, int) and not isinstance(trial, bool) and trial >= 0
-            if "trial" in marker and not valid:  # numbering it would take a later trial's id
-                reason = f"trial id {str(trial)[:40]!r} is not a non-negative integer"
+            trial = trial_id_of(marker.get("trial"))
+            if "trial" in marker and trial is None:  # numbering it would take a later id
+                reason = (
+                    f"trial id {str(marker['trial'])[:40]!r} is not an integer from 0 to "
+                    f"{MAX_TRIAL_ID}"
+                )
                 logger.warning("skipping stimulus marker %r: %s", text[:200], reason)
                 self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=reason)
                 continue
-            trial_id = int(trial) if valid else self.next_trial  # a marker without trial id
+            if trial is None and self.next_trial > MAX_TRIAL_ID:
+                reason = f"no trial id and none left to number it (the last was {MAX_TRIAL_ID})"
+                self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=reason)
+                continue
+            trial_id = trial if trial is not None else self.next_trial  # a marker without id
             self.next_trial = max(self.next_trial, trial_id + 1)
             self.pending.append(_Pending(trial_id, t, marker))
 
@@ -310,10 +346,7 @@ class Acquisition:
             self.store.log(
                 "rating_invalid",
                 t_lsl=t_lsl,
-                trial_id=marker.get("trial")
-                if isinstance(marker.get("trial"), int)
-                and not isinstance(marker.get("trial"), bool)
-                else None,
+                trial_id=trial_id_of(marker.get("trial")),
                 problems=problems,
                 forwarded=msg is not None,
             )
@@ -447,7 +480,12 @@ class Acquisition:
         self.publisher.send_multipart(encode(msg, (x32,)), copy=False)
         latency = (msg.sent_lsl - window_end) * 1e3
         self.latencies_ms.append(latency)
-        path = self.store.write_epoch(p.trial_id, x32, meta)
+        try:
+            path = self.store.write_epoch(p.trial_id, x32, meta)
+        except OSError as err:
+            if is_disk_full(err):  # published, not stored: the trial is lost, and said so
+                self.store.log("epoch_lost", trial_id=p.trial_id, reason="disk full")
+            raise
         if not path.name.startswith("epoch-"):
             self.store.log("trial_id_repeated", trial_id=p.trial_id, file=path.name)
         self.store.log(
@@ -537,6 +575,11 @@ def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        acq.stop_on_full_disk(err)
+        raise
     finally:
         acq.close()
         lat = np.asarray(acq.latencies_ms)

@@ -83,6 +83,12 @@ def session_epochs(session: Path):
 
 def run(args: argparse.Namespace) -> int:
     """Export and report what was written."""
+    from workers.errors import InputError
+
+    if args.out.exists() and not args.overwrite:
+        raise InputError(f"{args.out} exists; --overwrite replaces it")
+    if args.out.is_dir():
+        raise InputError(f"{args.out} is a folder; name the -epo.fif file to write")
     epochs = session_epochs(args.session)
     epochs.save(args.out, overwrite=args.overwrite, verbose="error")
     print(f"{len(epochs)} epochs ({int(epochs.metadata.bad.sum())} flagged bad) -> {args.out}")
