@@ -73,14 +73,20 @@ def check_tree(
     max_depth: int = MAX_DEPTH,
     non_finite: NonFinite = "refuse",
     allow_nul: bool = True,
+    nulled: list[str] | None = None,
 ) -> Any:
     """Walk parsed data without recursion and apply the rule; returns it (floats fixed).
 
-    ``non_finite``: ``"refuse"`` raises, ``"null"`` replaces by None (in place),
-    ``"keep"`` leaves the number for a schema to refuse by field name (protocol files).
+    ``non_finite``: ``"refuse"`` raises, ``"null"`` replaces by None (in place, the
+    dotted path of each appended to ``nulled``), ``"keep"`` leaves the number for a schema
+    to refuse by field name (protocol files).
     """
+    nulled = [] if nulled is None else nulled
     if not isinstance(obj, dict | list):
-        return _check_scalar(obj, None, None, non_finite, allow_nul)
+        checked = _check_scalar(obj, None, None, non_finite, allow_nul)
+        if checked is not obj:
+            nulled.append("")
+        return checked
     stack: list[tuple] = [(obj, 1, None, None)]
     while stack:
         entry = stack.pop()
@@ -100,6 +106,7 @@ def check_tree(
                 fixes.append(key)
         for key in fixes:
             container[key] = None
+            nulled.append(_where(entry, key))
     return obj
 
 
@@ -138,8 +145,8 @@ def _refuse_constant(name: str) -> float:
     raise InputRejected(f"{name} is not a finite number")
 
 
-def _null_constant(name: str) -> None:
-    return None
+def _null_constant(name: str) -> float:
+    return float(name)  # NaN, Infinity, -Infinity: made None by the walk, which notes where
 
 
 def parse_json(
@@ -150,12 +157,13 @@ def parse_json(
     non_finite: NonFinite = "refuse",
     max_depth: int = MAX_DEPTH,
     allow_nul: bool = True,
+    nulled: list[str] | None = None,
 ) -> Any:
     """``json.loads`` under the rule; raises :class:`InputRejected` naming ``what``.
 
     ``non_finite="null"`` reads NaN, Infinity and overflowing numbers as None (markers:
-    refusing a lab's whole marker would lose its trial); ``"refuse"`` refuses them
-    (our own message headers).
+    refusing a lab's whole marker would lose its trial), noting each field in
+    ``nulled``; ``"refuse"`` refuses them (our own message headers).
     """
     size = len(text.encode(errors="surrogatepass") if isinstance(text, str) else text)
     if size > max_bytes:
@@ -171,7 +179,9 @@ def parse_json(
         raise InputRejected(f"not JSON: {err}", what=what) from None
     except ValueError as err:  # an integer of more digits than Python converts
         raise InputRejected(f"not usable JSON: {err}", what=what) from None
-    return _checked(obj, what, max_depth=max_depth, non_finite=non_finite, allow_nul=allow_nul)
+    return _checked(
+        obj, what, max_depth=max_depth, non_finite=non_finite, allow_nul=allow_nul, nulled=nulled
+    )
 
 
 def parse_toml(raw: bytes, *, what: str, max_bytes: int) -> dict[str, Any]:
@@ -226,11 +236,18 @@ def read_limited(path: str | Path, *, max_bytes: int, what: str = "file") -> byt
 
 
 def read_json_file(
-    path: str | Path, *, what: str, max_bytes: int, non_finite: NonFinite = "null"
+    path: str | Path,
+    *,
+    what: str,
+    max_bytes: int,
+    non_finite: NonFinite = "null",
+    max_depth: int = MAX_DEPTH,
 ) -> Any:
     """A JSON file under the rule (session files: ``session.json``, sidecars)."""
     raw = read_limited(path, max_bytes=max_bytes, what=what)
-    return parse_json(raw, what=f"{what} {path}", max_bytes=max_bytes, non_finite=non_finite)
+    return parse_json(
+        raw, what=f"{what} {path}", max_bytes=max_bytes, non_finite=non_finite, max_depth=max_depth
+    )
 
 
 def check_path_text(path: str | Path, what: str = "path") -> Path:

@@ -165,6 +165,20 @@ class Recording(Section):
     extra_streams: list[str] = Field(
         default_factory=list, description="Names of further LSL streams to record."
     )
+    min_free_mb: float = Field(
+        16.0,
+        ge=0,
+        le=1_000_000,
+        description="The session stops cleanly (failed: disk full) when its disk has less "
+        "free space than this, so that the recording closes whole; resume it on another "
+        "disk (`eegs resume SESSION --to DIR`).",
+    )
+    warn_free_mb: float = Field(
+        500.0,
+        ge=0,
+        le=1_000_000,
+        description="Below this much free space the experimenter is warned (disk_low).",
+    )
 
 
 class Priority(Section):

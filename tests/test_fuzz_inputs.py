@@ -60,7 +60,14 @@ from workers.messages import (
     parse_marker,
     trial_id_of,
 )
-from workers.session_store import EVENTS_FILE, SESSION_FILE, EventTail, SessionStore, read_events
+from workers.session_store import (
+    EVENTS_FILE,
+    MAX_RECORD_DEPTH,
+    SESSION_FILE,
+    EventTail,
+    SessionStore,
+    read_events,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,15 +89,15 @@ def _outcome(fn, errors):
         return None, err
 
 
-def _usable(obj: object) -> None:
+def _usable(obj: object, max_depth: int = MAX_DEPTH) -> None:
     """What every later use needs of parsed input: strict JSON, int64, shallow, Unicode."""
     text = json.dumps(obj, allow_nan=False, ensure_ascii=False)
     text.encode()  # no lone surrogate
-    check_tree(obj)  # depth, integers, finite numbers: the rule holds for what came out
+    check_tree(obj, max_depth=max_depth)  # the rule holds for what came out
     stack = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
-        assert depth <= MAX_DEPTH
+        assert depth <= max_depth
         if isinstance(node, dict):
             stack += [(v, depth + 1) for v in node.values()]
         elif isinstance(node, list):
@@ -454,7 +461,7 @@ def test_a_hostile_session_json_is_an_input_error(tmp_path_factory, raw):
         assert SESSION_FILE in str(err)
         return
     assert isinstance(info, dict)
-    _usable(info)
+    _usable(info, MAX_RECORD_DEPTH)
 
 
 def test_a_session_json_nested_100000_deep_exits_2_in_summarize_and_resume(tmp_path, capsys):
@@ -481,7 +488,7 @@ def test_event_readers_keep_every_object_line_and_skip_the_rest(tmp_path_factory
     assert [e for e in tailed if e.get("event") == "good"] == good
     for e in events + tailed:
         assert isinstance(e, dict)
-        _usable(e)
+        _usable(e, MAX_RECORD_DEPTH)  # our records wrap an input (a marker) a few levels
 
 
 @fuzz_settings(30)

@@ -20,6 +20,7 @@ lost rather than cut from stale samples.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -55,7 +56,6 @@ from workers.session_store import (
     RECORDING_FILE,
     SessionStore,
     disk_free_bytes,
-    json_safe,
     next_recording_file,
 )
 
@@ -64,6 +64,9 @@ logger = logging.getLogger("eegs.acquisition")
 #: How often the ring buffer pulls from LSL (half that for markers and due epochs): the
 #: epoch latency budget is dominated by the amplifier's chunking, not by polling.
 _POLL_S = 0.0005
+
+#: How often the free space of the session's disk is looked at.
+_DISK_CHECK_S = 1.0
 
 _UNIT_SCALE_TO_UV = {0: 1e6, -3: 1e3, -6: 1.0, -9: 1e-3}
 
@@ -129,6 +132,7 @@ class Acquisition:
         self._next_reconnect = 0.0
         self._wake = threading.Event()  # set by the buffer thread on every new chunk
         self._arrived = -np.inf  # newest timestamp seen by that thread
+        self._warned_disk = False
 
     # -- connection --------------------------------------------------------------------
     def connect(self) -> Acquisition:
@@ -222,6 +226,29 @@ class Acquisition:
         self._last_new_local = pylsl.local_clock()
         return _EEG(stream, sfreq, picks, scale[:, None])
 
+    def _check_disk(self) -> None:
+        """Warn when the session's disk runs low; stop before it is full (OSError ENOSPC).
+
+        Stopping while ``recording.min_free_mb`` is left lets the recorder close its file
+        whole; a disk filled at once (another program) is caught by the next write.
+        """
+        rec = self.protocol.recording
+        free = disk_free_bytes(self.store.root)
+        if free is None:
+            return
+        if free < rec.min_free_mb * 2**20:
+            raise OSError(
+                errno.ENOSPC,
+                f"{free / 2**20:.1f} MiB free on the session's disk, below "
+                f"recording.min_free_mb = {rec.min_free_mb:g}",
+                str(self.store.root),
+            )
+        if free < rec.warn_free_mb * 2**20 and not self._warned_disk:
+            self._warned_disk = True
+            logger.warning("%.0f MiB free on the session's disk", free / 2**20)
+            self.store.log("disk_low", process="acquisition", free_bytes=free,
+                           min_free_mb=rec.min_free_mb)  # fmt: skip
+
     def stop_on_full_disk(self, err: OSError) -> None:
         """The disk is full: say so, and account for every epoch this ends.
 
@@ -282,9 +309,12 @@ class Acquisition:
         passes), so an epoch is cut as soon as its last sample is in.
         """
         end = None if duration_s is None else pylsl.local_clock() + duration_s
-        next_watch = 0.0
+        next_watch = next_disk = 0.0
         tmax = self.protocol.epochs.tmax
         while not stop() and (end is None or pylsl.local_clock() < end):
+            if pylsl.local_clock() >= next_disk:
+                self._check_disk()
+                next_disk = pylsl.local_clock() + _DISK_CHECK_S
             self._wake.wait(_POLL_S)
             self._wake.clear()
             if self.markers is not None:
@@ -307,15 +337,16 @@ class Acquisition:
         samples, stamps = self.markers.pull_chunk(timeout=0.0)
         for sample, t in zip(samples, stamps, strict=True):
             text = sample[0]
+            nulled: list[str] = []
             try:
-                marker = parse_marker(text)
+                marker = parse_marker(text, nulled)
             except ValueError as err:
                 logger.warning("skipping malformed marker %r: %s", text[:200], err)
-                self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=str(err))
+                self.store.log("marker_invalid", t_lsl=t, text=_shown(text), reason=str(err))
                 continue
-            # JSON allows no NaN: a non-finite number is logged as null (and a rating
-            # marker's is reported by _forward_rating)
-            self.store.log("marker", t_lsl=t, marker=json_safe(marker))
+            # a non-finite number was read as null: the marker is kept, the field named
+            more = {"nulled": nulled} if nulled else {}
+            self.store.log("marker", t_lsl=t, marker=marker, **more)
             if marker["event"] == RATING_EVENT:
                 self._forward_rating(marker, t)
             if marker["event"] != self.protocol.epochs.event:
@@ -327,11 +358,11 @@ class Acquisition:
                     f"{MAX_TRIAL_ID}"
                 )
                 logger.warning("skipping stimulus marker %r: %s", text[:200], reason)
-                self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=reason)
+                self.store.log("marker_invalid", t_lsl=t, text=_shown(text), reason=reason)
                 continue
             if trial is None and self.next_trial > MAX_TRIAL_ID:
                 reason = f"no trial id and none left to number it (the last was {MAX_TRIAL_ID})"
-                self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=reason)
+                self.store.log("marker_invalid", t_lsl=t, text=_shown(text), reason=reason)
                 continue
             trial_id = trial if trial is not None else self.next_trial  # a marker without id
             self.next_trial = max(self.next_trial, trial_id + 1)
@@ -499,6 +530,11 @@ class Acquisition:
             flag_channels=quality["channels"],  # the dashboard's share per channel
         )
         self.n_epochs += 1
+
+
+def _shown(text: str) -> str:
+    """The start of a refused marker for the log: valid UTF-8 whatever it held."""
+    return text[:1000].encode(errors="replace").decode()
 
 
 def resample_epoch(x: np.ndarray, sfreq: float, new_sfreq: float) -> np.ndarray:

@@ -49,9 +49,11 @@ def trial_id_of(value: Any) -> int | None:
     return value
 
 
-def _parse(text: str | bytes, what: str, max_bytes: int, non_finite: NonFinite) -> Any:
+def _parse(text: str | bytes, what: str, max_bytes: int, non_finite: NonFinite, nulled=None) -> Any:
     try:
-        return parse_json(text, what=what, max_bytes=max_bytes, non_finite=non_finite)
+        return parse_json(
+            text, what=what, max_bytes=max_bytes, non_finite=non_finite, nulled=nulled
+        )
     except InputRejected as err:
         raise MessageError(err.reason, err.where, err.what) from None
 
@@ -71,14 +73,14 @@ def dumps_marker(marker: dict[str, Any]) -> str:
     return json.dumps(_strict(marker), allow_nan=False)
 
 
-def parse_marker(text: str) -> dict[str, Any]:
+def parse_marker(text: str, nulled: list[str] | None = None) -> dict[str, Any]:
     """One JSON marker of the presentation's stream; raises :class:`MessageError`.
 
     Read by the project's bounded parser; NaN, Infinity and numbers that overflow read as
-    None (refusing a lab's whole marker would lose its trial), so no reader downstream
-    ever sees a non-finite number.
+    None (refusing a lab's whole marker would lose its trial; each such field is named in
+    ``nulled``), so no reader downstream ever sees a non-finite number.
     """
-    marker = _parse(text, "marker", MAX_MARKER_BYTES, "null")
+    marker = _parse(text, "marker", MAX_MARKER_BYTES, "null", nulled)
     if not isinstance(marker, dict):
         raise MessageError(f"expected a JSON object, got {type(marker).__name__}", what="marker")
     if not isinstance(marker.get("event"), str):

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from experiment_protocols.bounded import InputRejected, parse_json, read_json_file
+from experiment_protocols.bounded import MAX_DEPTH, InputRejected, parse_json, read_json_file
 from workers.errors import InputError, is_disk_full
 from workers.messages import trial_id_of
 
@@ -55,6 +55,8 @@ MAX_INFO_BYTES = 16 << 20
 MAX_EVENT_LINE_BYTES = 4 << 20
 MAX_EPOCH_META_BYTES = 1 << 20
 MAX_SIDECAR_BYTES = 1 << 20
+#: Our own records wrap an input (a marker) a few levels down: they may nest that much more.
+MAX_RECORD_DEPTH = MAX_DEPTH + 8
 
 _VERSIONED = ("eegs", "mne", "mne-lsl", "pylsl", "numpy", "pyzmq", "torch", "psychopy")
 
@@ -250,13 +252,17 @@ class SessionStore:
         if self._events_fd is None:
             raise RuntimeError(f"session {self.root} is not open")
         record = {"t_wall": time.time(), "event": event, **fields}
+        dump = {"default": _json_default, "allow_nan": False, "ensure_ascii": False}
         try:
-            text = json.dumps(record, default=_json_default, allow_nan=False)
+            text = json.dumps(record, **dump)
         except ValueError:  # a NaN or an infinity in a field: the event is kept, as null
             logger.warning("%s: event %r had non-finite numbers, written as null", self.root, event)
             record = {**json_safe(record), "non_finite": True}
-            text = json.dumps(record, default=_json_default, allow_nan=False)
-        line = (text + "\n").encode()
+            text = json.dumps(record, **dump)
+        try:
+            line = (text + "\n").encode()
+        except UnicodeEncodeError:  # a lone surrogate, which no reader takes: the event is kept
+            line = (text + "\n").encode(errors="replace")
         self._backlog.append(line)
         while self._backlog:
             head = self._backlog[0]
@@ -328,7 +334,9 @@ class SessionStore:
         if not path.exists():
             return {}
         try:
-            info = read_json_file(path, what=SESSION_FILE, max_bytes=MAX_INFO_BYTES)
+            info = read_json_file(
+                path, what=SESSION_FILE, max_bytes=MAX_INFO_BYTES, max_depth=MAX_RECORD_DEPTH
+            )
         except InputRejected as err:
             raise InputError(
                 f"{path}: not readable ({err.reason}); events.jsonl and the recordings beside "
@@ -351,7 +359,7 @@ class SessionStore:
                 with np.load(path, allow_pickle=False) as npz:
                     meta = parse_json(
                         npz["meta"].tobytes(), what="metadata", max_bytes=MAX_EPOCH_META_BYTES,
-                        non_finite="null",
+                        non_finite="null", max_depth=MAX_RECORD_DEPTH,
                     )  # fmt: skip
                     trial_id = trial_id_of(meta.get("trial_id") if isinstance(meta, dict) else None)
                     if trial_id is None:
@@ -378,7 +386,9 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
     beside it still count.
     """
     try:
-        obj = read_json_file(path, what="sidecar", max_bytes=MAX_SIDECAR_BYTES)
+        obj = read_json_file(
+            path, what="sidecar", max_bytes=MAX_SIDECAR_BYTES, max_depth=MAX_RECORD_DEPTH
+        )
     except InputRejected as err:
         logger.warning("%s", err)
         return None
@@ -459,7 +469,13 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
 def _event(line: bytes) -> dict[str, Any] | None:
     """One line of ``events.jsonl`` by the bounded parser; None for anything but an object."""
     try:
-        record = parse_json(line, what="event", max_bytes=MAX_EVENT_LINE_BYTES, non_finite="null")
+        record = parse_json(
+            line,
+            what="event",
+            max_bytes=MAX_EVENT_LINE_BYTES,
+            non_finite="null",
+            max_depth=MAX_RECORD_DEPTH,
+        )
     except InputRejected:
         return None
     return record if isinstance(record, dict) else None

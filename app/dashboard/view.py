@@ -208,6 +208,10 @@ class View:
                 f"continue it on another disk: eegs resume {self.session} --to DIR",
                 t,
             )
+        elif kind == "disk_low":
+            free = _finite(e.get("free_bytes")) or 0.0
+            self._alert("warning", f"disk low: {free / 2**20:.0f} MiB free for the session "
+                        f"(it stops at {e.get('min_free_mb')} MiB)", t)  # fmt: skip
         elif kind in ALERT_EVENTS:
             detail = e.get("name") or e.get("trials") or e.get("trial_id") or ""
             self._alert("error" if kind == "child_crashed" else "warning", f"{kind} {detail}", t)
