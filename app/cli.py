@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_arguments(args)
         return int(args._run(args) or 0)
     except UsageError as err:
-        print(f"eegs {args.command}: error: {err}", file=sys.stderr)
+        # a name the user gave may hold what the terminal cannot show: shown escaped
+        shown = str(err).encode(errors="backslashreplace").decode()
+        print(f"eegs {args.command}: error: {shown}", file=sys.stderr)
         return 2
     except DiskFull as err:
         print(
@@ -90,8 +92,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         if not is_disk_full(err):
             raise
-        print(f"eegs {args.command}: the disk is full: {err}", file=sys.stderr)
+        _last_words(f"eegs {args.command}: the disk is full: {err}")
         return DISK_FULL_STATUS
+
+
+def _last_words(text: str) -> None:
+    """Say why, where the output may be a log on the very disk that is full.
+
+    Whatever cannot be written is dropped, and so is what is still buffered: Python's
+    own flush at exit would otherwise fail and turn the exit status into 120.
+    """
+    for stream in (sys.stderr, sys.stdout):
+        try:
+            if stream is sys.stderr:
+                stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - the process is ending
+    sys.stdout = sys.stderr = devnull
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

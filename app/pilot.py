@@ -24,6 +24,7 @@ ratings off.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -50,7 +51,7 @@ from experiment_protocols import Protocol, load_protocol
 from experiment_protocols.schema import PROTOCOL_DIR
 from workers.errors import is_disk_full
 from workers.generation.personal_fit import CALIBRATION
-from workers.session_store import EVENTS_FILE, EventTail, SessionStore
+from workers.session_store import EVENTS_FILE, EventTail, SessionStore, former_roots
 
 logger = logging.getLogger("eegs.pilot")
 
@@ -251,7 +252,13 @@ def _wait_event(store: SessionStore, sup: Supervisor, name: str, timeout: float)
 
 
 def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
-    """Run the whole session; returns ``summary.json``'s content."""
+    """Run the whole session; returns ``summary.json``'s content.
+
+    The session directory is named by its absolute path everywhere (the children's
+    arguments, the image paths in its events), so that a session moved to another disk
+    can be followed (:mod:`app.session_move`).
+    """
+    config = dataclasses.replace(config, out=Path(config.out).resolve())
     store = SessionStore(config.out).open(role="session", subject=config.subject)
     protocol = prepare_protocol(config, store)
     store.update_info(
@@ -285,7 +292,7 @@ def resume_session(
     """
     from workers.errors import InputError
 
-    session = Path(session)
+    session = Path(session).resolve()
     info = SessionStore(session).read_info()
     if not info:
         raise InputError(f"{session}: not a session directory (no session.json)")
@@ -312,6 +319,7 @@ def resume_session(
             protocol_file=str(ppath),
             protocol_sha256=protocol.sha256,
             moved_from=str(moved[1]),
+            former_roots=[*former_roots(session), str(moved[1])],
         )
     protocol = load_protocol(ppath)
     config = SessionConfig(

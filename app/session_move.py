@@ -8,7 +8,9 @@ lost if the copy is cut short (it is made under a hidden name and renamed when w
 A session directory moved by hand (``mv``, ``rsync``) is followed the same way: the
 session's protocol names its own folders (the pilot's ``stimuli/``) by absolute path,
 so every such path is rewritten from the place the session was recorded in
-(``session.json``'s ``root``) to where it is now.
+(``session.json``'s ``root``) to where it is now; the events, which are never rewritten,
+are read with their paths moved likewise (``former_roots``,
+:func:`workers.session_store.read_events`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from experiment_protocols import Protocol, load_protocol
 from workers.errors import InputError
-from workers.session_store import RESERVE_FILE, SessionStore, disk_free_bytes
+from workers.session_store import RESERVE_FILE, SessionStore, disk_free_bytes, rebase
 
 #: Room a resumed session needs beyond the copy itself (the rest of its recording).
 HEADROOM_BYTES = 256 << 20
@@ -100,17 +102,6 @@ def moved_protocol(session: Path, protocol_file: str) -> tuple[Protocol, Path] |
     if old is None or old == here:
         return None
     protocol = load_protocol(here / protocol_file)
-    moved = Protocol.model_validate(_moved(protocol.model_dump(mode="json"), str(old), str(here)))
+    moved = Protocol.model_validate(rebase(protocol.model_dump(mode="json"), str(old), str(here)))
     moved.source = protocol.source
     return moved, old
-
-
-def _moved(obj: Any, old: str, new: str) -> Any:
-    """Every string that is ``old`` or a path below it, moved below ``new``."""
-    if isinstance(obj, dict):
-        return {k: _moved(v, old, new) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_moved(v, old, new) for v in obj]
-    if isinstance(obj, str) and (obj == old or obj.startswith(old.rstrip(os.sep) + os.sep)):
-        return new + obj[len(old) :]
-    return obj

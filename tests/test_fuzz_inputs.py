@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import math
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tomli_w
+from helpers import run_main
 from hostile import (
     dumps,
     field_values,
@@ -376,7 +375,7 @@ def test_the_issues_protocols_are_refused_naming_the_field(tmp_path, text, field
         load_protocol(path)
     assert err.value.field == field
     assert reason in err.value.message
-    assert _main(["doctor", "--protocol", str(path), "--timeout", "0.1"]) == 2
+    assert run_main(["doctor", "--protocol", str(path), "--timeout", "0.1"]) == 2
 
 
 def test_a_notch_above_the_streams_nyquist_frequency_stops_the_acquisition(tmp_path, stream_name):
@@ -401,30 +400,16 @@ def test_a_notch_above_the_streams_nyquist_frequency_stops_the_acquisition(tmp_p
 # -- command-line paths ------------------------------------------------------------------
 
 
-def _main(argv: list[str]) -> int:
-    """``eegs ARGV`` in this process, leaving its signal handlers and logging as they were."""
-    from app.cli import main
-
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    level = logging.getLogger().level
-    try:
-        return main(argv)
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        logging.getLogger().setLevel(level)
-
-
 @fuzz_settings(60)
 @given(st.one_of(text, st.text(max_size=30)).filter(lambda t: not t.startswith("-")))
 def test_a_hostile_path_on_the_command_line_exits_2(tmp_path_factory, capsys, name):
     out = tmp_path_factory.mktemp("cli") / "out-epo.fif"
-    assert _main(["export-epochs", name, str(out)]) == 2  # no session there: a reason
+    assert run_main(["export-epochs", name, str(out)]) == 2  # no session there: a reason
     assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_nul_in_a_path_exits_2_naming_it(capsys):
-    assert _main(["summarize", "sess\x00ion"]) == 2
+    assert run_main(["summarize", "sess\x00ion"]) == 2
     assert "NUL" in capsys.readouterr().err
     with pytest.raises(InputRejected, match="NUL"):
         check_path_text("a\x00b")
@@ -439,10 +424,10 @@ def test_export_epochs_onto_an_existing_file_and_keys_on_a_file_exit_2(tmp_path,
     store.close()
     taken = tmp_path / "taken-epo.fif"
     taken.write_text("a lab's file")
-    assert _main(["export-epochs", str(tmp_path / "s"), str(taken)]) == 2
+    assert run_main(["export-epochs", str(tmp_path / "s"), str(taken)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert taken.read_text() == "a lab's file"
-    assert _main(["keys", "--dir", str(taken), "a", "b"]) == 2
+    assert run_main(["keys", "--dir", str(taken), "a", "b"]) == 2
     assert "not a folder" in capsys.readouterr().err
 
 
@@ -467,7 +452,7 @@ def test_a_hostile_session_json_is_an_input_error(tmp_path_factory, raw):
 def test_a_session_json_nested_100000_deep_exits_2_in_summarize_and_resume(tmp_path, capsys):
     (tmp_path / SESSION_FILE).write_text(nested(100_000))
     for command in ("summarize", "resume"):
-        assert _main([command, str(tmp_path)]) == 2
+        assert run_main([command, str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert "nests deeper" in err
         assert "Traceback" not in err

@@ -353,7 +353,7 @@ class SessionStore:
 
     def epochs(self) -> list[StoredEpoch]:
         """Every stored epoch, in trial order."""
-        out = []
+        out, here = [], _Here(self.root)
         for path in sorted(self.epochs_dir.glob("epoch-*.npz")):
             try:
                 with np.load(path, allow_pickle=False) as npz:
@@ -361,6 +361,7 @@ class SessionStore:
                         npz["meta"].tobytes(), what="metadata", max_bytes=MAX_EPOCH_META_BYTES,
                         non_finite="null", max_depth=MAX_RECORD_DEPTH,
                     )  # fmt: skip
+                    meta = here(meta)
                     trial_id = trial_id_of(meta.get("trial_id") if isinstance(meta, dict) else None)
                     if trial_id is None:
                         raise ValueError("no valid trial_id in its metadata")
@@ -450,10 +451,13 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
 
     A torn final line is skipped; a line that is not a JSON object (a disk fault, a
     hand edit) is skipped with a warning, never a crash: every other event still counts.
+    Paths into the folder where a moved session was (:func:`former_roots`) are read as
+    paths into where it is now.
     """
     path = Path(path)
     if not path.exists():
         return
+    here = _Here(path.parent)
     with path.open("rb") as fh:
         for n, line in enumerate(fh, 1):
             if not line.endswith(b"\n"):
@@ -463,7 +467,41 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
                 if line.strip():
                     logger.warning("%s line %d is not a JSON object: skipped", path, n)
                 continue
-            yield record
+            yield here(record)
+
+
+def former_roots(root: str | Path) -> list[str]:
+    """The folders a moved session was recorded in (``session.json``'s ``former_roots``)."""
+    try:
+        info = SessionStore(root).read_info()
+    except InputError:
+        return []
+    roots = info.get("former_roots")
+    return [r for r in roots if isinstance(r, str) and r] if isinstance(roots, list) else []
+
+
+def rebase(obj: Any, old: str, new: str) -> Any:
+    """``obj`` with every string that is the path ``old``, or a path below it, moved to ``new``."""
+    if isinstance(obj, dict):
+        return {k: rebase(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rebase(v, old, new) for v in obj]
+    if isinstance(obj, str) and (obj == old or obj.startswith(old.rstrip(os.sep) + os.sep)):
+        return new + obj[len(old.rstrip(os.sep)) :]
+    return obj
+
+
+class _Here:
+    """Moves a record's paths from a session's former folders to where it is now."""
+
+    def __init__(self, root: Path) -> None:
+        self.former = former_roots(root)
+        self.here = str(Path(root).resolve())
+
+    def __call__(self, record: Any) -> Any:
+        for old in self.former:
+            record = rebase(record, old, self.here)
+        return record
 
 
 def _event(line: bytes) -> dict[str, Any] | None:
@@ -487,6 +525,7 @@ class EventTail:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._offset = 0
+        self._here = _Here(self.path.parent)
 
     def new(self) -> list[dict[str, Any]]:
         """Complete lines written since the last call; a line still being written waits."""
@@ -501,7 +540,7 @@ class EventTail:
         for line in chunk[:end].splitlines():
             record = _event(line)  # None: a fragment (a full disk cut the line), or garbage
             if record is not None:
-                out.append(record)
+                out.append(self._here(record))
         return out
 
 
