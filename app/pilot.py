@@ -301,7 +301,23 @@ def resume_session(
     ppath = session / SESSION_PROTOCOL
     if not ppath.exists():
         raise InputError(f"{session}: no {SESSION_PROTOCOL}; was it started by eegs pilot/run?")
-    source = str(info.get("source", "brain-model"))
+    source, seed, worker = (
+        info.get("source", "brain-model"),
+        info.get("seed", 0),
+        info.get("worker"),
+    )
+    if (
+        not isinstance(source, str)
+        or isinstance(seed, bool)
+        or not isinstance(seed, int)
+        or not 0 <= seed < 2**32
+        or not isinstance(worker, str | None)
+    ):
+        raise InputError(
+            f"{session / 'session.json'}: source {source!r}, seed {seed!r} or worker "
+            f"{worker!r} is not what eegs pilot/run wrote (a text, an integer from 0 to "
+            "2**32 - 1, an endpoint or null)"
+        )
     if source.startswith("replay:"):
         raise InputError(
             f"{session}: a replay-sourced session cannot be resumed (the replay would start "
@@ -326,10 +342,10 @@ def resume_session(
         out=session,
         protocol_path=ppath,
         subject=str(info.get("subject", "")),
-        seed=int(info.get("seed", 0)),
+        seed=seed,
         headless=bool(info.get("headless")) if headless is None else headless,
         source=source,
-        worker=info.get("worker"),
+        worker=worker,
         timeout_s=timeout_s,
     )
     store = SessionStore(session).open(role="session")

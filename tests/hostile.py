@@ -35,6 +35,12 @@ def fuzz_settings(default: int) -> settings:
     )
 
 
+def fuzz_timeout(seconds: float) -> float:
+    """A test's time limit, longer when ``EEGS_FUZZ_EXAMPLES`` asks for many examples."""
+    n = int(os.environ.get("EEGS_FUZZ_EXAMPLES", 0))
+    return seconds * max(1.0, n / 25)
+
+
 #: Numbers a broken or hostile sender writes.
 numbers = st.one_of(
     st.integers(min_value=-(2**40), max_value=2**40),

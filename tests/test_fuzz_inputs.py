@@ -24,6 +24,7 @@ from hostile import (
     dumps,
     field_values,
     fuzz_settings,
+    fuzz_timeout,
     markers,
     mutated_texts,
     nested,
@@ -68,7 +69,7 @@ from workers.session_store import (
     read_events,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(fuzz_timeout(120))
 
 
 def _strict_loads(text: str) -> object:

@@ -20,7 +20,15 @@ import pylsl
 import pytest
 from conftest import Processes
 from helpers import events_named, wait_for_event, wait_until
-from hostile import field_values, fuzz_settings, markers, mutated_texts, object_text, text
+from hostile import (
+    field_values,
+    fuzz_settings,
+    fuzz_timeout,
+    markers,
+    mutated_texts,
+    object_text,
+    text,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from test_generation_worker import _epoch, _protocol
@@ -40,7 +48,7 @@ from workers.messages import (
     encode,
 )
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(fuzz_timeout(300))
 
 _DEEP = "[" * 5000 + "]" * 5000
 #: Markers a broken presentation or a stranger on the network sent in earlier probes.

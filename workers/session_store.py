@@ -19,6 +19,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -133,6 +134,7 @@ class SessionStore:
         self.epochs_dir = self.root / EPOCHS_DIR
         self._events_fd: int | None = None
         self._backlog: list[bytes] = []  # lines a full disk refused, written when it can
+        self._lock = threading.Lock()
         self._torn = False  # a line was cut short: the next write starts a new line
         self.role: str | None = None
 
@@ -231,8 +233,9 @@ class SessionStore:
                 raise
             logger.error("%s: session.json not updated (%s): the disk is full", self.root, err)
         finally:
-            os.close(self._events_fd)
-            self._events_fd = None
+            with self._lock:
+                os.close(self._events_fd)
+                self._events_fd = None
 
     def __enter__(self) -> SessionStore:
         return self
@@ -263,6 +266,13 @@ class SessionStore:
             line = (text + "\n").encode()
         except UnicodeEncodeError:  # a lone surrogate, which no reader takes: the event is kept
             line = (text + "\n").encode(errors="replace")
+        with self._lock:  # a process logs from several threads: one line at a time
+            self._write_lines(line)
+
+    def _write_lines(self, line: bytes) -> None:
+        """Write ``line`` after the lines held before it (call with the lock held)."""
+        if self._events_fd is None:  # closed by another thread meanwhile
+            raise RuntimeError(f"session {self.root} is not open")
         self._backlog.append(line)
         while self._backlog:
             head = self._backlog[0]
@@ -370,6 +380,13 @@ class SessionStore:
                 # a truncated file (disk full, power cut): the others still count
                 logger.warning("%s is unreadable (%s): left out", path, err)
         return out
+
+
+def dig(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` of a session file read back, None where a level is not an object."""
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
 
 
 def disk_free_bytes(path: str | Path) -> int | None:

@@ -23,13 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _filter_band(session: Path, sfreq: float) -> tuple[float, float] | None:
     """(highpass, lowpass) of the preprocessing the session ran (``session.json``)."""
-    from workers.session_store import SessionStore
+    from workers.session_store import SessionStore, dig
 
-    pre = SessionStore(session).read_info().get("protocol", {}).get("preprocessing")
-    if not isinstance(pre, dict):
+    pre = dig(SessionStore(session).read_info(), "protocol", "preprocessing")
+    low, high = dig(pre, "l_freq"), dig(pre, "h_freq")
+    if not isinstance(pre, dict) or not all(
+        v is None or isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)
+    ):
         return None
     nyquist = sfreq / 2
-    low, high = pre.get("l_freq"), pre.get("h_freq")
     return (float(low or 0.0), float(min(high or nyquist, nyquist)))
 
 
