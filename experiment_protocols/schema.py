@@ -267,6 +267,14 @@ class Protocol(Section):
         return _validate(data, self.source, self.sha256)
 
 
+def _plain(value: Any) -> Any:
+    """A value set from code (an override) as JSON: a numpy scalar as its number, else text."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
+    return str(value)
+
+
 def _validate(data: dict[str, Any], source: str | None, sha: str | None) -> Protocol:
     """Validate strictly: no bool, string or fractional number is coerced into a number.
 
@@ -274,7 +282,7 @@ def _validate(data: dict[str, Any], source: str | None, sha: str | None) -> Prot
     where a field is one; a TOML date, which no key takes, is refused by its field.
     """
     try:
-        text = json.dumps(data, default=str)
+        text = json.dumps(data, default=_plain)
     except (TypeError, ValueError) as err:  # not a protocol's kind of value at all
         raise ProtocolError(source, "(file)", f"not a protocol: {err}") from None
     try:

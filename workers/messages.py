@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from experiment_protocols.bounded import MAX_DEPTH, InputRejected, NonFinite, parse_json
+from experiment_protocols.bounded import InputRejected, NonFinite, parse_json
 
 SCHEMA_VERSION = 2  # 2: StatusReply names the device, GPU memory and queue
 MAX_HEADER_BYTES = 1 << 20
@@ -29,7 +29,6 @@ class MessageError(InputRejected):
 
 #: A marker is a line of JSON; anything larger or deeper is refused before it is used.
 MAX_MARKER_BYTES = 64 << 10
-MAX_JSON_DEPTH = MAX_DEPTH
 #: Largest trial id: an int32, so that it fits every later use (epoch file names, MNE and
 #: BIDS event codes) and a stray huge id cannot push the numbering of later trials away.
 MAX_TRIAL_ID = 2**31 - 1
