@@ -149,6 +149,15 @@ def test_a_full_disk_stops_the_acquisition_cleanly(small_disk, processes, stream
     markers = next(s for s in streams if s["info"]["type"][0] == "Markers")
     assert [json.loads(m[0])["trial"] for m in markers["time_series"]] == [0, 1, 2]
 
+    # the experimenter's dashboard shows both as alerts
+    from app.dashboard.view import View
+
+    view = View(session, live=False)
+    view.tick()
+    texts = [(a["level"], a["text"]) for a in view.alerts]
+    assert any(level == "error" and "eegs resume" in t and "--to" in t for level, t in texts)
+    assert any(level == "warning" and t.startswith("disk low") for level, t in texts)
+
     # the session process sees the status and stops the session instead of restarting
     owner = SessionStore(small_disk / "owner")
     (small_disk / "filler").unlink()
