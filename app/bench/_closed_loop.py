@@ -9,7 +9,6 @@ closed-loop rounds as asked), run it with ``eegs pilot --headless`` as a child p
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -77,11 +76,15 @@ def start_pilot(
 
 
 def start_resume(
-    session: Path, env: dict[str, str] | None = None, log_file: Path | None = None
+    session: Path,
+    env: dict[str, str] | None = None,
+    log_file: Path | None = None,
+    to: Path | None = None,
 ) -> subprocess.Popen:
-    """``eegs resume SESSION --headless``, output in ``log_file`` (``SESSION.log``)."""
+    """``eegs resume SESSION --headless [--to DIR]``, output in ``log_file`` (``SESSION.log``)."""
     log = open(log_file or f"{session}.log", "ab")  # noqa: SIM115
-    return _start(["resume", str(session), "--headless"], log, env)
+    more = [] if to is None else ["--to", str(to)]
+    return _start(["resume", str(session), "--headless", *more], log, env)
 
 
 def _start(args: list[str], log, env: dict[str, str] | None) -> subprocess.Popen:
@@ -148,8 +151,15 @@ def kill_session(session: Path, procs: list[subprocess.Popen]) -> None:
             proc.wait(10)
 
 
+def session_info(session: Path) -> dict[str, Any]:
+    """``session.json`` ({} if unreadable)."""
+    from workers.session_store import SessionStore
+
+    with contextlib.suppress(ValueError):
+        return SessionStore(session).read_info()
+    return {}
+
+
 def session_status(session: Path) -> str | None:
     """``session.json``'s status."""
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads((Path(session) / "session.json").read_text()).get("status")
-    return None
+    return session_info(session).get("status")

@@ -32,6 +32,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.dashboard.view import QUALITY_EVERY_S, View
+from experiment_protocols.bounded import InputRejected, parse_json
+from workers.session_store import json_safe
 
 logger = logging.getLogger("eegs.dashboard")
 
@@ -40,6 +42,8 @@ TICK_S = 0.05
 #: Messages a slow page may fall behind before it is dropped (it reconnects).
 QUEUE_MAX = 200
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+#: A control request is ``{"command": "pause"}``; anything larger is not one.
+MAX_CONTROL_BYTES = 1024
 
 
 def plotly_js() -> Path:
@@ -123,6 +127,21 @@ class Controller:
             self.sock.close(0)
 
 
+def page_json(obj: Any) -> str:
+    """What a page is sent: strict JSON (a browser's JSON.parse refuses NaN), non-finite as null."""
+    return json.dumps(json_safe(obj), allow_nan=False, default=str)
+
+
+def _control_command(body: bytes) -> str | None:
+    """The ``command`` of a POST /control body, read by the bounded parser (None: none)."""
+    try:
+        obj = parse_json(body, what="control request", max_bytes=MAX_CONTROL_BYTES)
+    except InputRejected as err:
+        logger.warning("control request refused: %s", err)
+        return None
+    return obj.get("command") if isinstance(obj, dict) else None
+
+
 def allowed_roots(session: Path, protocol: Any | None) -> list[Path]:
     """Folders whose images a page may fetch: the session's and the protocol's image folders."""
     roots = [session.resolve()]
@@ -197,10 +216,7 @@ def build_app(
     async def control_route(request: Request):
         if role_of(request) != "controller":
             return forbidden()
-        try:
-            command = (await request.json()).get("command")
-        except (ValueError, AttributeError):
-            command = None
+        command = _control_command(await request.body())
         if command not in ("pause", "resume", "abort"):
             return JSONResponse({"error": "command must be pause, resume or abort"}, 400)
         if not view.live or not controller.send(command):
@@ -214,7 +230,7 @@ def build_app(
             return
         await ws.accept()
         queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
-        queue.put_nowait(json.dumps(view.snapshot(), allow_nan=False, default=str))
+        queue.put_nowait(page_json(view.snapshot()))
         clients.add(queue)
         try:
             while True:
@@ -237,7 +253,7 @@ def build_app(
                 logger.exception("dashboard tick failed")
                 delta = None
             if delta is not None:
-                text = json.dumps(delta, default=str)
+                text = page_json(delta)
                 for queue in list(clients):
                     try:
                         queue.put_nowait(text)

@@ -172,7 +172,7 @@ class MarkerSource:
             try:  # the limits every marker reader applies (a 5000-deep marker is no crash)
                 marker = parse_marker(sample[0])
             except MessageError:
-                marker = {"event": str(sample[0])[:80]}
+                marker = {"event": str(sample[0])[:80].encode(errors="replace").decode()}
             now = time.time()
             # the marker's flip time on the wall clock: LSL and wall clocks of one host
             t_event = now - (pylsl.local_clock() - ts)

@@ -9,7 +9,6 @@ long the update took to reach it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import deque
@@ -20,7 +19,7 @@ import numpy as np
 
 from app.dashboard.quality import Thresholds, channel_quality
 from app.dashboard.sources import EEGSource, MarkerSource, WorkerStatus
-from workers.session_store import EVENTS_FILE, EventTail
+from workers.session_store import EVENTS_FILE, EventTail, read_sidecar
 
 #: The timing histograms: name -> (event, how to read the value).
 HISTOGRAMS = (
@@ -100,10 +99,8 @@ class View:
         info: dict[str, Any] = {"image_id": p.stem, "path": str(p), "kind": "folder"}
         sidecar = p.with_suffix(".json")
         if p.is_relative_to(self.session) and sidecar.is_file():
-            try:
-                prov = json.loads(sidecar.read_text()).get("provenance", {})
-            except (OSError, ValueError):
-                prov = {}
+            prov = (read_sidecar(sidecar) or {}).get("provenance")
+            prov = prov if isinstance(prov, dict) else {}
             info["kind"] = prov.get("kind", "?")
             info["parents"] = prov.get("parents", [])
         return info
@@ -204,6 +201,17 @@ class View:
             self._changed.add("calibration")
         elif kind == "timing_check":
             self._hist("timing_check_correction_ms", e.get("correction_ms"))
+        elif kind == "disk_full":  # the session stops: the experimenter must act
+            self._alert(
+                "error",
+                f"disk full ({e.get('process', '?')}): the session stops, its files closed; "
+                f"continue it on another disk: eegs resume {self.session} --to DIR",
+                t,
+            )
+        elif kind == "disk_low":
+            free = _finite(e.get("free_bytes")) or 0.0
+            self._alert("warning", f"disk low: {free / 2**20:.0f} MiB free for the session "
+                        f"(it stops at {e.get('min_free_mb')} MiB)", t)  # fmt: skip
         elif kind in ALERT_EVENTS:
             detail = e.get("name") or e.get("trials") or e.get("trial_id") or ""
             self._alert("error" if kind == "child_crashed" else "warning", f"{kind} {detail}", t)
