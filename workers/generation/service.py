@@ -60,6 +60,7 @@ import zmq
 from experiment_protocols import Protocol
 from models.backends.base import Backend, BackendUnavailableError
 from models.backends.pool import ImagePool
+from models.gp import warm_up
 from models.heuristic import HeuristicGenerator
 from models.rewards.base import RewardError, RewardFunction
 from workers import transport
@@ -74,6 +75,7 @@ from workers.generation.provenance import (
     Batch,
     ProvenanceWriter,
     assemble_batch,
+    encode_image,
 )
 from workers.generation.restore import restore
 from workers.generation.scoring import EpochScorer, epoch_of, image_roots
@@ -184,6 +186,8 @@ class GenerationService:
             self.ledger.trials_scored,
             self.calibration.fitting,
             self._log,
+            pending=self.ledger.n_pending,
+            calibrated=self.calibrated,
         )
         self.provenance = ProvenanceWriter(store, self._log)
         self._pending_batch: Batch | None = None
@@ -229,6 +233,35 @@ class GenerationService:
     def _drain(self) -> None:
         """Move new rewards into the generator (background thread only)."""
         self.ledger.drain(self.generator, self.backend.embed)
+
+    def calibrated(self) -> bool:
+        """Whether the calibration observations are in, so the GP's first fit may start.
+
+        True once the closed loop has begun, once a session-fitted reward is fitted and
+        the epochs that waited for it are scored, or once as many rewards are credited
+        as the calibration block has trials (a training-free reward; a restarted worker).
+        """
+        gate = self.calibration
+        return gate.loop_started or gate.settled or self.n_observations >= gate.n_calibration
+
+    def prepare(self) -> dict[str, float]:
+        """Before serving: every first-call cost of a round paid, the restored GP fitted.
+
+        The GP's first-call costs (:func:`models.gp.warm_up`), an image's first encoding
+        for the reply, and for a worker that took over a session's history
+        (:mod:`workers.generation.restore`) its rewards moved into the generator and the
+        GP fitted on them, so that the first round it serves is as fast as any other
+        (docs/architecture.md section 3). Returns the seconds of each part.
+        """
+        t0 = time.perf_counter()
+        warm_up(self.backend.embed_dim, self.g.gp.threads)
+        if len(self.pool):
+            encode_image(self.pool.image(0), self.g)
+        t1 = time.perf_counter()
+        self._drain()
+        if self.calibrated():
+            self.generator.update_surrogate()
+        return {"gp_warmup_s": round(t1 - t0, 3), "gp_fit_s": round(time.perf_counter() - t1, 3)}
 
     # -- logging ---------------------------------------------------------------------
     def _log(self, event: str, **fields: Any) -> None:
@@ -486,6 +519,7 @@ def run(config: GenerationConfig, stop: Callable[[], bool] = lambda: False) -> G
         if not restored.empty:
             store.log("generation_restored", **dataclasses.asdict(restored))
             logger.info("took over the session's generator state: %s", restored)
+        prepared = service.prepare()
         ctx = zmq.Context.instance()
         net = protocol.network
         router, auth = transport.bind(
@@ -510,6 +544,7 @@ def run(config: GenerationConfig, stop: Callable[[], bool] = lambda: False) -> G
             endpoint=g.endpoint,
             load_s=round(t_load, 3),
             warmup_s=round(t_warm, 3),
+            **prepared,
             pool_size=len(pool),
             **backend.describe(),
         )
