@@ -337,13 +337,15 @@ def test_idle_time_fits_the_gp_once_the_calibration_is_in_and_no_round_fits_it(
         assert not generator.gp.fitted
         rounds.maybe_refit()
         rounds.join_idle(60)
-        assert not generator.gp.fitted and not log.named("gp_refit")
+        assert not generator.gp.fitted
+        assert not log.named("gp_refit")
 
         calibrated[0] = True  # the calibration observations are in: the first fit, at once
         rounds.maybe_refit()
         rounds.join_idle(60)
         (fit,) = log.named("gp_refit")
-        assert fit["first_fit"] and not fit["yielded"]
+        assert fit["first_fit"]
+        assert not fit["yielded"]
         assert fit["iters"] == g.gp.fit_iters
         assert fit["n_points"] == 6
 
@@ -352,16 +354,15 @@ def test_idle_time_fits_the_gp_once_the_calibration_is_in_and_no_round_fits_it(
             iters = generator.gp.n_fit_iters
             rounds.start(ImageRequest(session="s", block="closed_loop", round=r, n_images=4), [])
             job, missed = _due(rounds.poll)
-            assert job.error is None and not missed
+            assert job.error is None
+            assert not missed
             assert generator.gp.n_fit_iters == iters
         assert generator.gp.n == 10
     finally:
         rounds.close()
 
 
-def test_a_first_fit_in_idle_time_yields_to_a_request_and_owes_the_rest(
-    tmp_path, backend, pool
-):
+def test_a_first_fit_in_idle_time_yields_to_a_request_and_owes_the_rest(tmp_path, backend, pool):
     path = tmp_path / "slow.toml"
     path.write_text(
         _PROTOCOL.replace("fit_iters = 10", "fit_iters = 1000000\nrefit_budget_s = 600.0")
@@ -384,7 +385,8 @@ def test_a_first_fit_in_idle_time_yields_to_a_request_and_owes_the_rest(
         assert time.monotonic() - t0 < 30  # the fit made way at its next iteration
         rounds.join_idle(10)
         (fit,) = log.named("gp_refit")
-        assert fit["first_fit"] and fit["yielded"]
+        assert fit["first_fit"]
+        assert fit["yielded"]
         assert 0 < fit["iters"] < g.gp.fit_iters
         assert fit["owed_iters"] == generator.fit_iters_owed == g.gp.fit_iters - fit["iters"]
         assert generator.gp.fitted  # usable as far as it got
@@ -420,10 +422,12 @@ def test_the_calibration_is_in_once_the_session_fitted_reward_has_scored_what_wa
 ):
     service = GenerationService(protocol, backend, pool, _ThresholdReward())
     service.calibration.n_calibration = 2  # as a protocol with two calibration trials
+    service.calibration.loop_started = True  # round 0 asked for: still not the GP's turn
     try:
         assert not service.calibrated()
         for trial, block in [(1, "calibration"), (2, "closed_loop"), (3, "calibration")]:
             service.score_epoch(*_epoch(trial, {"block": block}))
+            assert not service.calibrated() or service.calibration.settled
         service.calibration.join(30)
         assert service.calibration.settled
         assert service.calibrated()

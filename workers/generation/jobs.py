@@ -177,7 +177,12 @@ class RoundScheduler:
             ):
                 return None  # the previous round's rewards come with the decoder
             if waiting:
-                self._log("rewards_missing", round=job.request.round, trials=sorted(waiting))
+                self._log(
+                    "rewards_missing",
+                    round=job.request.round,
+                    trials=sorted(waiting),
+                    waited_s=round(job.wait_until - job.t_received, 3),
+                )
             job.started, job.t_started = True, now
             # the flag stays up until the round runs: idle work before it in the queue
             # sees it and makes way

@@ -237,12 +237,17 @@ class GenerationService:
     def calibrated(self) -> bool:
         """Whether the calibration observations are in, so the GP's first fit may start.
 
-        True once the closed loop has begun, once a session-fitted reward is fitted and
-        the epochs that waited for it are scored, or once as many rewards are credited
-        as the calibration block has trials (a training-free reward; a restarted worker).
+        A session-fitted reward: once it is fitted and the epochs that waited for it
+        (the calibration block's among them) are scored, not before, even when the loop
+        has begun: a first fit on the few rewards scored so far would set the GP's
+        hyperparameters for the session. A training-free reward: once the closed loop
+        has begun, or as many rewards are credited as the calibration block has trials
+        (a restarted worker).
         """
         gate = self.calibration
-        return gate.loop_started or gate.settled or self.n_observations >= gate.n_calibration
+        if gate.reward is not None:
+            return gate.settled
+        return gate.loop_started or self.n_observations >= gate.n_calibration
 
     def prepare(self) -> dict[str, float]:
         """Before serving: every first-call cost of a round paid, the restored GP fitted.
