@@ -37,11 +37,13 @@ scoring (:mod:`workers.generation.scoring`), the session-fitted reward's calibra
 what is loaded once (:mod:`workers.generation.setup`). A fault in one part is logged and
 answered as an error or skipped; the loop and the other parts go on.
 
-Generation and the hyperparameter refit run in one background thread, so the socket
-is always answered; the refit happens in idle time between rounds and yields at once to
-a new request. Every image's provenance (seed, parents, embedding file, backend, model
-ids, inner steps, wall time) goes into the reply and, with the embeddings, into
-``SESSION/generation/round-XX/``.
+Generation and the GP's fits run in one background thread, so the socket is always
+answered. Nothing cold is left for a round (docs/architecture.md section 3): the worker
+pays the GP's first-call costs before it serves (:meth:`GenerationService.prepare`),
+takes new rewards in and makes the GP's first fit and refits in idle time, and all idle
+work yields at once to a new request. Every image's provenance (seed, parents, embedding
+file, backend, model ids, inner steps, wall time) goes into the reply and, with the
+embeddings, into ``SESSION/generation/round-XX/``.
 """
 
 from __future__ import annotations
