@@ -435,6 +435,25 @@ def test_the_calibration_is_in_once_the_session_fitted_reward_has_scored_what_wa
         service.close()
 
 
+def test_a_training_free_reward_is_calibrated_once_its_block_or_round_0_is_rewarded(
+    protocol, backend, pool
+):
+    service = GenerationService(protocol, backend, pool, _reward())
+    gate = service.calibration
+    try:
+        gate.n_calibration = 0  # no calibration block: round 0's 4 images (initial_images)
+        _credit(service.ledger, 3)
+        assert not service.calibrated()
+        _credit(service.ledger, 1, first_trial=4)
+        assert service.calibrated()
+        gate.n_calibration = 6  # a calibration block of 6: all its rewards, or the loop
+        assert not service.calibrated()
+        gate.loop_started = True
+        assert service.calibrated()
+    finally:
+        service.close()
+
+
 def test_a_worker_that_took_over_a_session_fits_its_gp_before_it_serves(protocol, backend, pool):
     service = GenerationService(protocol, backend, pool, _reward())
     service.calibration.n_calibration = 4  # a calibration block of 4, done before the crash

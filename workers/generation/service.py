@@ -242,14 +242,17 @@ class GenerationService:
         A session-fitted reward: once it is fitted and the epochs that waited for it
         (the calibration block's among them) are scored, not before, even when the loop
         has begun: a first fit on the few rewards scored so far would set the GP's
-        hyperparameters for the session. A training-free reward: once the closed loop
-        has begun, or as many rewards are credited as the calibration block has trials
-        (a restarted worker).
+        hyperparameters for the session. A training-free reward: once as many rewards
+        are credited as the calibration block has trials (a restarted worker too), or the
+        closed loop has begun after it; without a calibration block, once round 0's
+        images are all rewarded.
         """
         gate = self.calibration
         if gate.reward is not None:
             return gate.settled
-        return gate.loop_started or self.n_observations >= gate.n_calibration
+        if gate.n_calibration and gate.loop_started:
+            return True
+        return self.n_observations >= (gate.n_calibration or self.g.heuristic.initial_images)
 
     def prepare(self) -> dict[str, float]:
         """Before serving: every first-call cost of a round paid, the restored GP fitted.
