@@ -362,6 +362,36 @@ def test_idle_time_fits_the_gp_once_the_calibration_is_in_and_no_round_fits_it(
         rounds.close()
 
 
+def test_the_first_fit_has_every_calibration_reward_even_those_credited_during_a_drain(
+    protocol, backend, pool
+):
+    g = protocol.generation
+    generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
+    log, ledger = _Events(), RewardLedger(_Events())
+    settled = [False]
+
+    def drain() -> None:  # the fit thread scores its last epochs and ends meanwhile
+        ledger.drain(generator, backend.embed)
+        if not settled[0]:
+            _credit(ledger, 3, first_trial=100)
+            settled[0] = True
+
+    rounds = RoundScheduler(
+        g, generator, drain, ledger.trials_scored, lambda: False, log,
+        pending=ledger.n_pending, calibrated=lambda: settled[0],
+    )  # fmt: skip
+    try:
+        _credit(ledger, 6)
+        for _ in range(2):
+            rounds.maybe_refit()
+            rounds.join_idle(60)
+        (fit,) = log.named("gp_refit")
+        assert fit["first_fit"]
+        assert fit["n_points"] == 9  # not the 6 drained before the gate settled
+    finally:
+        rounds.close()
+
+
 def test_a_first_fit_in_idle_time_yields_to_a_request_and_owes_the_rest(tmp_path, backend, pool):
     path = tmp_path / "slow.toml"
     path.write_text(

@@ -220,9 +220,12 @@ class RoundScheduler:
         gen = self.generator
         stop = self._request_waiting.is_set
         try:
+            # asked before the drain: once true, every calibration reward is credited,
+            # so this drain has them all (asked after, the last ones could miss the fit)
+            calibrated = self._calibrated()
             self._drain()
             first = not gen.gp.fitted
-            if first and not self._calibrated():
+            if first and not calibrated:
                 return  # stored; the first fit waits for the calibration observations
             n = gen.refit(should_stop=stop) if refit else gen.update_surrogate(stop)
         except Exception:  # the next round simply does it, or uses the previous fit

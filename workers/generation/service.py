@@ -268,8 +268,9 @@ class GenerationService:
         if len(self.pool):
             encode_image(self.pool.image(0), self.g)
         t1 = time.perf_counter()
+        calibrated = self.calibrated()  # before the drain, which then has them all
         self._drain()
-        if self.calibrated():
+        if calibrated:
             self.generator.update_surrogate()
         return {"gp_warmup_s": round(t1 - t0, 3), "gp_fit_s": round(time.perf_counter() - t1, 3)}
 
