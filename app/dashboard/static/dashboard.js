@@ -306,7 +306,9 @@ function connect() {
   const ws = new WebSocket(`${proto}://${location.host}/ws?token=${encodeURIComponent(TOKEN)}`);
   // each message acknowledged once shown: the server sends the next only then, merging
   // what came meanwhile, so a busy page gets fresh updates instead of a backlog
-  ws.onmessage = timed("handle", (ev) => { handle(JSON.parse(ev.data)); ws.send("ack"); });
+  ws.onmessage = timed("handle", (ev) => {
+    try { handle(JSON.parse(ev.data)); } finally { ws.send("ack"); }  // a bad message too
+  });
   ws.onclose = () => { $("state").textContent = "reconnecting"; setTimeout(connect, 1000); };
 }
 
