@@ -96,3 +96,26 @@ def test_a_non_finite_number_in_an_event_is_written_as_null_not_a_crash(tmp_path
     assert refit["non_finite"] is True
     assert after["n"] == 1
     assert "non_finite" not in after
+
+
+def test_threads_logging_at_once_write_every_event_once(tmp_path):
+    """The worker logs from three threads; each line must be on disk exactly once."""
+    import threading
+
+    store = SessionStore(tmp_path / "s").open(role="generation")
+    start = threading.Barrier(4)
+
+    def writer(k: int) -> None:
+        start.wait(10)
+        for i in range(300):
+            store.log("reward", writer=k, i=i)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    store.close()
+    seen = [(e["writer"], e["i"]) for e in read_events(tmp_path / "s" / "events.jsonl")
+            if e["event"] == "reward"]  # fmt: skip
+    assert sorted(seen) == [(k, i) for k in range(4) for i in range(300)]

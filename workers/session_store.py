@@ -18,6 +18,7 @@ import platform
 import socket
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -117,6 +118,9 @@ class SessionStore:
         self._events_fd: int | None = None
         self._backlog: list[bytes] = []  # lines a full disk refused, written when it can
         self._torn = False  # a line was cut short: the next write starts a new line
+        # one writer at a time: the generation worker logs from its serving, round and
+        # calibration-fit threads; two at once wrote one line twice and lost the other
+        self._write_lock = threading.Lock()
         self.role: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -198,6 +202,11 @@ class SessionStore:
             record = {**json_safe(record), "non_finite": True}
             text = json.dumps(record, default=_json_default, allow_nan=False)
         line = (text + "\n").encode()
+        with self._write_lock:
+            self._append(line)
+
+    def _append(self, line: bytes) -> None:
+        """Write the held lines and ``line``, in order (under the write lock)."""
         self._backlog.append(line)
         while self._backlog:
             head = self._backlog[0]
