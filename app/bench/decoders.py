@@ -261,8 +261,9 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from experiment_protocols import load_protocol
-    from models.brain.response import ATM_CHANNELS, DEFAULT_SNR
+    from models.brain.response import DEFAULT_SNR
     from models.decoders.classifiers import pick_channels
+    from models.montage import ATM_CHANNELS
 
     protocol = load_protocol(args.protocol)
     dec = protocol.decoder

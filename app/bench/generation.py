@@ -115,7 +115,7 @@ def _image_folder(root: Path, n: int, size: int) -> Path:
 
 # -- measurement ----------------------------------------------------------------------------
 def _epoch(trial: int, image_id: str, rng: np.random.Generator):
-    from models.brain.response import ATM_CHANNELS
+    from models.montage import ATM_CHANNELS
     from workers.messages import EpochMessage
 
     x = rng.normal(0, 10, (len(ATM_CHANNELS), 301)).astype(np.float32)
@@ -328,8 +328,8 @@ def run(args: argparse.Namespace) -> dict:
     from app.bench._sdxl_dry_run import dry_run, round_budget
     from experiment_protocols import load_protocol
     from models.backends.base import BackendUnavailableError
-    from models.brain.response import ATM_CHANNELS
     from models.decoders.atms import ATMS
+    from models.montage import ATM_CHANNELS
     from models.rewards.base import SemanticReward
     from workers.generation.service import GenerationError
 

@@ -275,8 +275,8 @@ def from_settings(settings) -> RewardFunction:
         return AffectiveReward(
             load_classifier(settings.decoder), settings.target_class, CLASS_NAMES
         )
-    from models.brain.response import ATM_CHANNELS
     from models.decoders.atms import ATMS, load_atms
+    from models.montage import ATM_CHANNELS
 
     encoder = load_atms(settings.encoder) if settings.encoder else ATMS()
     encoder.eval()
