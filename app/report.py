@@ -198,7 +198,7 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
         report.add_html(_ratings_html(summary), title="Ratings summary", section="Self-report")
     personal = summary.get("personal_estimator")
     if personal:  # the personal reward: did this participant decode, and what ran instead
-        if personal.get("reward", "personal") == "personal" and personal.get("decodes"):
+        if personal.get("decodes") and not personal.get("fallback"):
             verdict = (
                 "decodes above chance: the loop's reward is the estimator of the "
                 "participant's own valence ratings"

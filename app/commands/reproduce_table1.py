@@ -17,10 +17,10 @@ import argparse
 from pathlib import Path
 
 from app.commands._common import (
-    LOOP_REWARDS,
     add_classifiers_argument,
     add_protocol_argument,
     add_reward_argument,
+    loop_rewards,
 )
 
 NAME = "reproduce-table1"
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         reward=args.reward or protocol.generation.reward.mode,
         sessions=list(args.sessions or []),
     )
-    if cfg.reward not in LOOP_REWARDS:
+    if cfg.reward not in loop_rewards():
         raise InputError(
             f"the protocol's reward mode {cfg.reward!r} cannot run offline; use --reward"
         )

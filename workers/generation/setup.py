@@ -12,11 +12,7 @@ from experiment_protocols import Protocol
 from models.backends.base import Backend
 from models.backends.pool import ImagePool
 from models.rewards.base import RewardFunction, from_settings
-from workers.generation.personal_fit import (
-    CALIBRATION,
-    CalibratedDecoderReward,
-    PersonalSessionReward,
-)
+from workers.generation.personal_fit import session_fitted
 
 
 def build_backend(protocol: Protocol, *, random_weights: bool = False) -> Backend:
@@ -62,15 +58,7 @@ def build_pool(protocol: Protocol, backend: Backend) -> ImagePool:
 
 def build_reward(protocol: Protocol, session_dir: Path) -> RewardFunction:
     """The protocol's reward: a fixed one, or one fitted on the session's calibration block."""
-    g = protocol.generation
-    if g.reward.mode == "affective" and g.reward.decoder == CALIBRATION:
-        return CalibratedDecoderReward(protocol.decoder, g.reward.target_class, session_dir)
-    if g.reward.mode == "personal":
-        return PersonalSessionReward(
-            g.reward,
-            [b.label for b in protocol.presentation.blocks if b.kind == "calibration"],
-            session_dir,
-            seed=g.seed,
-            use_flagged=g.use_flagged_epochs,
-        )
-    return from_settings(g.reward)
+    settings = protocol.generation.reward
+    if settings.fitted_on_session:
+        return session_fitted(settings).for_protocol(protocol, session_dir)
+    return from_settings(settings)
