@@ -129,11 +129,13 @@ def check_gpu(protocol: Protocol) -> Finding:
     """A CUDA GPU is there when the generator needs one."""
     import torch
 
-    backend = getattr(getattr(protocol, "generation", None), "backend", "procedural")
+    from experiment_protocols.generation import BACKENDS
+
+    backend = protocol.generation.backend
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         return Finding("gpu", OK, f"{name} (CUDA {torch.version.cuda})")
-    status = WARN if backend == "sdxl" else OK
+    status = WARN if BACKENDS[backend].needs_gpu else OK
     return Finding("gpu", status, f"no CUDA GPU; generation backend '{backend}' runs on the CPU")
 
 

@@ -7,6 +7,7 @@ sub-table is documented in ``default.toml``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
@@ -128,10 +129,54 @@ class Pool(Section):
     extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".webp"])
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a protocol knows of a generator backend; the backend is models/backends/NAME.py.
+
+    ``needs_pool_folder``: round 0 and exploration come from ``generation.pool.folder``;
+    ``needs_gpu``: made for a GPU (the pre-flight check warns without one); ``stand_in``:
+    CPU stand-in images (the session report says so).
+    """
+
+    name: str
+    description: str
+    needs_pool_folder: bool = False
+    needs_gpu: bool = False
+    stand_in: bool = False
+
+
+#: The generator backends a protocol may name (:func:`register_backend`).
+BACKENDS: dict[str, BackendSpec] = {}
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Let protocols name a backend (its class registers in models/backends/ by the same name).
+
+    Raises
+    ------
+    ValueError
+        If another backend has the name.
+    """
+    known = BACKENDS.get(spec.name)
+    if known is not None and known != spec:
+        raise ValueError(f"backend {spec.name!r} is registered twice: {known} and {spec}")
+    BACKENDS[spec.name] = spec
+    return spec
+
+
+register_backend(BackendSpec("procedural", "parametric images on the CPU", stand_in=True))
+register_backend(BackendSpec("pool", "selection from a folder", needs_pool_folder=True))
+register_backend(
+    BackendSpec("sdxl", "SDXL-Lightning + IP-Adapter", needs_pool_folder=True, needs_gpu=True)
+)
+
+
 class Generation(Section):
     """The generation worker (``eegs worker``)."""
 
-    backend: Literal["procedural", "sdxl", "pool"] = "procedural"
+    backend: str = Field(
+        "procedural", description="The image generator: a registered backend (BACKENDS)."
+    )
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto (cuda when present).")
     dtype: Literal["float16", "bfloat16"] = Field(
         "float16", description="Weights on CUDA (CPU always uses float32)."
@@ -176,6 +221,13 @@ class Generation(Section):
     procedural: Procedural = Field(default_factory=Procedural)
     pool: Pool = Field(default_factory=Pool)
 
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; expected one of {', '.join(BACKENDS)}")
+        return value
+
     @field_validator("reward", mode="before")
     @classmethod
     def _reward_of_its_mode(cls, value: Any) -> Any:
@@ -183,7 +235,7 @@ class Generation(Section):
 
     @model_validator(mode="after")
     def _check_pool(self) -> Generation:
-        if self.backend in ("sdxl", "pool") and not self.pool.folder:
+        if BACKENDS[self.backend].needs_pool_folder and not self.pool.folder:
             raise ValueError(
                 f"backend '{self.backend}' needs pool.folder (round 0 and exploration "
                 "come from the stimulus pool)"
