@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from app.bench.loop import FAMILIES, ON_REQUEST, default_rewards
+from app.bench.loop import ON_REQUEST, default_families, default_rewards
 from experiment_protocols import PROTOCOL_DIR, load_protocol
 
 REWARDS = default_rewards(load_protocol(PROTOCOL_DIR / "pilot.toml"))
@@ -60,7 +60,7 @@ def test_no_reward_reads_the_family():
     for module in (*modules, workers.generation.personal_fit):
         assert "family" not in inspect.getsource(module), module.__name__
     assert REWARDS == ("personal", "asymmetry", "lpp", "random", "blind", "oracle")
-    assert set(FAMILIES) == {"asymmetry", "lpp", "mixed", "weak"}
+    assert set(default_families()) == {"asymmetry", "lpp", "mixed", "weak"}
 
 
 @pytest.mark.timeout(300)

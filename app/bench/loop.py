@@ -48,14 +48,17 @@ from app.loop_gains import loop_gains
 
 CONTROLS = ("random", "blind", "oracle")
 ON_REQUEST = ("noisy_oracle",)  # diagnostic controls, not in the default run
-FAMILIES = ("asymmetry", "lpp", "mixed", "weak")
 GOALS = {"gain_a_min": 0.30, "frac_improved_min": 0.85, "vs_controls": 2.0, "vs_oracle": 0.70}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options."""
     p.add_argument("--participants", type=int, default=40, help="participants in all")
-    p.add_argument("--families", default=",".join(FAMILIES), help="comma list, round robin")
+    p.add_argument(
+        "--families",
+        default=",".join(default_families()),
+        help="comma list of subject families, round robin",
+    )
     p.add_argument(
         "--rewards",
         default=None,
@@ -75,6 +78,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="local Dask worker processes")
     p.add_argument("--address", default=None, help="a Dask scheduler (tcp://HOST:PORT)")
     p.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
+
+
+def default_families() -> tuple[str, ...]:
+    """Every registered subject family but the default (the population-average subject)."""
+    from experiment_protocols.brain_model import SUBJECT_FAMILIES, BrainModelSettings
+
+    default = BrainModelSettings.model_fields["family"].default
+    return tuple(f for f in SUBJECT_FAMILIES if f != default)
 
 
 def default_rewards(protocol) -> tuple[str, ...]:
@@ -221,9 +232,11 @@ def summarise(
 
 
 def _goals(by_reward: dict, families: list[str], subject: str) -> dict[str, Any]:
+    from models.brain.families.base import family_class
+
     goals = {}
     for fam in families:
-        if fam == "weak":
+        if not family_class(fam).decodable:  # a weak responder: no goal to meet
             continue
         fig = by_reward[subject]["by_family"].get(fam)
         if fig is None:
@@ -305,6 +318,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from app.evaluation.table1 import closed_loop_shape
     from experiment_protocols import load_protocol
+    from experiment_protocols.brain_model import SUBJECT_FAMILIES
     from workers.errors import InputError
 
     protocol_file = args.protocol or str(
@@ -315,9 +329,12 @@ def run(args: argparse.Namespace) -> dict:
     rewards = [r for r in (args.rewards or ",".join(default_rewards(protocol))).split(",") if r]
     families = [f for f in args.families.split(",") if f]
     known = tuple(dict.fromkeys((subject, *loop_rewards()))) + CONTROLS + ON_REQUEST
-    bad = [r for r in rewards if r not in known] + [f for f in families if f not in FAMILIES]
+    bad = [r for r in rewards if r not in known]
+    bad += [f for f in families if f not in SUBJECT_FAMILIES]
     if bad:
-        raise InputError(f"unknown reward or family {bad}: rewards {known}, families {FAMILIES}")
+        raise InputError(
+            f"unknown reward or family {bad}: rewards {known}, families {tuple(SUBJECT_FAMILIES)}"
+        )
     if args.oracle_noise < 0:
         raise InputError(f"--oracle-noise must be >= 0, not {args.oracle_noise}")
     if args.participants < 1:
