@@ -72,7 +72,9 @@ class SessionConfig:
     headless: bool = False
     source: str = "brain-model"  # brain-model | amplifier | replay:FILE
     worker: str | None = None  # an existing worker's endpoint instead of starting one
-    reward: str | None = None  # a generation.reward.mode (loop_rewards()); None: the protocol's
+    reward: str | None = (
+        None  # a generation.reward.mode (modes_without_files()); None: the protocol's
+    )
     family: str | None = None  # brain_model.family of the simulated participant
     timeout_s: float = 1800.0
     dashboard: bool = True  # the experimenter's dashboard (app/dashboard), an optional child

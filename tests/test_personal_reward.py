@@ -315,13 +315,13 @@ def test_a_resumed_worker_finds_the_ratings_it_logged(tmp_path):
 # -- the protocol -------------------------------------------------------------------------------
 def test_personal_is_the_default_of_pilot_and_run(tmp_path):
     from app.cli import build_parser
-    from app.commands._common import loop_rewards
+    from experiment_protocols.rewards import modes_without_files
 
     for name in ("pilot.toml", "default.toml"):
         p = load_protocol(REPO / "experiment_protocols" / name)
         assert p.generation.reward.mode == "personal"
         assert p.generation.reward.oracle == "valence"
-    assert "personal" in loop_rewards()
+    assert "personal" in modes_without_files()
     args = build_parser().parse_args(
         ["pilot", "--out", str(tmp_path / "s"), "--reward", "personal"]
     )

@@ -206,7 +206,7 @@ def _f1(X, y, decoder, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
 
 
 def _retrieval(args, training) -> dict[str, Any]:
-    from app.commands.train_encoder import train_encoder
+    from app.training import train_encoder
     from models.decoders.clip_training import synthetic_pairs
 
     train = synthetic_pairs(1000, 4, snr=args.retrieval_snr, seed=1)

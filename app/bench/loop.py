@@ -43,8 +43,8 @@ import numpy as np
 
 from app.bench._progress import report
 from app.bench._stats import stats
-from app.commands._common import loop_rewards
 from app.loop_gains import loop_gains
+from experiment_protocols.rewards import modes_without_files
 
 CONTROLS = ("random", "blind", "oracle")
 ON_REQUEST = ("noisy_oracle",)  # diagnostic controls, not in the default run
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rewards",
         default=None,
-        help=f"comma list of reward modes ({', '.join(loop_rewards())}) and controls "
+        help=f"comma list of reward modes ({', '.join(modes_without_files())}) and controls "
         f"{CONTROLS + ON_REQUEST} (default: the protocol's reward, the training-free "
         f"modes and {', '.join(CONTROLS)})",
     )
@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> dict:
     subject = protocol.generation.reward.mode
     rewards = [r for r in (args.rewards or ",".join(default_rewards(protocol))).split(",") if r]
     families = [f for f in args.families.split(",") if f]
-    known = tuple(dict.fromkeys((subject, *loop_rewards()))) + CONTROLS + ON_REQUEST
+    known = tuple(dict.fromkeys((subject, *modes_without_files()))) + CONTROLS + ON_REQUEST
     bad = [r for r in rewards if r not in known]
     bad += [f for f in families if f not in SUBJECT_FAMILIES]
     if bad:

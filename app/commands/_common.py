@@ -8,13 +8,6 @@ from pathlib import Path
 from experiment_protocols import Protocol, load_protocol
 
 
-def loop_rewards() -> tuple[str, ...]:
-    """Reward modes a closed loop on the brain model runs without a file of the lab's."""
-    from experiment_protocols.rewards import reward_modes, settings_class
-
-    return tuple(m for m in reward_modes() if settings_class(m).without_files() is not None)
-
-
 def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "default.toml") -> None:
     """``--protocol FILE`` (``default``: the shipped protocol the command falls back to)."""
     parser.add_argument(
@@ -28,9 +21,9 @@ def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "defau
 
 def add_reward_argument(parser: argparse.ArgumentParser) -> None:
     """``--reward MODE``: which reward drives the closed loop (default: the protocol's)."""
-    from experiment_protocols.rewards import settings_class
+    from experiment_protocols.rewards import modes_without_files, settings_class
 
-    modes = loop_rewards()
+    modes = modes_without_files()
     parser.add_argument(
         "--reward",
         choices=modes,

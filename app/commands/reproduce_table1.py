@@ -20,7 +20,6 @@ from app.commands._common import (
     add_classifiers_argument,
     add_protocol_argument,
     add_reward_argument,
-    loop_rewards,
 )
 
 NAME = "reproduce-table1"
@@ -151,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
         reward=args.reward or protocol.generation.reward.mode,
         sessions=list(args.sessions or []),
     )
-    if cfg.reward not in loop_rewards():
+    from experiment_protocols.rewards import modes_without_files
+
+    if cfg.reward not in modes_without_files():
         raise InputError(
             f"the protocol's reward mode {cfg.reward!r} cannot run offline; use --reward"
         )

@@ -97,7 +97,7 @@ class Config:
     rounds: int
     n_images: int
     kinds: list[str]
-    reward: str  # a generation.reward.mode (loop_rewards())
+    reward: str  # a generation.reward.mode (modes_without_files())
     sessions: list[Path] = field(default_factory=list)
 
 

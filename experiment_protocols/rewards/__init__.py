@@ -11,6 +11,7 @@ the modes (docs/architecture.md section 13).
 from experiment_protocols.rewards.base import (
     RewardSettings,
     default_reward_settings,
+    modes_without_files,
     reward_modes,
     reward_settings,
     settings_class,
@@ -20,6 +21,7 @@ from experiment_protocols.rewards.base import (
 __all__ = [
     "RewardSettings",
     "default_reward_settings",
+    "modes_without_files",
     "reward_modes",
     "reward_settings",
     "settings_class",

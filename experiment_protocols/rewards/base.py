@@ -100,6 +100,11 @@ def reward_modes() -> tuple[str, ...]:
     return tuple(RewardSettings.registry)
 
 
+def modes_without_files() -> tuple[str, ...]:
+    """The modes a closed loop on the brain model runs with no file of the lab's."""
+    return tuple(m for m in reward_modes() if settings_class(m).without_files() is not None)
+
+
 def settings_class(mode: str) -> type[RewardSettings]:
     """The settings class of ``mode``.
 
