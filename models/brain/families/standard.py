@@ -3,7 +3,7 @@
 The population-average subject of models/brain/response.py: the LPP grows with arousal
 and, per subject, with negative valence (the negativity bias), the frontal slow wave and
 the frontal alpha asymmetry are proportional to valence, and the LPP topography and
-frontal alpha sources are the montage's.
+frontal alpha sources are the population's (the LPP centred on Pz).
 """
 
 from __future__ import annotations
