@@ -2,7 +2,9 @@
 
 Defaults are the lab prototype's values (15 inner steps, 8 diffusion steps, step size
 30 with decay 0.1, 4 parents, GP fitted on -reward, IP-Adapter scale 0.5). Every
-sub-table is documented in ``default.toml``.
+sub-table is documented in ``default.toml``. ``generation.reward`` is the settings class of
+its mode (:mod:`experiment_protocols.rewards`); ``generation.backend`` is a name that
+:func:`register_backend` lets protocols use (docs/architecture.md section 13).
 """
 
 from __future__ import annotations
