@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--families",
         default=",".join(default_families()),
-        help="comma list of subject families, round robin",
+        help="comma list of subject families, round robin (default: every family but the "
+        "default one, %(default)s)",
     )
     p.add_argument(
         "--rewards",
