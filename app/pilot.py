@@ -48,9 +48,9 @@ from app.restarts import (
 from app.session_move import copy_session, moved_protocol
 from app.supervisor import DiskFull, ProcessCrashed, Supervisor
 from experiment_protocols import Protocol, load_protocol
+from experiment_protocols.rewards import switch_mode
 from experiment_protocols.schema import PROTOCOL_DIR
 from workers.errors import is_disk_full
-from workers.generation.personal_fit import CALIBRATION
 from workers.session_store import EVENTS_FILE, EventTail, SessionStore, former_roots
 
 logger = logging.getLogger("eegs.pilot")
@@ -75,7 +75,9 @@ class SessionConfig:
     headless: bool = False
     source: str = "brain-model"  # brain-model | amplifier | replay:FILE
     worker: str | None = None  # an existing worker's endpoint instead of starting one
-    reward: str | None = None  # a generation.reward.mode (LOOP_REWARDS); None: the protocol's
+    reward: str | None = (
+        None  # a generation.reward.mode (modes_without_files()); None: the protocol's
+    )
     family: str | None = None  # brain_model.family of the simulated participant
     timeout_s: float = 1800.0
     dashboard: bool = True  # the experimenter's dashboard (app/dashboard), an optional child
@@ -168,10 +170,8 @@ def prepare_protocol(config: SessionConfig, store: SessionStore) -> Protocol:
     gen["seed"] = config.seed
     if config.rounds is not None:
         gen["heuristic"]["max_rounds"] = max(config.rounds - 1, 1)
-    if config.reward == "affective":
-        gen["reward"].update(mode="affective", decoder=CALIBRATION)
-    elif config.reward is not None:
-        gen["reward"]["mode"] = config.reward
+    if config.reward is not None:
+        gen["reward"] = switch_mode(base.generation.reward, config.reward).model_dump()
     overrides["generation"] = gen
     overrides["network.epochs_endpoint"] = f"tcp://127.0.0.1:{_free_port()}"
     if config.source != "amplifier":  # our own streams: unique names

@@ -22,7 +22,8 @@ from safetensors.numpy import load_file
 from experiment_protocols import load_protocol
 from models.backends.procedural import ProceduralBackend, procedural_pool
 from models.heuristic import HeuristicGenerator
-from models.rewards.base import EpochData, LppReward, Reward
+from models.rewards.base import EpochData, Reward
+from models.rewards.lpp import LppReward
 from workers import transport
 from workers.generation.calibration import CalibrationGate
 from workers.generation.jobs import RoundScheduler

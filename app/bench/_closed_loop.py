@@ -1,9 +1,10 @@
 """Shared by `eegs bench faults`, `soak` and `pilots`: a real session, watched from outside.
 
-The benches write a small protocol (the pilot protocol with the asymmetry reward, no
-rating screen, a short calibration block from a folder the bench makes, and as many
-closed-loop rounds as asked), run it with ``eegs pilot --headless`` as a child process
-(the brain model as participant), and read what happened from the session directory.
+The benches write a small protocol (the pilot protocol with the reward it runs for a
+participant who gives no ratings, the asymmetry index; no rating screen, a short
+calibration block from a folder the bench makes, and as many closed-loop rounds as
+asked), run it with ``eegs pilot --headless`` as a child process (the brain model as
+participant), and read what happened from the session directory.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def write_protocol(
         elif block["kind"] == "closed_loop":
             blocks.append({**block, "n_trials": LOOP_TRIALS})
     gen = base.generation.model_dump()
-    gen["reward"]["mode"] = "asymmetry"  # training-free: no rating screen needed
+    # what the pilot's reward runs as without ratings (the personal reward's fallback
+    # index): no rating screen needed
+    gen["reward"] = base.generation.reward.without_ratings().model_dump()
     gen["heuristic"]["patience"] = 100_000  # every round asked for is run
     gen["procedural"]["pool_size"] = pool_size
     ratings = {**base.presentation.ratings.model_dump(), "enabled": False}

@@ -26,12 +26,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from app.bench._closed_loop import kill_session
 from app.bench._progress import report
 from app.bench._stats import stats
-from experiment_protocols.brain_model import SubjectFamily
+from experiment_protocols.brain_model import SUBJECT_FAMILIES
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_GAIN_B_POSITIVE = 0.8  # share of seeds with gain (b) > 0
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds, round 0 included")
     p.add_argument(
         "--family",
-        choices=get_args(SubjectFamily),
+        choices=tuple(SUBJECT_FAMILIES),
         default=None,
         help="brain_model.family (default: the protocol's)",
     )
