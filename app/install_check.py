@@ -28,6 +28,7 @@ HEAVY_MODULES: tuple[tuple[str, str | None, str], ...] = (
     ("uvicorn", "run", "eegs dashboard"),
     ("starlette.applications", "Starlette", "eegs dashboard"),
     ("plotly", "__version__", "the dashboard's plots (plotly.min.js)"),
+    ("pyriemann.estimation", "XdawnCovariances", "eegs bench estimator (the xdawn_ts anchor)"),
 )
 
 

@@ -1,5 +1,9 @@
 """Replay a recording as live LSL streams: EEG plus JSON markers from its events.
 
+Readers by file: ``.xdf`` (an EEGS session's recording), whatever MNE reads (FIF, EDF,
+BDF, BrainVision, EEGLAB...) and the eeg-notebooks Muse CSV, a file or a folder of runs
+(:mod:`workers.muse_csv`).
+
 mne-lsl's ``PlayerLSL`` streams annotations as a numeric one-hot stream and stamps
 chunks when they are pushed; EEGS needs JSON string markers stamped on the same
 sample clock as the EEG (so that an epoch lands on the same sample as offline), so
@@ -25,6 +29,7 @@ from workers.lsl_clock import (
     wait_for_consumers,
 )
 from workers.messages import MessageError, parse_marker
+from workers.muse_csv import is_muse_csv, read_muse_csv
 
 logger = logging.getLogger("eegs.replay")
 
@@ -79,14 +84,21 @@ class ReplayConfig:
 
 
 def load_recording(path: str | Path) -> Recording:
-    """Read an XDF file of ours or any file MNE reads, as µV and events."""
+    """Read an XDF file of ours, any file MNE reads or a Muse CSV, as µV and events."""
     path = Path(path)
     if not path.exists():
         raise ReplayError(f"{path}: no such file")
     if path.suffix.lower() == ".xdf":
         return _load_xdf(path)
+    if is_muse_csv(path):
+        return _from_raw(read_muse_csv(path))
+    if path.is_dir():
+        raise ReplayError(f"{path}: a folder without any .csv run (eeg-notebooks' Muse CSV)")
     if not path.name.lower().endswith(_MNE_EXTENSIONS):
-        raise ReplayError(f"{path}: unknown format; expected .xdf or one of {_MNE_EXTENSIONS}")
+        raise ReplayError(
+            f"{path}: unknown format; expected .xdf, .csv (eeg-notebooks' Muse) or one of "
+            f"{_MNE_EXTENSIONS}"
+        )
     return _load_mne(path)
 
 
@@ -97,6 +109,13 @@ def _load_mne(path: Path) -> Recording:
         raw = mne.io.read_raw(path, preload=True, verbose="error")
     except Exception as err:  # MNE raises many types for unreadable files
         raise ReplayError(f"{path}: MNE cannot read it: {err}") from None
+    return _from_raw(raw)
+
+
+def _from_raw(raw) -> Recording:
+    """An MNE Raw as a recording: stim channels and run boundaries are not replayed."""
+    import mne
+
     stim = [
         ch for ch, kind in zip(raw.ch_names, raw.get_channel_types(), strict=True) if kind == "stim"
     ]
@@ -104,6 +123,12 @@ def _load_mne(path: Path) -> Recording:
     scale = np.array(
         [1e6 if ch["unit"] == mne.io.constants.FIFF.FIFF_UNIT_V else 1.0 for ch in raw.info["chs"]]
     )
+    keep = [
+        i
+        for i, d in enumerate(raw.annotations.description)
+        if not d.upper().startswith(("BAD BOUNDARY", "EDGE BOUNDARY"))
+    ]
+    raw.set_annotations(raw.annotations[keep])
     events, event_id = mne.events_from_annotations(raw, verbose="error")
     names = {v: k for k, v in event_id.items()}
     out = [(int(s - raw.first_samp), {"event": names[code]}) for s, _, code in events]

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models.montage import homologous_pairs
 from models.rewards.base import EpochData, Reward, RewardError, RewardMode, epoch_span
 
 
@@ -67,10 +68,14 @@ class AsymmetryReward(RewardMode):
         """The channels of ``ch_names`` this reward reads.
 
         The left channels of the complete pairs, then their right channels in the same
-        order.
+        order. A montage that holds none of the configured pairs (a Muse headband's AF7
+        and AF8 beside F3/F4...) is read on its own homologous frontal pairs
+        (:func:`models.montage.homologous_pairs`).
         """
         have = set(ch_names)
         pairs = [(a, b) for a, b in self.pairs if a in have and b in have]
+        if not pairs:
+            pairs = homologous_pairs(ch_names)
         return [a for a, _ in pairs] + [b for _, b in pairs]
 
     def __call__(self, epoch: EpochData) -> Reward:

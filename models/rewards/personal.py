@@ -332,6 +332,11 @@ def _fit_predict(X: np.ndarray, block_w: np.ndarray, y: np.ndarray, train, test)
     return intercept + ((X[test] - mean) / scale) @ coef
 
 
+def stratified_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The fold of each trial as a fit seeded ``seed`` makes them (stratified by rating)."""
+    return _stratified_folds(np.asarray(y, dtype=np.float64), k, np.random.default_rng(seed))
+
+
 def _stratified_folds(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Fold of each trial: each run of k consecutive rating ranks spread over the k folds."""
     n = len(y)
@@ -391,6 +396,15 @@ class PersonalEstimator:
     rating_scale: tuple[float, float]
     cv: dict[str, Any] = field(default_factory=dict)
     oof: dict[str, float] = field(default_factory=dict)  # epoch key -> out-of-fold rating
+    # epoch key -> the uncalibrated out-of-fold output (not saved: the fit's own trials)
+    cv_output: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def out_of_fold(self, epochs: Sequence[EpochData]) -> np.ndarray:
+        """The out-of-fold output of each of the fitted epochs (before calibration)."""
+        try:
+            return np.asarray([self.cv_output[_epoch_key(e.data)] for e in epochs])
+        except KeyError:
+            raise RewardError("an epoch the estimator was not fitted on") from None
 
     @property
     def decodes(self) -> bool:
@@ -624,6 +638,7 @@ def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_tri
         oof={
             _epoch_key(e.data): round(float(v), 6) for e, v in zip(epochs, oof_rating, strict=True)
         },
+        cv_output={_epoch_key(e.data): float(v) for e, v in zip(epochs, oof, strict=True)},
     )
 
 
