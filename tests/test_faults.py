@@ -129,6 +129,9 @@ def test_a_full_disk_stops_the_acquisition_cleanly(small_disk, processes, stream
             source.marker({"event": "stimulus_onset", "trial": trial})
             time.sleep(0.3)
         wait_until(lambda: len(events_named(session, "epoch")) == 3, 30)
+        # LabRecorder writes each stream's samples every 500 ms: what a full disk takes from
+        # a recording is what it had not written yet, so the markers are given time to land
+        time.sleep(2.0)
         _fill(small_disk)
         assert acquire.wait(30) == DISK_FULL_STATUS
         err = acquire.stderr.read()
