@@ -20,7 +20,9 @@ from pathlib import Path
 
 from app import shutdown
 from app.errors import UsageError
-from app.supervisor import LOG_DIR, ProcessCrashed
+from app.supervisor import LOG_DIR, DiskFull, ProcessCrashed
+from experiment_protocols.bounded import check_path_text
+from workers.errors import DISK_FULL_STATUS, is_disk_full
 
 
 def _command_modules() -> list[str]:
@@ -61,10 +63,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     shutdown.install(polls_stop=args._polls_stop)
     try:
+        _check_arguments(args)
         return int(args._run(args) or 0)
     except UsageError as err:
-        print(f"eegs {args.command}: error: {err}", file=sys.stderr)
+        # a name the user gave may hold what the terminal cannot show: shown escaped
+        shown = str(err).encode(errors="backslashreplace").decode()
+        print(f"eegs {args.command}: error: {shown}", file=sys.stderr)
         return 2
+    except DiskFull as err:
+        print(
+            f"eegs {args.command}: the session stopped: {err.reason}.\nThe recording, the "
+            f"epochs and the events so far are closed and readable; the session is marked "
+            f"failed. Continue it on a disk with space with:\n"
+            f"  eegs resume {err.session} --to DIR",
+            file=sys.stderr,
+        )
+        return 1
     except ProcessCrashed as err:
         print(
             f"eegs {args.command}: {err}\nThe session is marked crashed; everything recorded "
@@ -75,6 +89,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        _last_words(f"eegs {args.command}: the disk is full: {err}")
+        return DISK_FULL_STATUS
+
+
+def _last_words(text: str) -> None:
+    """Say why, where the output may be a log on the very disk that is full.
+
+    Whatever cannot be written is dropped, and so is what is still buffered: Python's
+    own flush at exit would otherwise fail and turn the exit status into 120.
+    """
+    for stream in (sys.stderr, sys.stdout):
+        try:
+            if stream is sys.stderr:
+                stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - the process is ending
+    sys.stdout = sys.stderr = devnull
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every path or text on the command line by the bounded parser's rule (exit 2).
+
+    A NUL cannot be in a file name, and an OS call would raise an error far from here.
+    """
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(item, str | Path):
+                check_path_text(item, f"--{name.replace('_', '-')}")
 
 
 if __name__ == "__main__":

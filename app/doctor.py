@@ -81,40 +81,14 @@ def check_streams(protocol: Protocol, timeout: float) -> list[Finding]:
 
 
 def _reward_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
-    """The training-free rewards read named channels: at least one (pair) must be there."""
-    from models.rewards.base import from_settings
+    """The reward's own check of the stream's channels (``RewardMode.channel_check``)."""
+    from models.rewards.base import reward_class
 
     r = protocol.generation.reward
-    if r.mode == "personal":  # reads every channel; its fallback reads the frontal pairs
-        found = from_settings(r.model_copy(update={"mode": "asymmetry"})).reads(names)
-        if not found:
-            return [
-                Finding(
-                    "reward channels",
-                    WARN,
-                    "reward 'personal' reads every channel, but its fallback for a "
-                    "participant who does not decode (asymmetry) needs one of the frontal "
-                    f"pairs {[list(p) for p in r.asymmetry_pairs]}: none is in the stream",
-                )
-            ]
-        return [Finding("reward channels", OK, f"reward 'personal'; its fallback reads {found}")]
-    if r.mode == "lpp":
-        wanted = f"LPP channels {r.lpp_channels}"
-    elif r.mode == "asymmetry":
-        wanted = f"frontal pairs {[list(p) for p in r.asymmetry_pairs]}"
-    else:
+    check = reward_class(r.mode).channel_check(r, names)
+    if check is None:
         return []  # decoder and encoder rewards: their channel checks are at load time
-    found = from_settings(r).reads(names)
-    if not found:
-        return [
-            Finding(
-                "reward channels",
-                FAIL,
-                f"reward '{r.mode}' needs one of the {wanted}; none is in the stream "
-                "(rename them in preprocessing.rename, or set the reward's channels)",
-            )
-        ]
-    return [Finding("reward channels", OK, f"reward '{r.mode}' reads {found}")]
+    return [Finding("reward channels", *check)]
 
 
 def _decoder_channels(protocol: Protocol, names: list[str]) -> list[Finding]:
@@ -155,11 +129,13 @@ def check_gpu(protocol: Protocol) -> Finding:
     """A CUDA GPU is there when the generator needs one."""
     import torch
 
-    backend = getattr(getattr(protocol, "generation", None), "backend", "procedural")
+    from experiment_protocols.generation import BACKENDS
+
+    backend = protocol.generation.backend
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         return Finding("gpu", OK, f"{name} (CUDA {torch.version.cuda})")
-    status = WARN if backend == "sdxl" else OK
+    status = WARN if BACKENDS[backend].needs_gpu else OK
     return Finding("gpu", status, f"no CUDA GPU; generation backend '{backend}' runs on the CPU")
 
 

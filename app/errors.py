@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from experiment_protocols import ProtocolError
+from experiment_protocols.bounded import InputRejected
 from workers.errors import InputError
 
-UsageError = (ProtocolError, InputError, FileNotFoundError)
+UsageError = (ProtocolError, InputError, InputRejected, FileNotFoundError)

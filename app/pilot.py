@@ -24,6 +24,7 @@ ratings off.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -44,11 +45,13 @@ from app.restarts import (
     catch_up_rewards,
     flag_acquisition_downtime,
 )
-from app.supervisor import ProcessCrashed, Supervisor
+from app.session_move import copy_session, moved_protocol
+from app.supervisor import DiskFull, ProcessCrashed, Supervisor
 from experiment_protocols import Protocol, load_protocol
+from experiment_protocols.rewards import switch_mode
 from experiment_protocols.schema import PROTOCOL_DIR
-from workers.generation.personal_fit import CALIBRATION
-from workers.session_store import EVENTS_FILE, EventTail, SessionStore
+from workers.errors import is_disk_full
+from workers.session_store import EVENTS_FILE, EventTail, SessionStore, former_roots
 
 logger = logging.getLogger("eegs.pilot")
 
@@ -72,7 +75,9 @@ class SessionConfig:
     headless: bool = False
     source: str = "brain-model"  # brain-model | amplifier | replay:FILE
     worker: str | None = None  # an existing worker's endpoint instead of starting one
-    reward: str | None = None  # a generation.reward.mode (LOOP_REWARDS); None: the protocol's
+    reward: str | None = (
+        None  # a generation.reward.mode (modes_without_files()); None: the protocol's
+    )
     family: str | None = None  # brain_model.family of the simulated participant
     timeout_s: float = 1800.0
     dashboard: bool = True  # the experimenter's dashboard (app/dashboard), an optional child
@@ -165,10 +170,8 @@ def prepare_protocol(config: SessionConfig, store: SessionStore) -> Protocol:
     gen["seed"] = config.seed
     if config.rounds is not None:
         gen["heuristic"]["max_rounds"] = max(config.rounds - 1, 1)
-    if config.reward == "affective":
-        gen["reward"].update(mode="affective", decoder=CALIBRATION)
-    elif config.reward is not None:
-        gen["reward"]["mode"] = config.reward
+    if config.reward is not None:
+        gen["reward"] = switch_mode(base.generation.reward, config.reward).model_dump()
     overrides["generation"] = gen
     overrides["network.epochs_endpoint"] = f"tcp://127.0.0.1:{_free_port()}"
     if config.source != "amplifier":  # our own streams: unique names
@@ -249,10 +252,17 @@ def _wait_event(store: SessionStore, sup: Supervisor, name: str, timeout: float)
 
 
 def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
-    """Run the whole session; returns ``summary.json``'s content."""
+    """Run the whole session; returns ``summary.json``'s content.
+
+    The session directory is named by its absolute path everywhere (the children's
+    arguments, the image paths in its events), so that a session moved to another disk
+    can be followed (:mod:`app.session_move`).
+    """
+    config = dataclasses.replace(config, out=Path(config.out).resolve())
     store = SessionStore(config.out).open(role="session", subject=config.subject)
     protocol = prepare_protocol(config, store)
     store.update_info(
+        root=str(store.root.resolve()),  # a session moved to another disk is followed
         protocol_file=str(store.root / SESSION_PROTOCOL),
         protocol_sha256=protocol.sha256,
         source=config.source,
@@ -264,18 +274,25 @@ def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
 
 
 def resume_session(
-    session: Path, *, headless: bool | None = None, stop=lambda: False, timeout_s: float = 1800.0
+    session: Path,
+    *,
+    headless: bool | None = None,
+    stop=lambda: False,
+    timeout_s: float = 1800.0,
+    to: Path | None = None,
 ) -> dict[str, Any]:
     """Continue an interrupted session from where it stopped (``eegs resume``).
 
     The same protocol file, streams and endpoints are used again. The worker rebuilds
     its state from the session directory (:mod:`workers.generation.restore`), the
     presentation shows only what was never shown (:mod:`app.presentation.resume`),
-    and the acquisition records into a new XDF part beside the first.
+    and the acquisition records into a new XDF part beside the first. ``to``: a folder
+    on another disk the session is copied to first (:mod:`app.session_move`); a session
+    moved by hand is followed too.
     """
     from workers.errors import InputError
 
-    session = Path(session)
+    session = Path(session).resolve()
     info = SessionStore(session).read_info()
     if not info:
         raise InputError(f"{session}: not a session directory (no session.json)")
@@ -284,26 +301,63 @@ def resume_session(
     ppath = session / SESSION_PROTOCOL
     if not ppath.exists():
         raise InputError(f"{session}: no {SESSION_PROTOCOL}; was it started by eegs pilot/run?")
-    source = str(info.get("source", "brain-model"))
+    source, seed, worker = (
+        info.get("source", "brain-model"),
+        info.get("seed", 0),
+        info.get("worker"),
+    )
+    if (
+        not isinstance(source, str)
+        or isinstance(seed, bool)
+        or not isinstance(seed, int)
+        or not 0 <= seed < 2**32
+        or not isinstance(worker, str | None)
+    ):
+        raise InputError(
+            f"{session / 'session.json'}: source {source!r}, seed {seed!r} or worker "
+            f"{worker!r} is not what eegs pilot/run wrote (a text, an integer from 0 to "
+            "2**32 - 1, an endpoint or null)"
+        )
     if source.startswith("replay:"):
         raise InputError(
             f"{session}: a replay-sourced session cannot be resumed (the replay would start "
             "its recording again from the beginning); start a new session instead"
+        )
+    if to is not None:
+        session = copy_session(session, to)
+        ppath = session / SESSION_PROTOCOL
+        sys.stderr.write(f"[eegs] session copied to {session}; the original is untouched\n")
+    moved = moved_protocol(session, SESSION_PROTOCOL)
+    if moved is not None:
+        protocol = write_protocol(moved[0], ppath)
+        SessionStore(session).update_info(
+            root=str(session.resolve()),
+            protocol_file=str(ppath),
+            protocol_sha256=protocol.sha256,
+            moved_from=str(moved[1]),
+            former_roots=[*former_roots(session), str(moved[1])],
         )
     protocol = load_protocol(ppath)
     config = SessionConfig(
         out=session,
         protocol_path=ppath,
         subject=str(info.get("subject", "")),
-        seed=int(info.get("seed", 0)),
+        seed=seed,
         headless=bool(info.get("headless")) if headless is None else headless,
         source=source,
-        worker=info.get("worker"),
+        worker=worker,
         timeout_s=timeout_s,
     )
     store = SessionStore(session).open(role="session")
     attempt = 1 + sum(e["event"] == "session_resumed" for e in store.events())
-    store.log("session_resumed", attempt=attempt, previous_status=info.get("status"))
+    if moved is not None:
+        store.log("session_moved", moved_from=str(moved[1]), root=str(session.resolve()))
+    store.log(
+        "session_resumed",
+        attempt=attempt,
+        previous_status=info.get("status"),
+        previous_failure=info.get("failure"),
+    )
     return _supervise(config, store, protocol, resume=True, stop=stop)
 
 
@@ -311,10 +365,9 @@ def _supervise(
     config: SessionConfig, store: SessionStore, protocol: Protocol, *, resume: bool, stop
 ) -> dict[str, Any]:
     """Start the session's processes, watch them until the presentation ends, stop them."""
-    from app.session_outputs import write_outputs
-
     ppath = str(store.root / SESSION_PROTOCOL)
     status = "failed"
+    failure: dict[str, Any] | None = None
     sup = Supervisor(store)
     sup.on_restart = lambda name, record: _after_restart(store, protocol, name, record)
     progress = Progress(store)
@@ -372,6 +425,11 @@ def _supervise(
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
+    except DiskFull as err:  # everything stops cleanly; resumed on another disk
+        logger.error("%s", err.reason)
+        failure = err.record()
+        store.log("session_failed", **failure)
+        raise
     except ProcessCrashed as err:
         logger.error("%s", err)
         status = "crashed"
@@ -382,10 +440,30 @@ def _supervise(
             sys.stderr.write("\n")
         _stop_in_order(sup, protocol)
         account_lost_trials(store, protocol)
-        store.log("session_status", status=status)
-        summary = write_outputs(store.root, protocol, pilot=config.source == "brain-model")
-        store.close(status, summary_file="summary.json")
+        store.log("session_status", status=status, **({"failure": failure} if failure else {}))
+        summary = _outputs(store, protocol, config, failure)
+        written = {"summary_file": "summary.json"} if summary else {}
+        store.close(status, **written, **({"failure": failure} if failure else {}))
     return summary
+
+
+def _outputs(
+    store: SessionStore, protocol: Protocol, config: SessionConfig, failure: dict | None
+) -> dict[str, Any]:
+    """The dataset, summary and report; on a full disk, none (``eegs resume`` writes them)."""
+    from app.session_outputs import write_outputs
+
+    if failure is not None and failure.get("reason") == "disk_full":
+        store.log("outputs_skipped", reason="disk full: eegs resume (or summarize) writes them")
+        return {}
+    try:
+        return write_outputs(store.root, protocol, pilot=config.source == "brain-model")
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        store.release_reserve()
+        store.log("outputs_skipped", reason=f"disk full: {err}")
+        return {}
 
 
 def _after_restart(store: SessionStore, protocol: Protocol, name: str, record: dict) -> None:

@@ -152,9 +152,11 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
 
     trials, events = collect_trials(session)
     report = mne.Report(title=f"EEGS session {session.name}", verbose="error")
+    from experiment_protocols.generation import BACKENDS
+
     backend = summary.get("backend") or "?"
-    procedural = backend == "procedural"
-    note = " (procedural backend: CPU stand-in images, not SDXL)" if procedural else ""
+    spec = BACKENDS.get(backend)
+    note = f" ({spec.description}: stand-in images)" if spec is not None and spec.stand_in else ""
     rows = "".join(
         f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in summary.items() if not isinstance(v, dict)
     )
@@ -198,7 +200,7 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
         report.add_html(_ratings_html(summary), title="Ratings summary", section="Self-report")
     personal = summary.get("personal_estimator")
     if personal:  # the personal reward: did this participant decode, and what ran instead
-        if personal.get("reward", "personal") == "personal" and personal.get("decodes"):
+        if personal.get("decodes") and not personal.get("fallback"):
             verdict = (
                 "decodes above chance: the loop's reward is the estimator of the "
                 "participant's own valence ratings"

@@ -179,6 +179,8 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
         "epoch_latency_ms": _stats([e["latency_ms"] for e in epochs]),
         "round_ready_latency_ms": _stats(_round_ready_latency(events, loop)),
         "dropped_frames": sum(t.dropped_frames for t in trials),
+        # trials whose image was not there when the fixation ended (the participant waited)
+        "image_late": sum(1 for e in events if e["event"] == "image_late"),
         "backend": ready.get("backend"),
         "protocol_sha256": info.get("protocol_sha256") or protocol.sha256,
         "resumed": sum(1 for e in events if e["event"] == "session_resumed"),

@@ -7,14 +7,13 @@ two has to import the other's module to get it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workers.session_store import read_events
+from workers.session_store import read_events, read_sidecar
 
 
 @dataclass
@@ -70,5 +69,6 @@ def collect_trials(session: Path) -> tuple[list[Trial], list[dict[str, Any]]]:
         t.bad = flags.get(t.trial)
         sidecar = t.image.with_suffix(".json")
         if sidecar.exists():
-            t.provenance = json.loads(sidecar.read_text()).get("provenance", {})
+            provenance = (read_sidecar(sidecar) or {}).get("provenance")
+            t.provenance = provenance if isinstance(provenance, dict) else {}
     return sorted(trials.values(), key=lambda t: t.trial), events

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.shutdown import PARENT_ENV
-from workers.session_store import EVENTS_FILE, EventTail, SessionStore
+from workers.errors import DISK_FULL_STATUS
+from workers.session_store import EVENTS_FILE, EventTail, SessionStore, disk_free_bytes
 
 logger = logging.getLogger("eegs.supervisor")
 
@@ -40,6 +41,25 @@ class ProcessCrashed(RuntimeError):
         self.name, self.returncode, self.log_tail = name, returncode, log_tail
         self.session = session
         super().__init__(f"process '{name}' exited with status {returncode}:\n{log_tail}")
+
+
+class DiskFull(ProcessCrashed):
+    """A child stopped because the session's disk is full: the session stops, failed.
+
+    Starting it again on the same disk is futile; ``eegs resume SESSION --to DIR``
+    continues the session on another disk.
+    """
+
+    @property
+    def reason(self) -> str:
+        """One line for the console and ``session.json``."""
+        free = disk_free_bytes(self.session)
+        room = "" if free is None else f", {free / 2**20:.1f} MiB free"
+        return f"the disk of {self.session} is full ('{self.name}' could not write{room})"
+
+    def record(self) -> dict:
+        """``session.json``'s ``failure``."""
+        return {"reason": "disk_full", "process": self.name, "detail": self.reason}
 
 
 @dataclass
@@ -136,12 +156,13 @@ class Supervisor:
                 )
                 logger.warning("optional %s exited (status %s); going on", child.name, code)
                 continue
-            if child.restarts < child.max_restarts and code != INPUT_ERROR_STATUS:
+            futile = code in (INPUT_ERROR_STATUS, DISK_FULL_STATUS)  # the same again
+            if child.restarts < child.max_restarts and not futile:
                 self._restart(child, code)
                 continue
             tail = child.log_tail()
             self.store.log("child_crashed", name=child.name, returncode=code, log_tail=tail)
-            raise ProcessCrashed(child.name, code, tail, self.store.root)
+            raise _crashed(child.name, code, tail, self.store.root)
 
     def _restart(self, child: Child, code: int) -> None:
         """Start a crashed child again and wait until it serves (bounded by its restarts).
@@ -205,7 +226,7 @@ class Supervisor:
         if code != 0:
             tail = child.log_tail()
             self.store.log("child_crashed", name=name, returncode=code, log_tail=tail)
-            raise ProcessCrashed(name, code, tail, self.store.root)
+            raise _crashed(name, code, tail, self.store.root)
         return code
 
     def stop(self, name: str, grace_s: float = 10.0) -> int | None:
@@ -243,6 +264,12 @@ class Supervisor:
 
     def __exit__(self, *exc) -> None:
         self.stop_all()
+
+
+def _crashed(name: str, code: int, tail: str, session: Path) -> ProcessCrashed:
+    """The exception for a child's end: :class:`DiskFull` for a full disk's status."""
+    kind = DiskFull if code == DISK_FULL_STATUS else ProcessCrashed
+    return kind(name, code, tail, session)
 
 
 def _stop_group(pgid: int, grace_s: float) -> None:

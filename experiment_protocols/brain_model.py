@@ -8,14 +8,34 @@ literature it follows.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from experiment_protocols._section import Section
 
-#: Which components carry the simulated subject's affect (models/brain/response.py).
-SubjectFamily = Literal["standard", "asymmetry", "lpp", "mixed", "weak"]
+#: The brain model's subject families, each with what carries its affect; the family
+#: itself is models/brain/families/NAME.py (:func:`register_family`).
+SUBJECT_FAMILIES: dict[str, str] = {}
+
+
+def register_family(name: str, description: str) -> None:
+    """Let protocols name a subject family (its module registers it by the same name).
+
+    Raises
+    ------
+    ValueError
+        If another description has the name.
+    """
+    known = SUBJECT_FAMILIES.get(name)
+    if known is not None and known != description:
+        raise ValueError(f"subject family {name!r} is registered twice")
+    SUBJECT_FAMILIES[name] = description
+
+
+register_family("standard", "LPP, frontal slow wave and alpha asymmetry")
+register_family("asymmetry", "frontal alpha asymmetry only")
+register_family("lpp", "late positive potential only, signed valence weight per subject")
+register_family("mixed", "both, weights per subject")
+register_family("weak", "a weak responder: affective components at 10-20 % gain")
 
 
 class BrainModelSettings(Section):
@@ -24,13 +44,11 @@ class BrainModelSettings(Section):
     subject_seed: int = Field(
         0, description="Draws the hidden subject: affect weights, ERP latencies, alpha."
     )
-    family: SubjectFamily = Field(
+    family: str = Field(
         "standard",
-        description="Which components carry the subject's affect: standard (LPP, frontal "
-        "slow wave and alpha asymmetry), asymmetry (frontal alpha asymmetry only), lpp (late "
-        "positive potential only, signed valence weight per subject), mixed (both, weights "
-        "per subject) or weak (a weak responder: affective components at 10-20 % gain). "
-        "The hidden affect (the oracle) is the same in every family.",
+        description="Which components carry the subject's affect: a registered family "
+        "(SUBJECT_FAMILIES; standard: LPP, frontal slow wave and alpha asymmetry). The "
+        "hidden affect (the oracle) is the same in every family.",
     )
     noise_seed: int | None = Field(
         None, description="Seed of the background and trial variability; None = fresh."
@@ -74,6 +92,15 @@ class BrainModelSettings(Section):
     learned_class: str = Field(
         "", description="'module:Class' of the learned model (else the file's own, if ours)."
     )
+
+    @field_validator("family")
+    @classmethod
+    def _registered_family(cls, value: str) -> str:
+        if value not in SUBJECT_FAMILIES:
+            raise ValueError(
+                f"unknown subject family {value!r}; expected one of {', '.join(SUBJECT_FAMILIES)}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> BrainModelSettings:

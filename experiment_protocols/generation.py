@@ -2,16 +2,20 @@
 
 Defaults are the lab prototype's values (15 inner steps, 8 diffusion steps, step size
 30 with decay 0.1, 4 parents, GP fitted on -reward, IP-Adapter scale 0.5). Every
-sub-table is documented in ``default.toml``.
+sub-table is documented in ``default.toml``. ``generation.reward`` is the settings class of
+its mode (:mod:`experiment_protocols.rewards`); ``generation.backend`` is a name that
+:func:`register_backend` lets protocols use (docs/architecture.md section 13).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from experiment_protocols._section import Section
+from experiment_protocols.rewards import RewardSettings, default_reward_settings, reward_settings
 
 
 class Heuristic(Section):
@@ -82,98 +86,6 @@ class GP(Section):
     )
 
 
-class Reward(Section):
-    """How an EEG epoch becomes a reward in [0, 1]."""
-
-    mode: Literal["personal", "lpp", "asymmetry", "affective", "semantic"] = Field(
-        "lpp",
-        description="personal (default.toml's and pilot.toml's mode; a file without the "
-        "key gets lpp): an estimator of the participant's own valence ratings, fitted by "
-        "the worker on the calibration block (asymmetry when the participant does not "
-        "decode above chance); lpp: late-positive-potential index (arousal, no "
-        "training); asymmetry: frontal alpha asymmetry (valence, no training); affective: "
-        "decoder probability of target_class; semantic: cosine to a target EEG embedding.",
-    )
-    decoder: str = Field(
-        "",
-        description="Mode affective: a classifier file, or 'calibration' (the worker fits "
-        "decoder.classifier on the session's calibration epochs when the loop starts).",
-    )
-    target_class: str = Field("amusement", min_length=1)
-    encoder: str = Field("", description="ATM-S checkpoint (mode semantic); '' = random.")
-    target_embedding: str = Field("", description=".npy or .safetensors file (semantic).")
-    lpp_window_s: tuple[float, float] = (0.4, 0.8)
-    lpp_channels: list[str] = Field(
-        default_factory=lambda: ["Pz", "P1", "P2", "P3", "P4", "POz", "CPz"],
-        description="Channels averaged for the LPP; those absent from the epoch are skipped.",
-    )
-    lpp_scale_uv: float = Field(5.0, gt=0, description="LPP amplitude that maps to 0.73.")
-    asymmetry_pairs: list[tuple[str, str]] = Field(
-        default_factory=lambda: [
-            ("F3", "F4"),
-            ("F5", "F6"),
-            ("F7", "F8"),
-            ("FC3", "FC4"),
-            ("AF3", "AF4"),
-        ],
-        min_length=1,
-        description="(left, right) homologous frontal channels; pairs absent from the epoch "
-        "are skipped.",
-    )
-    asymmetry_band_hz: tuple[float, float] = (8.0, 13.0)
-    asymmetry_window_s: tuple[float, float] = (0.3, 1.0)
-    asymmetry_alpha_scale: float = Field(
-        0.5, gt=0, description="Single-trial spread of ln P(right) - ln P(left) (alpha)."
-    )
-    personal_folds: int = Field(
-        5, ge=2, le=20, description="Personal: cross-validation folds inside the calibration block."
-    )
-    personal_permutations: int = Field(
-        200,
-        ge=19,
-        description="Personal: rating shuffles of the permutation test (p >= 1/(this + 1)).",
-    )
-    personal_p_threshold: float = Field(
-        0.05,
-        gt=0,
-        lt=1,
-        description="Personal: the participant decodes when the out-of-fold r > 0 and the "
-        "permutation p is below this; otherwise the reward falls back to asymmetry.",
-    )
-    personal_min_trials: int = Field(
-        12, ge=6, description="Personal: fewer rated calibration trials fall back at once."
-    )
-
-    @property
-    def chases(self) -> str:
-        """What a high reward stands for.
-
-        Arousal (lpp), target_class (asymmetry: the pleasant class; affective), or the
-        semantic target.
-        """
-        return {"lpp": "arousal", "semantic": "target"}.get(self.mode, self.target_class)
-
-    @property
-    def oracle(self) -> str:
-        """The brain model's hidden affect that the reward should raise."""
-        return "arousal" if self.mode == "lpp" else "valence"
-
-    @model_validator(mode="after")
-    def _check(self) -> Reward:
-        lo, hi = self.lpp_window_s
-        if not lo < hi:
-            raise ValueError(f"lpp_window_s {list(self.lpp_window_s)} needs start < end")
-        lo, hi = self.asymmetry_window_s
-        if not lo < hi:
-            raise ValueError(f"asymmetry_window_s {[lo, hi]} needs start < end")
-        lo, hi = self.asymmetry_band_hz
-        if not 0 < lo < hi:
-            raise ValueError(f"asymmetry_band_hz {[lo, hi]} needs 0 < low < high")
-        if self.mode == "semantic" and not self.target_embedding:
-            raise ValueError("mode 'semantic' needs target_embedding (a .npy/.safetensors file)")
-        return self
-
-
 class SDXL(Section):
     """SDXL base + SDXL-Lightning UNet + fp16-fix VAE + IP-Adapter ViT-H."""
 
@@ -219,10 +131,54 @@ class Pool(Section):
     extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".webp"])
 
 
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a protocol knows of a generator backend; the backend is models/backends/NAME.py.
+
+    ``needs_pool_folder``: round 0 and exploration come from ``generation.pool.folder``;
+    ``needs_gpu``: made for a GPU (the pre-flight check warns without one); ``stand_in``:
+    CPU stand-in images (the session report says so).
+    """
+
+    name: str
+    description: str
+    needs_pool_folder: bool = False
+    needs_gpu: bool = False
+    stand_in: bool = False
+
+
+#: The generator backends a protocol may name (:func:`register_backend`).
+BACKENDS: dict[str, BackendSpec] = {}
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Let protocols name a backend (its class registers in models/backends/ by the same name).
+
+    Raises
+    ------
+    ValueError
+        If another backend has the name.
+    """
+    known = BACKENDS.get(spec.name)
+    if known is not None and known != spec:
+        raise ValueError(f"backend {spec.name!r} is registered twice: {known} and {spec}")
+    BACKENDS[spec.name] = spec
+    return spec
+
+
+register_backend(BackendSpec("procedural", "parametric images on the CPU", stand_in=True))
+register_backend(BackendSpec("pool", "selection from a folder", needs_pool_folder=True))
+register_backend(
+    BackendSpec("sdxl", "SDXL-Lightning + IP-Adapter", needs_pool_folder=True, needs_gpu=True)
+)
+
+
 class Generation(Section):
     """The generation worker (``eegs worker``)."""
 
-    backend: Literal["procedural", "sdxl", "pool"] = "procedural"
+    backend: str = Field(
+        "procedural", description="The image generator: a registered backend (BACKENDS)."
+    )
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto (cuda when present).")
     dtype: Literal["float16", "bfloat16"] = Field(
         "float16", description="Weights on CUDA (CPU always uses float32)."
@@ -258,14 +214,30 @@ class Generation(Section):
     seed: int = Field(0, ge=0, description="Seeds parent sampling, crossover and noise.")
     heuristic: Heuristic = Field(default_factory=Heuristic)
     gp: GP = Field(default_factory=GP)
-    reward: Reward = Field(default_factory=Reward)
+    reward: SerializeAsAny[RewardSettings] = Field(
+        default_factory=default_reward_settings,
+        description="How an epoch becomes a reward: the settings of one mode "
+        "(experiment_protocols/rewards/), chosen by its key mode.",
+    )
     sdxl: SDXL = Field(default_factory=SDXL)
     procedural: Procedural = Field(default_factory=Procedural)
     pool: Pool = Field(default_factory=Pool)
 
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; expected one of {', '.join(BACKENDS)}")
+        return value
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward_of_its_mode(cls, value: Any) -> Any:
+        return reward_settings(value)
+
     @model_validator(mode="after")
     def _check_pool(self) -> Generation:
-        if self.backend in ("sdxl", "pool") and not self.pool.folder:
+        if BACKENDS[self.backend].needs_pool_folder and not self.pool.folder:
             raise ValueError(
                 f"backend '{self.backend}' needs pool.folder (round 0 and exploration "
                 "come from the stimulus pool)"

@@ -22,8 +22,8 @@ class Block(Section):
 
     kind: BlockKind
     name: str = Field("", description="Name in markers and logs; '' = the kind.")
-    n_trials: int = Field(40, ge=1, description="Trials per round.")
-    n_rounds: int = Field(1, ge=1, description="Rounds (closed loop: generations).")
+    n_trials: int = Field(40, ge=1, le=10_000, description="Trials per round.")
+    n_rounds: int = Field(1, ge=1, le=1_000, description="Rounds (closed loop: generations).")
     source: Literal["folder", "generator"] = Field(
         "folder",
         description="'folder': images from `folder`; 'generator': batches over ZeroMQ.",

@@ -7,13 +7,14 @@ in a lab's protocol never silently falls back to a default.
 from __future__ import annotations
 
 import hashlib
-import tomllib
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from experiment_protocols._section import Section
+from experiment_protocols.bounded import InputRejected, parse_toml, read_limited
 from experiment_protocols.brain_model import BrainModelSettings
 from experiment_protocols.decoder import Decoder
 from experiment_protocols.generation import Generation
@@ -93,7 +94,12 @@ class Epochs(Section):
 class Preprocessing(Section):
     """Online preprocessing: causal IIR filters on the stream, then per-epoch steps."""
 
-    notch_hz: list[float] = Field(default_factory=lambda: [50.0])
+    notch_hz: list[Annotated[float, Field(gt=0, le=50_000)]] = Field(
+        default_factory=lambda: [50.0],
+        max_length=16,
+        description="Line-noise notches (the line frequency and harmonics), each below the "
+        "stream's Nyquist frequency.",
+    )
     l_freq: float | None = Field(0.5, gt=0)
     h_freq: float | None = Field(40.0, gt=0)
     filter_order: int = Field(4, ge=1, le=10, description="Butterworth order.")
@@ -112,6 +118,8 @@ class Preprocessing(Section):
             raise ValueError(f"l_freq ({self.l_freq}) must be below h_freq ({self.h_freq})")
         if len(set(self.montage)) != len(self.montage):
             raise ValueError("montage lists a channel twice")
+        if len(set(self.notch_hz)) != len(self.notch_hz):
+            raise ValueError("notch_hz lists a frequency twice")
         return self
 
 
@@ -156,6 +164,20 @@ class Recording(Section):
     enabled: bool = True
     extra_streams: list[str] = Field(
         default_factory=list, description="Names of further LSL streams to record."
+    )
+    min_free_mb: float = Field(
+        16.0,
+        ge=0,
+        le=1_000_000,
+        description="The session stops cleanly (failed: disk full) when its disk has less "
+        "free space than this, so that the recording closes whole; resume it on another "
+        "disk (`eegs resume SESSION --to DIR`).",
+    )
+    warn_free_mb: float = Field(
+        500.0,
+        ge=0,
+        le=1_000_000,
+        description="Below this much free space the experimenter is warned (disk_low).",
     )
 
 
@@ -205,6 +227,20 @@ class Protocol(Section):
     sha256: str | None = Field(None, exclude=True, description="Hash of that file.")
 
     @model_validator(mode="after")
+    def _check_nyquist(self) -> Protocol:
+        sfreq = self.streams.sfreq
+        if sfreq is None:  # checked against the stream's rate when it connects
+            return self
+        pre = self.preprocessing
+        for name, freq in [("notch_hz", f) for f in pre.notch_hz] + [("h_freq", pre.h_freq)]:
+            if freq is not None and freq >= sfreq / 2:
+                raise ValueError(
+                    f"preprocessing.{name} = {freq:g} Hz is not below the Nyquist frequency "
+                    f"({sfreq / 2:g} Hz) of streams.sfreq = {sfreq:g} Hz"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _check_buffer(self) -> Protocol:
         need = self.epochs.tmax - self.epochs.tmin + 1.0
         if self.streams.buffer_s < need:
@@ -231,9 +267,26 @@ class Protocol(Section):
         return _validate(data, self.source, self.sha256)
 
 
+def _plain(value: Any) -> Any:
+    """A value set from code (an override) as JSON: a numpy scalar as its number, else text."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "shape", None) == ():
+        return item()
+    return str(value)
+
+
 def _validate(data: dict[str, Any], source: str | None, sha: str | None) -> Protocol:
+    """Validate strictly: no bool, string or fractional number is coerced into a number.
+
+    The data go through JSON so that pydantic's strict mode reads TOML arrays as tuples
+    where a field is one; a TOML date, which no key takes, is refused by its field.
+    """
     try:
-        protocol = Protocol.model_validate(data)
+        text = json.dumps(data, default=_plain)
+    except (TypeError, ValueError) as err:  # not a protocol's kind of value at all
+        raise ProtocolError(source, "(file)", f"not a protocol: {err}") from None
+    try:
+        protocol = Protocol.model_validate_json(text, strict=True)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
@@ -241,7 +294,7 @@ def _validate(data: dict[str, Any], source: str | None, sha: str | None) -> Prot
         if first["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling against experiment_protocols/schema.py)"
         elif "input" in first and not isinstance(first["input"], dict):
-            msg = f"{msg}; got {first['input']!r}"
+            msg = f"{msg}; got {str(first['input'])[:80]!r}"
         raise ProtocolError(source, field, msg) from None
     protocol.source = source
     protocol.sha256 = sha
@@ -249,21 +302,16 @@ def _validate(data: dict[str, Any], source: str | None, sha: str | None) -> Prot
 
 
 def load_protocol(path: str | Path | None = None) -> Protocol:
-    """Read and validate a protocol file; ``None`` loads the shipped default."""
+    """Read and validate a protocol file; ``None`` loads the shipped default.
+
+    The file is read by the project's bounded parser (:mod:`experiment_protocols.bounded`):
+    a small regular file, nesting, integer sizes and NUL-free text checked before the
+    schema sees it; every refusal is a :class:`ProtocolError` naming the file and field.
+    """
     path = Path(path) if path is not None else DEFAULT_PROTOCOL
     try:
-        if path.exists() and not path.is_file():
-            raise ProtocolError(path, "(file)", "not a regular file")
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_PROTOCOL_BYTES + 1)
-    except OSError as err:
-        raise ProtocolError(path, "(file)", f"cannot read: {err.strerror}") from None
-    if len(raw) > MAX_PROTOCOL_BYTES:
-        raise ProtocolError(
-            path, "(file)", f"larger than {MAX_PROTOCOL_BYTES} bytes: not a protocol file"
-        )
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ProtocolError(path, "(file)", f"not valid TOML: {err}") from None
+        raw = read_limited(path, max_bytes=MAX_PROTOCOL_BYTES, what="protocol file")
+        data = parse_toml(raw, what="protocol file", max_bytes=MAX_PROTOCOL_BYTES)
+    except InputRejected as err:
+        raise ProtocolError(path, err.where or "(file)", err.reason) from None
     return _validate(data, str(path), hashlib.sha256(raw).hexdigest())

@@ -135,6 +135,8 @@ class HeuristicGenerator:
         self.rewards: list[float] = []
         self.issued: set[str] = set()
         self._in_gp = 0
+        #: Adam iterations a cut-short first fit still owes (run by :meth:`refit`).
+        self.fit_iters_owed = 0
         self.round = 0
         self.best_by_round: list[float] = []
         self.timing = RoundTiming()
@@ -175,12 +177,19 @@ class HeuristicGenerator:
         rest = np.setdiff1d(np.arange(n), best)[::-1][: cap - best.size]
         return np.sort(np.concatenate([best, rest]))
 
-    def update_surrogate(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Bring the GP up to date: the first fit, then cheap incremental additions."""
+    def update_surrogate(self, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Bring the GP up to date: the first fit, then cheap incremental additions.
+
+        Returns the Adam iterations run (the first fit's; 0 otherwise). A first fit that
+        ``should_stop()`` cut short leaves the GP usable (its hyperparameters as far as
+        they got) and owes the rest of its iterations to :meth:`refit`.
+        """
         t0 = time.perf_counter()
         n = self.n_observations
+        iters = 0
         if n and not self.gp.fitted:
             keep = self.gp_indices()
+            before = self.gp.n_fit_iters
             self.gp.fit(
                 np.stack([self.embeddings[i] for i in keep]),
                 self._gp_targets([self.rewards[i] for i in keep]),
@@ -189,6 +198,10 @@ class HeuristicGenerator:
                 should_stop=should_stop,
                 threads=self.gp_settings.threads,
             )
+            iters = self.gp.n_fit_iters - before
+            # cut short to make way (not by its budget): the rest is owed to idle time
+            owed = self.gp_settings.fit_iters - iters if should_stop() else 0
+            self.fit_iters_owed = max(0, owed)
         elif n > self.gp_settings.max_points and n > self._in_gp:
             keep = self.gp_indices()  # the window moved: one factorisation of the kept set
             self.gp.replace(
@@ -202,19 +215,27 @@ class HeuristicGenerator:
             )
         self._in_gp = n
         self.timing.gp_update += time.perf_counter() - t0
+        return iters
 
     def refit(self, should_stop: Callable[[], bool] = lambda: False) -> int:
-        """Warm-started hyperparameter refit with the bounded budget; returns iterations."""
-        self.update_surrogate()
-        if not self.gp.fitted or self.gp_settings.refit_iters == 0:
-            return 0
+        """Warm-started hyperparameter refit with the bounded budget; returns iterations.
+
+        Runs ``refit_iters``, or what a cut-short first fit still owes if more; the
+        first fit itself if the GP has none yet. Every step yields to ``should_stop()``.
+        """
         before = self.gp.n_fit_iters
+        self.update_surrogate(should_stop)
+        iters = max(self.gp_settings.refit_iters, self.fit_iters_owed)
+        if not self.gp.fitted or iters == 0 or should_stop():
+            return self.gp.n_fit_iters - before
+        start = self.gp.n_fit_iters
         self.gp.fit(
-            iters=self.gp_settings.refit_iters,
+            iters=iters,
             budget_s=self.gp_settings.refit_budget_s,
             should_stop=should_stop,
             threads=self.gp_settings.threads,
         )
+        self.fit_iters_owed = max(0, self.fit_iters_owed - (self.gp.n_fit_iters - start))
         return self.gp.n_fit_iters - before
 
     def ascent(self, X: np.ndarray) -> np.ndarray:

@@ -95,3 +95,21 @@ class MarkerReader:
         self._stop.set()
         self._thread.join(2)
         self.inlet.close_stream()
+
+
+def run_main(argv: list[str]) -> int:
+    """``eegs ARGV`` in this process (no interpreter start), its signal handlers and
+    logging put back as they were."""
+    import logging
+    import signal
+
+    from app.cli import main
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    level = logging.getLogger().level
+    try:
+        return main(argv)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        logging.getLogger().setLevel(level)

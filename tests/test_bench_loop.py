@@ -8,7 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from app.bench.loop import FAMILIES, ON_REQUEST, REWARDS
+from app.bench.loop import ON_REQUEST, default_families, default_rewards
+from experiment_protocols import PROTOCOL_DIR, load_protocol
+
+REWARDS = default_rewards(load_protocol(PROTOCOL_DIR / "pilot.toml"))
 
 
 @pytest.mark.timeout(600)
@@ -47,16 +50,21 @@ def test_a_small_population_gives_every_figure(processes, tmp_path):
 
 def test_no_reward_reads_the_family():
     """The participant's family is the simulator's secret: reward code never sees it."""
-    import models.rewards.base
-    import models.rewards.personal
+    import importlib
+
+    import workers.generation.personal_fit
+    from experiment_protocols.rewards import reward_modes
+    from models.rewards.base import reward_class
+
+    modules = [importlib.import_module(reward_class(m).__module__) for m in reward_modes()]
     import models.rewards.personal_cv
     import models.rewards.personal_features
-    import workers.generation.personal_fit
 
-    for module in (models.rewards.base, models.rewards.personal, models.rewards.personal_cv,
-                   models.rewards.personal_features, workers.generation.personal_fit):  # fmt: skip
+    extra = (models.rewards.personal_cv, models.rewards.personal_features)
+    for module in (*modules, *extra, workers.generation.personal_fit):
         assert "family" not in inspect.getsource(module), module.__name__
-    assert set(FAMILIES) == {"asymmetry", "lpp", "mixed", "weak"}
+    assert REWARDS == ("personal", "asymmetry", "lpp", "random", "blind", "oracle")
+    assert set(default_families()) == {"asymmetry", "lpp", "mixed", "weak"}
 
 
 @pytest.mark.timeout(300)

@@ -10,8 +10,6 @@ change. Everything is seeded: no result depends on timing.
 
 from __future__ import annotations
 
-from typing import get_args
-
 import numpy as np
 import pytest
 from scipy.signal import butter, sosfiltfilt
@@ -21,9 +19,10 @@ from threadpoolctl import threadpool_limits
 from app.cli import build_parser
 from app.commands import brain_model as brain_model_command
 from experiment_protocols import ProtocolError, load_protocol
-from experiment_protocols.brain_model import SubjectFamily
+from experiment_protocols.brain_model import SUBJECT_FAMILIES as PROTOCOL_FAMILIES
+from models.brain.families.base import SubjectFamily, family_class
 from models.brain.ratings import RatingModel
-from models.brain.response import SUBJECT_FAMILIES, BrainModel
+from models.brain.response import BrainModel
 from workers.brain_model import build_model
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,6 +33,7 @@ SEEDS = (0, 1, 2)
 PAIRS = [("F3", "F4"), ("F5", "F6"), ("F7", "F8"), ("FC3", "FC4"), ("AF3", "AF4")]
 #: The LPP reward's centro-parietal channels.
 LPP_CHANNELS = ["Pz", "P1", "P2", "P3", "P4", "POz", "CPz"]
+SUBJECT_FAMILIES = tuple(PROTOCOL_FAMILIES)
 _ALPHA_SOS = butter(4, (8.0, 13.0), btype="band", fs=FS, output="sos")
 
 
@@ -98,7 +98,10 @@ def valence_map(m: BrainModel, images: list) -> tuple[np.ndarray, float]:
 
 # -- the families ------------------------------------------------------------------------------
 def test_families_are_the_protocol_choices():
-    assert get_args(SubjectFamily) == SUBJECT_FAMILIES
+    assert SUBJECT_FAMILIES == ("standard", "asymmetry", "lpp", "mixed", "weak")
+    for name in SUBJECT_FAMILIES:  # each protocol name is a family module's
+        assert family_class(name).name == name
+    assert set(SubjectFamily.registry) >= set(SUBJECT_FAMILIES)
     assert BrainModel(0).family == "standard"
     with pytest.raises(ValueError, match="unknown subject family 'bogus'"):
         BrainModel(0, family="bogus")

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 import tomllib
 import urllib.error
@@ -31,6 +32,10 @@ from app.dashboard.server import safe_image
 
 #: The goal is 250 ms (p95, event to page); a loaded 2-core test machine gets slack.
 LATENCY_BOUND_MS = 2000.0
+#: The goal with one more CPU-bound process beside the session (docs/architecture.md 12).
+LOADED_GOAL_MS = 250.0
+#: Seconds the page is measured under that load.
+LOADED_S = 10.0
 
 
 @pytest.fixture
@@ -177,8 +182,7 @@ def test_dashboard_during_a_pilot(tmp_path, processes, browser, free_port):
     finally:
         reader.close()
 
-    # the delay from an event (its writer's time, a marker's flip) to the page
-    time.sleep(8)
+    # the delay from an event (its writer's time, a marker's flip) to the page, so far
     lat = np.asarray(page.evaluate("window.eegs.latencies"))
     assert len(lat) >= 20
     p50, p95 = np.percentile(lat, [50, 95])
@@ -189,9 +193,31 @@ def test_dashboard_during_a_pilot(tmp_path, processes, browser, free_port):
         "p95_ms": round(float(p95), 1),
         "server_part_p50_p95_ms": np.round(server, 1).tolist(),
     }
+    assert p95 < LATENCY_BOUND_MS, report
+
+    # a healthy session raises no alarm, from the stream's first samples on
+    source = next(e for e in events_named(out, "child_started") if e["name"] == "brain-model")
+    assert time.time() - source["t_wall"] > 20
+    assert page.evaluate("window.eegs.alerts") == []
+
+    # the same with one more CPU-bound process at normal priority beside the session
+    hog = processes.start([sys.executable, "-c", "while True: pass"])
+    try:
+        page.evaluate("window.eegs.latencies = []")
+        time.sleep(LOADED_S)
+        loaded = np.asarray(page.evaluate("window.eegs.latencies"))
+    finally:
+        os.kill(hog.pid, signal.SIGKILL)
+        hog.wait(10)
+    report["loaded_one_cpu_hog"] = {
+        "n": len(loaded),
+        "p50_ms": round(float(np.percentile(loaded, 50)), 1) if len(loaded) else None,
+        "p95_ms": round(float(np.percentile(loaded, 95)), 1) if len(loaded) else None,
+    }
     (tmp_path / "latency.json").write_text(json.dumps(report))
     print(f"dashboard update delay: {report}")
-    assert p95 < LATENCY_BOUND_MS, report
+    assert len(loaded) >= 20, report
+    assert report["loaded_one_cpu_hog"]["p95_ms"] <= LOADED_GOAL_MS, report
     shot = os.environ.get("EEGS_DASHBOARD_SCREENSHOT")
     if shot:
         page.screenshot(path=shot, full_page=True)
@@ -323,8 +349,29 @@ def test_image_route_stays_inside_the_session(tmp_path):
     assert safe_image("", roots) is None
 
 
+def _serve_view(view, seconds: float) -> None:
+    """Drive ``view`` for ``seconds`` as the server does: a tick every 50 ms, quality every 1 s."""
+    from app.dashboard.view import QUALITY_EVERY_S
+
+    end = time.monotonic() + seconds
+    next_quality = 0.0
+    while time.monotonic() < end:
+        if time.monotonic() >= next_quality:
+            next_quality = time.monotonic() + QUALITY_EVERY_S
+            view.quality_ready(view.compute_quality())
+        view.tick()
+        time.sleep(0.05)
+
+
 @pytest.mark.timeout(60)
-def test_alerts_when_a_channel_goes_bad_and_when_the_stream_stalls(tmp_path, stream_name):
+def test_alerts_judge_the_stream_and_each_channel_only_on_evidence(tmp_path, stream_name):
+    """Real LSL samples through the dashboard's own inlet, the server's clocks, short windows.
+
+    A stream found but silent gets no alert within the grace period, one after it; a
+    healthy stream none until its first full window and none after; a channel made flat
+    one alert once its whole window is flat, and one when it is good again; a stream that
+    stops, the stall alert.
+    """
     import threading
 
     import pylsl
@@ -334,35 +381,107 @@ def test_alerts_when_a_channel_goes_bad_and_when_the_stream_stalls(tmp_path, str
     from workers.lsl_clock import make_eeg_info
 
     outlet = pylsl.StreamOutlet(make_eeg_info(stream_name, ["A", "B", "C"], 250.0))
-    stop = threading.Event()
+    pushing, flat, stop = threading.Event(), threading.Event(), threading.Event()
 
-    def stream() -> None:  # A and C are EEG, B went flat
+    def stream() -> None:  # 250 Hz of 10 µV noise while pushing (paced); B at 0 while flat
         rng = np.random.default_rng(0)
-        while not stop.is_set():
-            x = 10 * rng.standard_normal((10, 3)).astype(np.float32)
-            x[:, 1] = 0.0
-            outlet.push_chunk(x.tolist())
-            time.sleep(0.04)
+        due = 0.0
+        while not stop.wait(0.02):
+            if not pushing.is_set():
+                due = time.monotonic()
+                continue
+            n = int((time.monotonic() - due) * 250)
+            if n:
+                due += n / 250
+                x = 10 * rng.standard_normal((n, 3)).astype(np.float32)
+                if flat.is_set():
+                    x[:, 1] = 0.0
+                outlet.push_chunk(x.tolist())
 
     pusher = threading.Thread(target=stream, daemon=True)
     pusher.start()
     eeg = EEGSource(stream_name)
+    view = View(tmp_path, eeg=eeg, quality_window_s=1.0, first_sample_grace_s=1.5)
+
+    def texts() -> list[str]:
+        return [a["text"] for a in view.alerts]
+
     try:
-        view = View(tmp_path, eeg=eeg)
-        wait_until(lambda: eeg.count >= 500, 30)
-        view.quality_ready(view.compute_quality())
-        view.tick()
-        texts = [a["text"] for a in view.alerts]
-        assert any("B (flat)" in t for t in texts), texts
-        assert not any("A (" in t or "C (" in t for t in texts), texts
-        stop.set()
-        pusher.join(2)
-        time.sleep(1.6)
-        view.tick()
-        assert any("stalled" in a["text"] for a in view.alerts), list(view.alerts)
+        _serve_view(view, 0.3)  # before the stream is even found
+        wait_until(lambda: eeg.connected, 20)
+        _serve_view(view, 0.8)  # found, silent, within the grace period
+        assert texts() == []
+        _serve_view(view, 2.0)  # (the stall check runs once a second)
+        (silent,) = texts()
+        assert "no sample since it was found" in silent
+
+        pushing.set()  # a healthy stream: judged once a whole window came in, and clean
+        _serve_view(view, 0.5)
+        assert view.quality == []  # half a window: no verdict on any channel
+        _serve_view(view, 2.0)
+        assert [r["channel"] for r in view.quality] == ["A", "B", "C"]
+        assert texts()[1:] == [f"EEG stream '{stream_name}' flowing again"], texts()
+
+        flat.set()  # B goes flat: one alert, once its whole window is flat
+        _serve_view(view, 0.6)
+        assert len(texts()) == 2, texts()
+        _serve_view(view, 1.8)
+        assert texts()[2:] == ["channel went bad: B (flat)"], texts()
+        flat.clear()  # and good again
+        _serve_view(view, 1.5)
+        assert texts()[3:] == ["channel good again: B"], texts()
+
+        pushing.clear()  # the stream stops
+        _serve_view(view, 2.5)
+        assert texts()[4:] == [f"EEG stream '{stream_name}' stalled: no sample for 1 s"]
+        assert [a["level"] for a in view.alerts] == [
+            "error", "info", "warning", "info", "error",
+        ]  # fmt: skip
     finally:
         stop.set()
         eeg.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_page_that_falls_behind_gets_one_fresh_merged_update_not_a_backlog():
+    from app.dashboard.server import PageFeed
+    from app.dashboard.view import TRACE_POINTS
+
+    def delta(k: int) -> dict:
+        return {
+            "kind": "delta",
+            "eeg": {"t": [float(k)], "y": [[k], [-k]]},
+            "rewards": [{"trial": k}],
+            "markers": [{"event": "stimulus_onset", "trial": k}],
+            "hist": {"epoch_latency_ms": [float(k)]} if k % 2 else {"dropped_frames": [0.0]},
+            "loop": {"state": f"at {k}"},
+            "t_events": [float(k)],
+            "t_server": float(k),
+        }
+
+    feed = PageFeed()
+    feed.offer(delta(0))
+    assert feed.take()["rewards"] == [{"trial": 0}]
+    for k in range(1, 401):  # 20 s of ticks while the page is busy with the first
+        feed.offer(delta(k))
+        assert feed.take() is None
+    feed.acked()
+    merged = feed.take()
+    assert feed.take() is None  # one message for all of it
+    assert [r["trial"] for r in merged["rewards"]] == list(range(1, 401))  # every event kept
+    assert len(merged["markers"]) == len(merged["t_events"]) == 400
+    assert len(merged["hist"]["epoch_latency_ms"]) == len(merged["hist"]["dropped_frames"]) == 200
+    assert merged["loop"] == {"state": "at 400"}  # states: the newest
+    assert merged["eeg"]["t"] == [float(k) for k in range(401 - TRACE_POINTS, 401)]
+    assert merged["eeg"]["y"][1][-1] == -400  # the trace: only what the page still shows
+    feed.acked()
+    feed.offer(delta(401))  # the old stream's trace, then a new stream: its trace only
+    feed.offer({"kind": "delta", "channels": ["A"], "sfreq": 250.0})
+    assert "eeg" not in feed.pending
+    feed.offer({"kind": "delta", "eeg": {"t": [1.0], "y": [[3]]}})
+    fresh = feed.take()
+    assert fresh["channels"] == ["A"]
+    assert fresh["eeg"] == {"t": [1.0], "y": [[3]]}
 
 
 @pytest.mark.timeout(60)

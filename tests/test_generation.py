@@ -11,7 +11,9 @@ from experiment_protocols.schema import PROTOCOL_DIR
 from models.backends.pool import ImagePool, PoolBackend
 from models.backends.procedural import ProceduralBackend, procedural_pool
 from models.heuristic import HeuristicGenerator, crossover, softmax
-from models.rewards.base import EpochData, LppReward, SemanticReward
+from models.rewards.base import EpochData
+from models.rewards.lpp import LppReward
+from models.rewards.semantic import SemanticReward
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +295,7 @@ def test_rewards_lpp_and_semantic():
 
 
 def test_asymmetry_reward_follows_frontal_alpha():
-    from models.rewards.base import AsymmetryReward
+    from models.rewards.asymmetry import AsymmetryReward
 
     rng = np.random.default_rng(1)
     sfreq, tmin = 250.0, -0.2
@@ -334,13 +336,14 @@ def test_asymmetry_reward_tracks_the_brain_models_hidden_valence():
     X = brain.simulate_epochs(images, seed=3)
     X -= X[:, :, :50].mean(axis=2, keepdims=True)
     settings = load_protocol(PROTOCOL_DIR / "pilot.toml").generation.reward
-    reward = from_settings(settings.model_copy(update={"mode": "asymmetry"}))
+    reward = from_settings(settings.without_ratings())  # its fallback: the asymmetry index
     r = [reward(EpochData(x, brain.ch_names, brain.sfreq, -0.2)).value for x in X]
     valence = [brain.affect(im)[0] for im in images]
     assert np.corrcoef(r, valence)[0, 1] > 0.3
 
 
 def test_affective_reward_uses_a_saved_decoder(tmp_path):
+    from experiment_protocols.rewards.affective import AffectiveSettings
     from models.decoders.classifiers import CLASS_NAMES, load_classifier, make_classifier
     from models.rewards.base import from_settings
 
@@ -350,9 +353,7 @@ def test_affective_reward_uses_a_saved_decoder(tmp_path):
     X[y == 1, 0, 100:200] += 6.0  # amusement: a late positive deflection on channel 0
     clf = make_classifier("eegnet", 4, 250, 250.0, {"eegnet": {"epochs": 3}}).fit(X, y)
     path = clf.save(tmp_path / "decoder.safetensors")
-    settings = load_protocol().generation.reward.model_copy(
-        update={"mode": "affective", "decoder": str(path), "target_class": "amusement"}
-    )
+    settings = AffectiveSettings(decoder=str(path), target_class="amusement")
     reward_fn = from_settings(settings)
     epoch = np.concatenate([rng.normal(0, 5, (4, 50)), X[13]], axis=1)  # -0.2..1.0 s
     out = reward_fn(EpochData(epoch, ["a", "b", "c", "d"], 250.0, -0.2))

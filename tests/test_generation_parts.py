@@ -15,14 +15,15 @@ import time
 import numpy as np
 import pytest
 import zmq
-from helpers import events_named
+from helpers import events_named, wait_until
 from PIL import Image
 from safetensors.numpy import load_file
 
 from experiment_protocols import load_protocol
 from models.backends.procedural import ProceduralBackend, procedural_pool
 from models.heuristic import HeuristicGenerator
-from models.rewards.base import EpochData, LppReward, Reward
+from models.rewards.base import EpochData, Reward
+from models.rewards.lpp import LppReward
 from workers import transport
 from workers.generation.calibration import CalibrationGate
 from workers.generation.jobs import RoundScheduler
@@ -311,6 +312,119 @@ def test_the_scheduler_runs_rounds_on_a_procedural_backend(protocol, backend, po
         rounds.close()
 
 
+def _credit(ledger: RewardLedger, n: int, first_trial: int = 1) -> None:
+    for k in range(n):
+        trial = first_trial + k
+        embedding = _issue(ledger, f"img-{trial}")
+        ledger.credit(trial, f"img-{trial}", embedding, None, float(np.sin(trial)) / 2 + 0.5)
+
+
+def test_idle_time_fits_the_gp_once_the_calibration_is_in_and_no_round_fits_it(
+    protocol, backend, pool
+):
+    g = protocol.generation
+    generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
+    log, ledger = _Events(), RewardLedger(_Events())
+    calibrated = [False]
+    rounds = RoundScheduler(
+        g, generator, lambda: ledger.drain(generator, backend.embed), ledger.trials_scored,
+        lambda: False, log, pending=ledger.n_pending, calibrated=lambda: calibrated[0],
+    )  # fmt: skip
+    try:
+        _credit(ledger, 6)
+        rounds.maybe_refit()  # calibration still running: the rewards are only taken in
+        rounds.join_idle(60)
+        assert (generator.n_observations, ledger.n_pending()) == (6, 0)
+        assert not generator.gp.fitted
+        rounds.maybe_refit()
+        rounds.join_idle(60)
+        assert not generator.gp.fitted
+        assert not log.named("gp_refit")
+
+        calibrated[0] = True  # the calibration observations are in: the first fit, at once
+        rounds.maybe_refit()
+        rounds.join_idle(60)
+        (fit,) = log.named("gp_refit")
+        assert fit["first_fit"]
+        assert not fit["yielded"]
+        assert fit["iters"] == g.gp.fit_iters
+        assert fit["n_points"] == 6
+
+        for r in (0, 1):  # neither round fits: round 1 only adds round 0's rewards
+            _credit(ledger, 2, first_trial=10 + r * 2)
+            iters = generator.gp.n_fit_iters
+            rounds.start(ImageRequest(session="s", block="closed_loop", round=r, n_images=4), [])
+            job, missed = _due(rounds.poll)
+            assert job.error is None
+            assert not missed
+            assert generator.gp.n_fit_iters == iters
+        assert generator.gp.n == 10
+    finally:
+        rounds.close()
+
+
+def test_the_first_fit_has_every_calibration_reward_even_those_credited_during_a_drain(
+    protocol, backend, pool
+):
+    g = protocol.generation
+    generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
+    log, ledger = _Events(), RewardLedger(_Events())
+    settled = [False]
+
+    def drain() -> None:  # the fit thread scores its last epochs and ends meanwhile
+        ledger.drain(generator, backend.embed)
+        if not settled[0]:
+            _credit(ledger, 3, first_trial=100)
+            settled[0] = True
+
+    rounds = RoundScheduler(
+        g, generator, drain, ledger.trials_scored, lambda: False, log,
+        pending=ledger.n_pending, calibrated=lambda: settled[0],
+    )  # fmt: skip
+    try:
+        _credit(ledger, 6)
+        for _ in range(2):
+            rounds.maybe_refit()
+            rounds.join_idle(60)
+        (fit,) = log.named("gp_refit")
+        assert fit["first_fit"]
+        assert fit["n_points"] == 9  # not the 6 drained before the gate settled
+    finally:
+        rounds.close()
+
+
+def test_a_first_fit_in_idle_time_yields_to_a_request_and_owes_the_rest(tmp_path, backend, pool):
+    path = tmp_path / "slow.toml"
+    path.write_text(
+        _PROTOCOL.replace("fit_iters = 10", "fit_iters = 1000000\nrefit_budget_s = 600.0")
+    )
+    g = load_protocol(path).generation
+    generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
+    log, ledger = _Events(), RewardLedger(_Events())
+    rounds = RoundScheduler(
+        g, generator, lambda: ledger.drain(generator, backend.embed), ledger.trials_scored,
+        lambda: False, log, pending=ledger.n_pending,
+    )  # fmt: skip
+    try:
+        _credit(ledger, 8)
+        rounds.maybe_refit()  # a first fit of a million iterations: minutes of work
+        wait_until(lambda: generator.gp.n_fit_iters > 0, 60)
+        t0 = time.monotonic()
+        rounds.start(ImageRequest(session="s", block="closed_loop", round=0, n_images=4), [])
+        job, _ = _due(rounds.poll)
+        assert job.error is None
+        assert time.monotonic() - t0 < 30  # the fit made way at its next iteration
+        rounds.join_idle(10)
+        (fit,) = log.named("gp_refit")
+        assert fit["first_fit"]
+        assert fit["yielded"]
+        assert 0 < fit["iters"] < g.gp.fit_iters
+        assert fit["owed_iters"] == generator.fit_iters_owed == g.gp.fit_iters - fit["iters"]
+        assert generator.gp.fitted  # usable as far as it got
+    finally:
+        rounds.close()
+
+
 def test_provenance_is_written_beside_the_session_and_logged(protocol, backend, pool, tmp_path):
     g = protocol.generation
     generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
@@ -332,6 +446,57 @@ def test_provenance_is_written_beside_the_session_and_logged(protocol, backend, 
         assert sidecar == {"image_id": info.image_id, **info.provenance}
     (logged,) = events_named(tmp_path / "s", "image_batch")
     assert logged["image_ids"] == [i.image_id for i in batch.message.images]
+
+
+def test_the_calibration_is_in_once_the_session_fitted_reward_has_scored_what_waited(
+    protocol, backend, pool
+):
+    service = GenerationService(protocol, backend, pool, _ThresholdReward())
+    service.calibration.n_calibration = 2  # as a protocol with two calibration trials
+    service.calibration.loop_started = True  # round 0 asked for: still not the GP's turn
+    try:
+        assert not service.calibrated()
+        for trial, block in [(1, "calibration"), (2, "closed_loop"), (3, "calibration")]:
+            service.score_epoch(*_epoch(trial, {"block": block}))
+            assert not service.calibrated() or service.calibration.settled
+        service.calibration.join(30)
+        assert service.calibration.settled
+        assert service.calibrated()
+    finally:
+        service.close()
+
+
+def test_a_training_free_reward_is_calibrated_once_its_block_or_round_0_is_rewarded(
+    protocol, backend, pool
+):
+    service = GenerationService(protocol, backend, pool, _reward())
+    gate = service.calibration
+    try:
+        gate.n_calibration = 0  # no calibration block: round 0's 4 images (initial_images)
+        _credit(service.ledger, 3)
+        assert not service.calibrated()
+        _credit(service.ledger, 1, first_trial=4)
+        assert service.calibrated()
+        gate.n_calibration = 6  # a calibration block of 6: all its rewards, or the loop
+        assert not service.calibrated()
+        gate.loop_started = True
+        assert service.calibrated()
+    finally:
+        service.close()
+
+
+def test_a_worker_that_took_over_a_session_fits_its_gp_before_it_serves(protocol, backend, pool):
+    service = GenerationService(protocol, backend, pool, _reward())
+    service.calibration.n_calibration = 4  # a calibration block of 4, done before the crash
+    try:
+        _credit(service.ledger, 6)  # what restore() credits from the session's events
+        prepared = service.prepare()
+        assert set(prepared) == {"gp_warmup_s", "gp_fit_s"}
+        assert service.generator.n_observations == 6
+        assert service.generator.gp.fitted
+        assert service.generator.gp.n_fit_iters == protocol.generation.gp.fit_iters
+    finally:
+        service.close()
 
 
 # -- faults contained -------------------------------------------------------------------------

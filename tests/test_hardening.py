@@ -290,7 +290,7 @@ def test_rewards_survive_an_embedding_failure(tmp_path):
     from PIL import Image
 
     from models.backends.procedural import ProceduralBackend, procedural_pool
-    from models.rewards.base import LppReward
+    from models.rewards.lpp import LppReward
     from workers.generation.service import GenerationService
 
     protocol = load_protocol()
@@ -320,7 +320,7 @@ def test_a_worker_takes_only_its_own_sessions_messages(tmp_path):
     import numpy as np
 
     from models.backends.procedural import ProceduralBackend, procedural_pool
-    from models.rewards.base import LppReward
+    from models.rewards.lpp import LppReward
     from workers.generation.service import GenerationService
     from workers.messages import EpochMessage, ErrorReply, RewardReply, decode, encode
 

@@ -173,3 +173,39 @@ def test_the_project_imports_without_circles():
         if tuple(c) not in ALLOWED_CYCLES
     ]
     assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+#: The floors: a module may import its own floor and those below (docs/architecture.md
+#: section 9); ``models`` and ``experiment_protocols`` share the lowest floor but import
+#: nothing of each other.
+FLOORS = {"app": 2, "workers": 1, "models": 0, "experiment_protocols": 0}
+
+
+def test_every_import_points_down_a_floor():
+    graph = import_graph()
+    up = []
+    for module, targets in graph.items():
+        top = module.partition(".")[0]
+        for target, where in targets.items():
+            other = target.partition(".")[0]
+            if FLOORS[other] > FLOORS[top] or (FLOORS[top] == FLOORS[other] == 0 and other != top):
+                up.append(f"{module} -> {target} ({where})")
+    assert not up, "imports that do not point down:\n" + "\n".join(up)
+
+
+def test_no_library_module_of_app_imports_a_command():
+    """``app/commands/*`` and ``app/cli.py`` are the top of ``app/``: nothing imports them.
+
+    Commands import the library (``app/evaluation``, ``app/bench``, ``app/pilot.py``...),
+    never the other way round; what two commands share lives in ``app/commands/_common.py``.
+    """
+    graph = import_graph()
+    top = ("app.cli", "app.commands")
+    up = [
+        f"{module} -> {target} ({where})"
+        for module, targets in graph.items()
+        if not module.startswith(top)
+        for target, where in targets.items()
+        if target.startswith(top)
+    ]
+    assert not up, "library modules of app/ that import a command:\n" + "\n".join(up)

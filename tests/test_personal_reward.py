@@ -13,7 +13,8 @@ from conftest import REPO, Processes
 from helpers import events_named, wait_until
 
 from experiment_protocols import ProtocolError, load_protocol
-from models.rewards.base import AsymmetryReward, EpochData, asymmetry_from_settings
+from models.rewards.asymmetry import AsymmetryReward
+from models.rewards.base import EpochData
 from models.rewards.personal import (
     PersonalEstimator,
     PersonalReward,
@@ -295,7 +296,9 @@ def test_save_load_round_trip_without_pickle(tmp_path):
     assert reward.estimator is None
     reward.save(tmp_path / "none.safetensors")
     assert not (tmp_path / "none.safetensors").exists()
-    again = PersonalReward.load(tmp_path / "none.safetensors", asymmetry_from_settings(settings))
+    again = PersonalReward.load(
+        tmp_path / "none.safetensors", PersonalReward.fallback_from_settings(settings)
+    )
     assert again.record == record
 
 
@@ -370,27 +373,30 @@ def test_a_resumed_worker_finds_the_ratings_it_logged(tmp_path):
 # -- the protocol -------------------------------------------------------------------------------
 def test_personal_is_the_default_of_pilot_and_run(tmp_path):
     from app.cli import build_parser
-    from app.commands._common import LOOP_REWARDS
+    from experiment_protocols.rewards import modes_without_files
 
     for name in ("pilot.toml", "default.toml"):
         p = load_protocol(REPO / "experiment_protocols" / name)
         assert p.generation.reward.mode == "personal"
         assert p.generation.reward.oracle == "valence"
-    assert "personal" in LOOP_REWARDS
+    assert "personal" in modes_without_files()
     args = build_parser().parse_args(
         ["pilot", "--out", str(tmp_path / "s"), "--reward", "personal"]
     )
     assert args.reward == "personal"
     path = tmp_path / "p.toml"
     path.write_text(
-        '[generation.reward]\nmode = "personal"\npersonal_folds = 4\n'
-        "personal_permutations = 99\npersonal_p_threshold = 0.01\n"
+        '[generation.reward]\nmode = "personal"\nfolds = 4\npermutations = 99\n'
+        "p_threshold = 0.01\n[generation.reward.fallback]\npairs = [['F3', 'F4']]\n"
     )
     r = load_protocol(path).generation.reward
-    assert (r.mode, r.personal_folds, r.personal_permutations) == ("personal", 4, 99)
-    path.write_text('[generation.reward]\nmode = "personal"\npersonal_p_threshold = 1.5\n')
-    with pytest.raises(ProtocolError, match="personal_p_threshold"):
+    assert (r.mode, r.folds, r.permutations) == ("personal", 4, 99)
+    assert r.fallback.pairs == [("F3", "F4")]
+    assert r.without_ratings().mode == "asymmetry"  # the fallback, as a reward
+    path.write_text('[generation.reward]\nmode = "personal"\np_threshold = 1.5\n')
+    with pytest.raises(ProtocolError) as err:
         load_protocol(path)
+    assert err.value.field == "generation.reward.p_threshold"
 
 
 # -- the worker, over real ZeroMQ ---------------------------------------------------------------
@@ -405,7 +411,7 @@ deadline_s = 60.0
 reward_wait_s = 0.0
 [generation.reward]
 mode = "personal"
-personal_permutations = 100
+permutations = 100
 [generation.procedural]
 size = 64
 pool_size = 48
@@ -501,7 +507,7 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
         wait_until(lambda: len(events_named(session, "reward")) == N_CAL)
         cal_rewards = events_named(session, "reward")
         settings = load_protocol(protocol).generation.reward
-        asymmetry = asymmetry_from_settings(settings)
+        asymmetry = PersonalReward.fallback_from_settings(settings)
         if participant == "decodes":
             assert record["decodes"] is True
             assert record["reward"] == "personal"

@@ -96,7 +96,7 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
 def test_run_with_replayed_eeg(tmp_path):
     proto = short_pilot_protocol(
         tmp_path,
-        **{'mode = "personal"': 'mode = "lpp"\nlpp_channels = ["EEG 010", "EEG 011", "EEG 012"]'},
+        **{'mode = "personal"': 'mode = "lpp"\nchannels = ["EEG 010", "EEG 011", "EEG 012"]'},
     )
     out = tmp_path / "session"
     res = run_eegs(

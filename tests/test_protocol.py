@@ -67,3 +67,69 @@ def test_cli_exits_2_on_missing_protocol(tmp_path):
     assert res.returncode == 2
     assert "nope.toml" in res.stderr
     assert "cannot read" in res.stderr
+
+
+@pytest.mark.parametrize("mode", ["personal", "lpp", "asymmetry", "affective"])
+def test_a_written_protocol_reads_back_with_every_field_of_its_reward(tmp_path, mode):
+    """protocol.toml of a session is dumped from the model; `eegs resume` reads it back."""
+    from app.pilot import write_protocol
+    from experiment_protocols.rewards import switch_mode
+
+    p = load_protocol()
+    reward = switch_mode(p.generation.reward, mode)
+    p = p.with_overrides({"generation.reward": reward.model_dump()})
+    back = write_protocol(p, tmp_path / "protocol.toml")
+    assert type(back.generation.reward) is type(reward)
+    assert back.generation.reward == reward
+    assert back.model_dump() == p.model_dump()
+    text = (tmp_path / "protocol.toml").read_text()
+    assert f'mode = "{mode}"' in text
+    for key in reward.model_dump():
+        assert key in text, key
+
+
+def test_an_unknown_reward_mode_names_the_registered_ones(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[generation.reward]\nmode = "lpq"\n')
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(path)
+    assert err.value.field == "generation.reward"
+    assert "unknown reward mode 'lpq'" in err.value.message
+    assert "lpp" in err.value.message
+    assert "personal" in err.value.message
+
+
+def test_a_key_of_another_mode_is_refused_naming_it(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('[generation.reward]\nmode = "lpp"\nfolds = 4\n')
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(path)
+    assert err.value.field == "generation.reward.folds"
+    assert "unknown key" in err.value.message
+
+
+def test_the_older_flat_reward_layout_is_read_with_a_warning(tmp_path, caplog):
+    """Protocol files (and sessions' protocol.toml) written before the modes had their keys."""
+    path = tmp_path / "old.toml"
+    path.write_text(
+        '[generation.reward]\nmode = "personal"\npersonal_folds = 4\npersonal_min_trials = 10\n'
+        'decoder = ""\ntarget_class = "joy"\nlpp_window_s = [0.3, 0.9]\n'
+        'asymmetry_pairs = [["F7", "F8"]]\nasymmetry_alpha_scale = 0.7\n'
+    )
+    with caplog.at_level("WARNING", logger="eegs.protocol"):
+        r = load_protocol(path).generation.reward
+    assert (r.mode, r.folds, r.min_trials, r.target_class) == ("personal", 4, 10, "joy")
+    assert r.fallback.pairs == [("F7", "F8")]
+    assert r.fallback.alpha_scale == 0.7
+    (warning,) = [m for m in caplog.messages if "older flat layout" in m]
+    assert "personal_folds -> folds" in warning
+    assert "asymmetry_pairs -> fallback.pairs" in warning
+    assert "lpp_window_s" in warning
+    assert "decoder" in warning
+    path.write_text('[generation.reward]\nmode = "lpp"\nlpp_scale_uv = 3.0\n')
+    assert load_protocol(path).generation.reward.scale_uv == 3.0
+    path.write_text("[generation.reward]\nlpp_window_s = [0.5, 0.4]\n")  # no mode: lpp
+    with pytest.raises(ProtocolError) as err:
+        load_protocol(path)
+    assert err.value.field == "generation.reward"
+    assert "window_s [0.5, 0.4] needs start < end" in err.value.message

@@ -403,12 +403,18 @@ def test_acquisition_forwards_ratings_and_skips_malformed_ones(tmp_path, free_po
     assert got[0].block == "calibration"
     assert acq.n_ratings == 3
     invalid = events_named(tmp_path / "s", "rating_invalid")
-    assert [e["forwarded"] for e in invalid] == [True, False, False, False, False, True, False]
-    assert "valence nan is not a finite number" in invalid[0]["problems"][0]
-    # every marker is logged, non-finite numbers as null (events.jsonl is strict JSON)
+    # NaN, Infinity and 1e999 read as null (no answer); the 440-digit number refuses its
+    # whole marker (the bounded parser: no integer beyond int64)
+    assert [e["forwarded"] for e in invalid] == [False, False, False, False]
+    assert [e["trial_id"] for e in invalid] == [6, 7, None, None]
+    (refused,) = events_named(tmp_path / "s", "marker_invalid")
+    assert "out of range" in refused["reason"]
+    # every other marker is logged, a non-finite number as null with its field named
     logged = events_named(tmp_path / "s", "marker")
-    assert len(logged) == len(texts)
+    assert len(logged) == len(texts) - 1
     assert logged[1]["marker"]["valence"] is None
+    assert logged[1]["nulled"] == ["valence"]
+    assert logged[6]["nulled"] == ["valence"]
 
 
 def _png(path: Path, value: int) -> Path:

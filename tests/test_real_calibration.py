@@ -128,8 +128,8 @@ def test_a_replayed_real_recording_calibrates_as_the_offline_bench(
     onsets = np.asarray([t for t in labelled if START <= t < START + DURATION])[used]
     p = load_protocol(protocol)
     s = p.generation.reward
-    fit = {"folds": s.personal_folds, "permutations": s.personal_permutations,
-           "p_threshold": s.personal_p_threshold}  # fmt: skip
+    fit = {"folds": s.folds, "permutations": s.permutations,
+           "p_threshold": s.p_threshold}  # fmt: skip
     results = {}
     for name, pre in (
         ("bench", RecordingPreprocessing()),  # zero-phase 0.5-30 Hz, as eegs bench estimator

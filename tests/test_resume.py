@@ -1,4 +1,5 @@
-"""`eegs resume`: a session whose process is SIGKILLed mid-round is completed, nothing lost.
+"""`eegs resume`: a session whose process is SIGKILLed mid-round is completed, nothing lost,
+also after it was moved by hand and resumed on another disk (``--to``).
 
 (A worker SIGKILLed mid-round no longer ends the session: the supervisor restarts it,
 tests/test_restarts.py.)
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from collections import Counter
@@ -18,6 +20,7 @@ import pyxdf
 from conftest import run_eegs
 from helpers import events_named, short_pilot_protocol, wait_until
 
+from experiment_protocols import load_protocol
 from workers.session_store import SessionStore, recording_files
 
 pytestmark = pytest.mark.timeout(900)
@@ -78,17 +81,31 @@ def test_session_killed_mid_round_then_resumed(tmp_path, processes):
     assert 2 <= len(_loop_trials(out, 1)) < N_LOOP
     epochs_before = {e.trial_id for e in SessionStore(out).epochs()}
 
-    res = run_eegs("resume", str(out), "--headless", timeout=840)
+    # the lab moves the session off its disk by hand, then resumes it on another one
+    recorded_at, moved = out.resolve(), tmp_path / "moved" / "session"
+    moved.parent.mkdir()
+    shutil.move(out, moved)
+    res = run_eegs("resume", str(moved), "--headless", "--to", str(tmp_path / "other"),
+                   timeout=840)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "other" / "session"
+    assert json.loads((moved / "session.json").read_text())["status"] == "running"  # untouched
+    assert not (moved / "recording-part2.xdf").exists()
     info = json.loads((out / "session.json").read_text())
     assert info["status"] == "completed"
+    assert info["moved_from"] == str(recorded_at)
+    assert info["root"] == str(out.resolve())
+    # the pilot's own stimulus folders are read where the session is now
+    folders = [b.folder for b in load_protocol(out / "protocol.toml").presentation.blocks]
+    assert all(f.startswith(str(out.resolve())) for f in folders if f), folders
 
     trials = events_named(out, "trial")
     ids = [e["trial"] for e in trials]
     assert len(ids) == len(set(ids)), "a trial id was used twice"
     after = {e["trial"]: e for e in trials}
+    here = str(out.resolve())
     for tid, e in before.items():  # nothing shown before the crash is lost or rewritten
-        assert after[tid]["image"] == e["image"]
+        assert after[tid]["image"] == e["image"].replace(str(recorded_at), here)  # read here
     images = [e["image"] for e in trials if not e.get("stand_in")]
     assert len(images) == len(set(images)), "an image was shown twice"
     per_round = Counter((e["block"], e["round"]) for e in trials)

@@ -96,3 +96,23 @@ def test_a_non_finite_number_in_an_event_is_written_as_null_not_a_crash(tmp_path
     assert refit["non_finite"] is True
     assert after["n"] == 1
     assert "non_finite" not in after
+
+
+def test_events_logged_from_many_threads_are_each_written_once(tmp_path):
+    """A worker logs from its loop and its fitting thread at once: no line lost or doubled."""
+    import threading
+
+    store = SessionStore(tmp_path / "s").open(role="test")
+
+    def burst(k: int) -> None:
+        for i in range(300):
+            store.log("burst", thread=k, i=i)
+
+    threads = [threading.Thread(target=burst, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    store.close()
+    got = [(e["thread"], e["i"]) for e in store.events() if e["event"] == "burst"]
+    assert sorted(got) == [(k, i) for k in range(4) for i in range(300)]

@@ -20,6 +20,7 @@ lost rather than cut from stale samples.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -39,23 +40,33 @@ from scipy.signal import firwin, resample_poly
 
 from experiment_protocols import Protocol
 from workers import transport
-from workers.errors import InputError
+from workers.errors import InputError, is_disk_full
 from workers.messages import (
+    MAX_TRIAL_ID,
     RATING_EVENT,
     EpochMessage,
     array_spec,
     encode,
     parse_marker,
     rating_message,
+    trial_id_of,
 )
 from workers.priority import rush_process, set_niceness
-from workers.session_store import RECORDING_FILE, SessionStore, json_safe, next_recording_file
+from workers.session_store import (
+    RECORDING_FILE,
+    SessionStore,
+    disk_free_bytes,
+    next_recording_file,
+)
 
 logger = logging.getLogger("eegs.acquisition")
 
 #: How often the ring buffer pulls from LSL (half that for markers and due epochs): the
 #: epoch latency budget is dominated by the amplifier's chunking, not by polling.
 _POLL_S = 0.0005
+
+#: How often the free space of the session's disk is looked at.
+_DISK_CHECK_S = 1.0
 
 _UNIT_SCALE_TO_UV = {0: 1e6, -3: 1e3, -6: 1.0, -9: 1e-3}
 
@@ -121,6 +132,7 @@ class Acquisition:
         self._next_reconnect = 0.0
         self._wake = threading.Event()  # set by the buffer thread on every new chunk
         self._arrived = -np.inf  # newest timestamp seen by that thread
+        self._warned_disk = False
 
     # -- connection --------------------------------------------------------------------
     def connect(self) -> Acquisition:
@@ -182,11 +194,12 @@ class Acquisition:
                     f"streams.sfreq = {s.sfreq:g} Hz"
                 )
             nyquist = sfreq / 2
-            if pre.h_freq is not None and pre.h_freq >= nyquist:
-                raise AcquisitionError(
-                    f"preprocessing.h_freq = {pre.h_freq:g} Hz is not below the Nyquist "
-                    f"frequency ({nyquist:g} Hz) of the {sfreq:g} Hz stream"
-                )
+            for name, freq in [("h_freq", pre.h_freq)] + [("notch_hz", f) for f in pre.notch_hz]:
+                if freq is not None and freq >= nyquist:
+                    raise AcquisitionError(
+                        f"preprocessing.{name} = {freq:g} Hz is not below the Nyquist "
+                        f"frequency ({nyquist:g} Hz) of the {sfreq:g} Hz stream"
+                    )
             rename = {k: v for k, v in pre.rename.items() if k in stream.ch_names}
             if rename:
                 stream.rename_channels(rename)
@@ -201,8 +214,7 @@ class Acquisition:
             scale = np.array([_UNIT_SCALE_TO_UV.get(mul, 1.0) for _, mul in units])
             iir = {"order": pre.filter_order, "ftype": "butter", "output": "sos"}
             for freq in pre.notch_hz:
-                if freq < nyquist:
-                    stream.notch_filter(freq, picks=picks)
+                stream.notch_filter(freq, picks=picks)
             if pre.l_freq is not None or pre.h_freq is not None:
                 stream.filter(pre.l_freq, pre.h_freq, picks=picks, iir_params=iir)
             stream.add_callback(lambda d, t, i: self._on_chunk(d, t, i, stream))
@@ -213,6 +225,51 @@ class Acquisition:
         self._last_ts = -np.inf
         self._last_new_local = pylsl.local_clock()
         return _EEG(stream, sfreq, picks, scale[:, None])
+
+    def _check_disk(self) -> None:
+        """Warn when the session's disk runs low; stop before it is full (OSError ENOSPC).
+
+        Stopping while ``recording.min_free_mb`` is left lets the recorder close its file
+        whole; a disk filled at once (another program) is caught by the next write.
+        """
+        rec = self.protocol.recording
+        free = disk_free_bytes(self.store.root)
+        if free is None:
+            return
+        if free < rec.min_free_mb * 2**20:
+            raise OSError(
+                errno.ENOSPC,
+                f"{free / 2**20:.1f} MiB free on the session's disk, below "
+                f"recording.min_free_mb = {rec.min_free_mb:g}",
+                str(self.store.root),
+            )
+        if free < rec.warn_free_mb * 2**20 and not self._warned_disk:
+            self._warned_disk = True
+            logger.warning("%.0f MiB free on the session's disk", free / 2**20)
+            self.store.log("disk_low", process="acquisition", free_bytes=free,
+                           min_free_mb=rec.min_free_mb)  # fmt: skip
+
+    def stop_on_full_disk(self, err: OSError) -> None:
+        """The disk is full: say so, and account for every epoch this ends.
+
+        The store has freed its reserve (:meth:`SessionStore.write_file`), so these lines,
+        the recorder's last chunks (:meth:`close`, next) and ``session.json`` fit; the
+        session process then stops the session as failed, to be resumed on another disk.
+        """
+        self.store.release_reserve()
+        free = disk_free_bytes(self.store.root)
+        logger.error("disk full (%s): stopping the recording and the epochs", err)
+        self.store.log(
+            "disk_full",
+            process="acquisition",
+            path=str(getattr(err, "filename", None) or self.store.root),
+            error=str(err),
+            free_bytes=free,
+            recording=self.recording_file if self.recorder is not None else None,
+        )
+        for p in self.pending:
+            self.store.log("epoch_lost", trial_id=p.trial_id, reason="disk full")
+        self.pending.clear()
 
     def close(self) -> None:
         """Stop the recording and disconnect both streams."""
@@ -252,9 +309,12 @@ class Acquisition:
         passes), so an epoch is cut as soon as its last sample is in.
         """
         end = None if duration_s is None else pylsl.local_clock() + duration_s
-        next_watch = 0.0
+        next_watch = next_disk = 0.0
         tmax = self.protocol.epochs.tmax
         while not stop() and (end is None or pylsl.local_clock() < end):
+            if pylsl.local_clock() >= next_disk:
+                self._check_disk()
+                next_disk = pylsl.local_clock() + _DISK_CHECK_S
             self._wake.wait(_POLL_S)
             self._wake.clear()
             if self.markers is not None:
@@ -277,27 +337,34 @@ class Acquisition:
         samples, stamps = self.markers.pull_chunk(timeout=0.0)
         for sample, t in zip(samples, stamps, strict=True):
             text = sample[0]
+            nulled: list[str] = []
             try:
-                marker = parse_marker(text)
+                marker = parse_marker(text, nulled)
             except ValueError as err:
                 logger.warning("skipping malformed marker %r: %s", text[:200], err)
-                self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=str(err))
+                self.store.log("marker_invalid", t_lsl=t, text=_shown(text), reason=str(err))
                 continue
-            # JSON allows no NaN: a non-finite number is logged as null (and a rating
-            # marker's is reported by _forward_rating)
-            self.store.log("marker", t_lsl=t, marker=json_safe(marker))
+            # a non-finite number was read as null: the marker is kept, the field named
+            more = {"nulled": nulled} if nulled else {}
+            self.store.log("marker", t_lsl=t, marker=marker, **more)
             if marker["event"] == RATING_EVENT:
                 self._forward_rating(marker, t)
             if marker["event"] != self.protocol.epochs.event:
                 continue
-            trial = marker.get("trial")
-            valid = isinstance(trial, int) and not isinstance(trial, bool) and trial >= 0
-            if "trial" in marker and not valid:  # numbering it would take a later trial's id
-                reason = f"trial id {str(trial)[:40]!r} is not a non-negative integer"
+            trial = trial_id_of(marker.get("trial"))
+            if "trial" in marker and trial is None:  # numbering it would take a later id
+                reason = (
+                    f"trial id {str(marker['trial'])[:40]!r} is not an integer from 0 to "
+                    f"{MAX_TRIAL_ID}"
+                )
                 logger.warning("skipping stimulus marker %r: %s", text[:200], reason)
-                self.store.log("marker_invalid", t_lsl=t, text=text[:1000], reason=reason)
+                self.store.log("marker_invalid", t_lsl=t, text=_shown(text), reason=reason)
                 continue
-            trial_id = int(trial) if valid else self.next_trial  # a marker without trial id
+            if trial is None and self.next_trial > MAX_TRIAL_ID:
+                reason = f"no trial id and none left to number it (the last was {MAX_TRIAL_ID})"
+                self.store.log("marker_invalid", t_lsl=t, text=_shown(text), reason=reason)
+                continue
+            trial_id = trial if trial is not None else self.next_trial  # a marker without id
             self.next_trial = max(self.next_trial, trial_id + 1)
             self.pending.append(_Pending(trial_id, t, marker))
 
@@ -310,10 +377,7 @@ class Acquisition:
             self.store.log(
                 "rating_invalid",
                 t_lsl=t_lsl,
-                trial_id=marker.get("trial")
-                if isinstance(marker.get("trial"), int)
-                and not isinstance(marker.get("trial"), bool)
-                else None,
+                trial_id=trial_id_of(marker.get("trial")),
                 problems=problems,
                 forwarded=msg is not None,
             )
@@ -447,7 +511,12 @@ class Acquisition:
         self.publisher.send_multipart(encode(msg, (x32,)), copy=False)
         latency = (msg.sent_lsl - window_end) * 1e3
         self.latencies_ms.append(latency)
-        path = self.store.write_epoch(p.trial_id, x32, meta)
+        try:
+            path = self.store.write_epoch(p.trial_id, x32, meta)
+        except OSError as err:
+            if is_disk_full(err):  # published, not stored: the trial is lost, and said so
+                self.store.log("epoch_lost", trial_id=p.trial_id, reason="disk full")
+            raise
         if not path.name.startswith("epoch-"):
             self.store.log("trial_id_repeated", trial_id=p.trial_id, file=path.name)
         self.store.log(
@@ -461,6 +530,11 @@ class Acquisition:
             flag_channels=quality["channels"],  # the dashboard's share per channel
         )
         self.n_epochs += 1
+
+
+def _shown(text: str) -> str:
+    """The start of a refused marker for the log: valid UTF-8 whatever it held."""
+    return text[:1000].encode(errors="replace").decode()
 
 
 def resample_epoch(x: np.ndarray, sfreq: float, new_sfreq: float) -> np.ndarray:
@@ -537,6 +611,11 @@ def run(config: AcquisitionConfig, stop=lambda: False) -> Acquisition:
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        acq.stop_on_full_disk(err)
+        raise
     finally:
         acq.close()
         lat = np.asarray(acq.latencies_ms)

@@ -39,7 +39,8 @@ import pylsl
 
 from experiment_protocols.brain_model import BrainModelSettings
 from models.brain.features import ImageError
-from models.brain.response import ATM_CHANNELS, STANDARD_64, BrainModel, StreamSimulator
+from models.brain.response import BrainModel, StreamSimulator
+from models.montage import ATM_CHANNELS, STANDARD_64
 from workers import faults
 from workers.errors import InputError
 from workers.lsl_clock import SampleClock, make_eeg_info, push_chunk_at_clock

@@ -11,93 +11,50 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from experiment_protocols.bounded import InputRejected, NonFinite, parse_json
 
 SCHEMA_VERSION = 2  # 2: StatusReply names the device, GPU memory and queue
 MAX_HEADER_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 256 << 20
 
 
-class MessageError(ValueError):
+class MessageError(InputRejected):
     """A message that cannot be accepted: malformed, oversize or of another version."""
 
 
 #: A marker is a line of JSON; anything larger or deeper is refused before it is used.
 MAX_MARKER_BYTES = 64 << 10
-MAX_JSON_DEPTH = 32
+#: Largest trial id: an int32, so that it fits every later use (epoch file names, MNE and
+#: BIDS event codes) and a stray huge id cannot push the numbering of later trials away.
+MAX_TRIAL_ID = 2**31 - 1
+#: No round waits longer than an hour for its images (the protocol's own bound too).
+MAX_DEADLINE_S = 3600.0
+#: Most trials one image request may list, most channels one epoch may carry.
+MAX_LISTED_TRIALS = 4096
+MAX_CHANNELS = 1024
+
+TrialId = Annotated[int, Field(ge=0, le=MAX_TRIAL_ID)]
 
 
-def _depth(obj: Any) -> int:
-    """Nesting depth of decoded JSON, without recursion; refuses text that is not Unicode.
-
-    JSON may spell a lone surrogate as an escape; such a string cannot be written back
-    as UTF-8, so it would fail later, far from here (publishing an epoch, logging).
-    """
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        node, d = stack.pop()
-        deepest = max(deepest, d)
-        if isinstance(node, dict):
-            stack += [(v, d + 1) for v in node.values()]
-            stack += [(k, d) for k in node]
-        elif isinstance(node, list):
-            stack += [(v, d + 1) for v in node]
-        elif isinstance(node, str):
-            try:
-                node.encode()
-            except UnicodeEncodeError:
-                raise MessageError("text holds a lone surrogate (not valid Unicode)") from None
-    return deepest
-
-
-def _finite(text: str) -> float:
-    """``parse_float`` that refuses what overflows to infinity (``1e999``)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise MessageError(f"number {text[:40]} is not finite")
+def trial_id_of(value: Any) -> int | None:
+    """``value`` if it is a valid trial id (an int from 0 to :data:`MAX_TRIAL_ID`), else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TRIAL_ID:
+        return None
     return value
 
 
-def _no_constant(name: str) -> float:
-    """``parse_constant``: NaN and Infinity are not JSON, and no field takes them."""
-    raise MessageError(f"{name} is not a number JSON allows")
-
-
-def loads_limited(text: str | bytes, max_bytes: int, what: str, *, strict: bool = True) -> Any:
-    """``json.loads`` with a size and a nesting limit; raises :class:`MessageError`.
-
-    ``strict`` refuses NaN, Infinity and numbers that overflow (message headers: our own
-    protocol). Markers are read with ``strict=False``: a lab's presentation may write NaN
-    in some field, and refusing the whole marker would lose its trial; their readers
-    check each number they use.
-    """
-    size = len(text.encode(errors="surrogatepass") if isinstance(text, str) else text)
-    if size > max_bytes:
-        raise MessageError(f"{what} of {size} bytes exceeds {max_bytes}")
+def _parse(text: str | bytes, what: str, max_bytes: int, non_finite: NonFinite, nulled=None) -> Any:
     try:
-        obj = (
-            json.loads(text, parse_float=_finite, parse_constant=_no_constant)
-            if strict
-            else json.loads(text)
+        return parse_json(
+            text, what=what, max_bytes=max_bytes, non_finite=non_finite, nulled=nulled
         )
-    except RecursionError:
-        raise MessageError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except MessageError as err:
-        raise MessageError(f"{what}: {err}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MessageError(f"{what} is not JSON: {err}") from None
-    except ValueError as err:  # an integer of more digits than Python converts
-        raise MessageError(f"{what} is not usable JSON: {err}") from None
-    try:
-        depth = _depth(obj)
-    except MessageError as err:
-        raise MessageError(f"{what}: {err}") from None
-    if depth > MAX_JSON_DEPTH:
-        raise MessageError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
-    return obj
+    except InputRejected as err:
+        raise MessageError(err.reason, err.where, err.what) from None
 
 
 def _strict(obj: Any) -> Any:
@@ -115,13 +72,18 @@ def dumps_marker(marker: dict[str, Any]) -> str:
     return json.dumps(_strict(marker), allow_nan=False)
 
 
-def parse_marker(text: str) -> dict[str, Any]:
-    """One JSON marker of the presentation's stream; raises :class:`MessageError`."""
-    marker = loads_limited(text, MAX_MARKER_BYTES, "marker", strict=False)
+def parse_marker(text: str, nulled: list[str] | None = None) -> dict[str, Any]:
+    """One JSON marker of the presentation's stream; raises :class:`MessageError`.
+
+    Read by the project's bounded parser; NaN, Infinity and numbers that overflow read as
+    None (refusing a lab's whole marker would lose its trial; each such field is named in
+    ``nulled``), so no reader downstream ever sees a non-finite number.
+    """
+    marker = _parse(text, "marker", MAX_MARKER_BYTES, "null", nulled)
     if not isinstance(marker, dict):
-        raise MessageError(f"expected a JSON object, got {type(marker).__name__}")
+        raise MessageError(f"expected a JSON object, got {type(marker).__name__}", what="marker")
     if not isinstance(marker.get("event"), str):
-        raise MessageError("no string 'event' field")
+        raise MessageError("no string 'event' field", what="marker")
     return marker
 
 
@@ -142,10 +104,10 @@ class Message(BaseModel):
 
 
 class ArraySpec(BaseModel):
-    """Shape and dtype of one array frame."""
+    """Shape and dtype of one array frame (at most 4 dimensions of at most 2**31 - 1)."""
 
     model_config = ConfigDict(extra="forbid")
-    shape: tuple[int, ...]
+    shape: tuple[Annotated[int, Field(ge=0, le=2**31 - 1)], ...] = Field(max_length=4)
     dtype: Literal["float32", "float64", "uint8", "int64"]
 
 
@@ -154,11 +116,11 @@ class EpochMessage(Message):
 
     type: Literal["epoch"] = "epoch"
     session: str
-    trial_id: int = Field(ge=0)
+    trial_id: TrialId
     marker: dict[str, Any]
-    ch_names: list[str]
-    sfreq: float = Field(gt=0)
-    tmin: float
+    ch_names: list[str] = Field(max_length=MAX_CHANNELS)
+    sfreq: float = Field(gt=0, le=100_000)
+    tmin: float = Field(ge=-60, le=60)
     quality: dict[str, Any]
     window_end_lsl: float
     sent_lsl: float
@@ -215,14 +177,15 @@ def decode(frames: list[bytes]) -> tuple[Message, list[np.ndarray]]:
         raise MessageError(f"message of {total} bytes exceeds {MAX_MESSAGE_BYTES}")
     if len(frames[0]) > MAX_HEADER_BYTES:
         raise MessageError(f"header of {len(frames[0])} bytes exceeds {MAX_HEADER_BYTES}")
-    raw = loads_limited(frames[0], MAX_HEADER_BYTES, "header")
+    raw = _parse(frames[0], "header", MAX_HEADER_BYTES, "refuse")
     if not isinstance(raw, dict):
         raise MessageError("header must be a JSON object")
     if type(raw.get("v")) is not int or raw["v"] != SCHEMA_VERSION:  # true == 1 in Python
         raise MessageError(f"schema version {raw.get('v')!r}; this build speaks {SCHEMA_VERSION}")
-    model = Message.registry.get(raw.get("type"))
+    kind = raw.get("type")
+    model = Message.registry.get(kind) if isinstance(kind, str) else None
     if model is None:
-        raise MessageError(f"unknown message type {raw.get('type')!r}")
+        raise MessageError(f"unknown message type {str(kind)[:80]!r}")
     try:
         msg = model.model_validate(raw)
     except ValidationError as err:
@@ -235,7 +198,7 @@ def decode(frames: list[bytes]) -> tuple[Message, list[np.ndarray]]:
     arrays = []
     for spec, frame in zip(specs, frames[1:], strict=True):
         dtype = np.dtype(spec.dtype)
-        if int(np.prod(spec.shape)) * dtype.itemsize != len(frame):
+        if math.prod(spec.shape) * dtype.itemsize != len(frame):
             raise MessageError(f"array frame of {len(frame)} bytes does not match {spec}")
         arrays.append(np.frombuffer(frame, dtype=dtype).reshape(spec.shape))
     return msg, arrays
@@ -265,11 +228,14 @@ class ImageRequest(Message):
     type: Literal["image_request"] = "image_request"
     session: str
     block: str
-    round: int = Field(ge=0)
+    round: int = Field(ge=0, le=MAX_TRIAL_ID)
     n_images: int = Field(ge=1, le=256)
-    trials: list[int] = Field(default_factory=list)
+    trials: list[TrialId] = Field(default_factory=list, max_length=MAX_LISTED_TRIALS)
     deadline_s: float | None = Field(
-        None, gt=0, description="Answer within this many seconds (None: the worker's default)."
+        None,
+        gt=0,
+        le=MAX_DEADLINE_S,
+        description="Answer within this many seconds (None: the worker's default).",
     )
 
 
@@ -294,7 +260,7 @@ class ImageBatch(Message):
 
     type: Literal["image_batch"] = "image_batch"
     session: str
-    round: int = Field(ge=0)
+    round: int = Field(ge=0, le=MAX_TRIAL_ID)
     images: list[ImageInfo] = Field(min_length=1)
     arrays: list[ArraySpec]
     deadline_missed: bool = Field(
@@ -348,7 +314,7 @@ class RatingMessage(Message):
 
     type: Literal["rating"] = "rating"
     session: str
-    trial_id: int = Field(ge=0)
+    trial_id: TrialId
     block: str = ""
     valence: float | None = None
     arousal: float | None = None
@@ -360,7 +326,7 @@ class RewardReply(Message):
     """The reward of one epoch, and the image it was credited to (None: not used)."""
 
     type: Literal["reward"] = "reward"
-    trial_id: int = Field(ge=0)
+    trial_id: TrialId
     reward: float
     image_id: str | None = None
     used: bool = Field(description="Added to the generator's observations.")
@@ -418,9 +384,10 @@ def rating_message(
     valid value left, gives no message.
     """
     problems: list[str] = []
-    trial = marker.get("trial")
-    if isinstance(trial, bool) or not isinstance(trial, int) or trial < 0:
-        return None, [f"trial id {trial!r} is not a non-negative integer"]
+    trial = trial_id_of(marker.get("trial"))
+    if trial is None:
+        return None, [f"trial id {str(marker.get('trial'))[:40]!r} is not an integer from 0 "
+                      f"to {MAX_TRIAL_ID}"]  # fmt: skip
     low, high = _finite_number(marker.get("low")), _finite_number(marker.get("high"))
     if low is None or high is None or high <= low:
         if "low" in marker or "high" in marker:

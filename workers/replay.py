@@ -28,7 +28,7 @@ from workers.lsl_clock import (
     push_chunk_at_clock,
     wait_for_consumers,
 )
-from workers.messages import RATING_EVENT
+from workers.messages import RATING_EVENT, MessageError, parse_marker
 from workers.muse_csv import is_muse_csv, read_muse_csv
 
 logger = logging.getLogger("eegs.replay")
@@ -211,12 +211,10 @@ def _load_xdf(path: Path) -> Recording:
     out: list[tuple[int, dict]] = []
     for m in markers:
         for text, t in zip(m["time_series"], m["time_stamps"], strict=True):
-            try:
-                marker = json.loads(text[0])
-            except json.JSONDecodeError:
-                marker = {"event": text[0]}
-            if not isinstance(marker, dict) or "event" not in marker:
-                marker = {"event": str(text[0])}
+            try:  # the one bounded parser (a recorded marker is input like a live one)
+                marker = parse_marker(text[0])
+            except MessageError:
+                marker = {"event": str(text[0]).encode(errors="replace").decode()}
             out.append((sample_at(stamps, float(t), sfreq), marker))
     out.sort(key=lambda e: e[0])
     return Recording(np.asarray(s["time_series"], dtype=np.float32), sfreq, ch_names, out)

@@ -15,9 +15,11 @@ import logging
 import math
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -28,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from workers.errors import InputError
+from experiment_protocols.bounded import MAX_DEPTH, InputRejected, parse_json, read_json_file
+from workers.errors import InputError, is_disk_full
+from workers.messages import trial_id_of
 
 logger = logging.getLogger("eegs.session")
 SESSION_FILE = "session.json"
@@ -39,7 +43,21 @@ SESSION_ROLE = "session"
 RECORDING_FILE = "recording.xdf"
 #: Event lines held in memory while the disk is full, at most.
 MAX_BACKLOG = 100_000
+#: Space the session's owner sets aside when it opens the session, freed the moment a
+#: write finds the disk full: room to close the recording, write the events held and
+#: mark the session failed with its reason (docs/architecture.md section 5).
+RESERVE_FILE = ".disk-reserve"
+RESERVE_BYTES = 4 << 20
+#: The roles that set it aside when they own the session: those that record.
+RESERVE_ROLES = (SESSION_ROLE, "acquisition")
 EPOCHS_DIR = "epochs"
+#: Limits of the session files read back (the bounded parser refuses anything larger).
+MAX_INFO_BYTES = 16 << 20
+MAX_EVENT_LINE_BYTES = 4 << 20
+MAX_EPOCH_META_BYTES = 1 << 20
+MAX_SIDECAR_BYTES = 1 << 20
+#: Our own records wrap an input (a marker) a few levels down: they may nest that much more.
+MAX_RECORD_DEPTH = MAX_DEPTH + 8
 
 _VERSIONED = ("eegs", "mne", "mne-lsl", "pylsl", "numpy", "pyzmq", "torch", "psychopy")
 
@@ -116,6 +134,7 @@ class SessionStore:
         self.epochs_dir = self.root / EPOCHS_DIR
         self._events_fd: int | None = None
         self._backlog: list[bytes] = []  # lines a full disk refused, written when it can
+        self._lock = threading.Lock()
         self._torn = False  # a line was cut short: the next write starts a new line
         self.role: str | None = None
 
@@ -148,10 +167,48 @@ class SessionStore:
         if role == SESSION_ROLE or "owner" not in info:
             info["owner"] = role  # the process whose end is the session's end
         info["status"] = "running"
+        info.pop("failure", None)  # a resumed session runs again
         self.role = role
         atomic_write_json(self.root / SESSION_FILE, info)
         self.log("process_start", role=role, pid=os.getpid())
+        if info["owner"] == role and role in RESERVE_ROLES:
+            self._make_reserve()
         return self
+
+    def _make_reserve(self) -> None:
+        """Set :data:`RESERVE_BYTES` aside (really allocated) for a clean stop on a full disk."""
+        path = self.root / RESERVE_FILE
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError as err:  # a disk nearly full already, or no fallocate: go on without
+            path.unlink(missing_ok=True)
+            logger.warning("%s: no disk reserve set aside (%s)", self.root, err)
+
+    def release_reserve(self) -> bool:
+        """Free the disk reserve (a write found the disk full); True if there was one."""
+        try:
+            (self.root / RESERVE_FILE).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            logger.error("%s: cannot free the disk reserve: %s", self.root, err)
+            return False
+        logger.error("%s: disk full; the %d MiB reserve is freed to stop cleanly",
+                     self.root, RESERVE_BYTES >> 20)  # fmt: skip
+        return True
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        """``session.json`` written atomically; on a full disk the reserve makes room."""
+        try:
+            atomic_write_json(self.root / SESSION_FILE, info)
+        except OSError as err:
+            if not (is_disk_full(err) and self.release_reserve()):
+                raise
+            atomic_write_json(self.root / SESSION_FILE, info)
 
     def close(self, status: str = "completed", **fields: Any) -> None:
         """Record this process's end state; safe to call twice.
@@ -168,10 +225,17 @@ class SessionStore:
         info.update(fields)
         if info.get("owner", self.role) == self.role:
             info.update(status=status, ended=_now_iso())
-        atomic_write_json(self.root / SESSION_FILE, info)
-        self.log("process_end", status=status)
-        os.close(self._events_fd)
-        self._events_fd = None
+        try:
+            self.write_info(info)
+            self.log("process_end", status=status)
+        except OSError as err:  # a full disk even after the reserve: the events say the rest
+            if not is_disk_full(err):
+                raise
+            logger.error("%s: session.json not updated (%s): the disk is full", self.root, err)
+        finally:
+            with self._lock:
+                os.close(self._events_fd)
+                self._events_fd = None
 
     def __enter__(self) -> SessionStore:
         return self
@@ -191,21 +255,34 @@ class SessionStore:
         if self._events_fd is None:
             raise RuntimeError(f"session {self.root} is not open")
         record = {"t_wall": time.time(), "event": event, **fields}
+        dump = {"default": _json_default, "allow_nan": False, "ensure_ascii": False}
         try:
-            text = json.dumps(record, default=_json_default, allow_nan=False)
+            text = json.dumps(record, **dump)
         except ValueError:  # a NaN or an infinity in a field: the event is kept, as null
             logger.warning("%s: event %r had non-finite numbers, written as null", self.root, event)
             record = {**json_safe(record), "non_finite": True}
-            text = json.dumps(record, default=_json_default, allow_nan=False)
-        line = (text + "\n").encode()
+            text = json.dumps(record, **dump)
+        try:
+            line = (text + "\n").encode()
+        except UnicodeEncodeError:  # a lone surrogate, which no reader takes: the event is kept
+            line = (text + "\n").encode(errors="replace")
+        with self._lock:  # a process logs from several threads: one line at a time
+            self._write_lines(line)
+
+    def _write_lines(self, line: bytes) -> None:
+        """Write ``line`` after the lines held before it (call with the lock held)."""
+        if self._events_fd is None:  # closed by another thread meanwhile
+            raise RuntimeError(f"session {self.root} is not open")
         self._backlog.append(line)
         while self._backlog:
             head = self._backlog[0]
             try:
                 n = os.write(self._events_fd, (b"\n" if self._torn else b"") + head)
             except OSError as err:
-                if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                if not is_disk_full(err):
                     raise
+                if self.release_reserve():
+                    continue  # room now: the lines held go out
                 n = -1
             if n != len(head) + self._torn:
                 self._torn = self._torn or n > 0
@@ -222,7 +299,7 @@ class SessionStore:
         """Merge fields into ``session.json`` (atomically)."""
         info = self.read_info()
         info.update(fields)
-        atomic_write_json(self.root / SESSION_FILE, info)
+        self.write_info(info)
 
     def write_epoch(self, trial_id: int, data: np.ndarray, meta: dict[str, Any]) -> Path:
         """Store one preprocessed epoch (µV, float32) with its metadata; never overwrites.
@@ -231,8 +308,8 @@ class SessionStore:
         as ``epoch-NNNNNN.npz`` and stores the next as ``repeated-NNNNNN-K.npz`` beside it,
         which :meth:`epochs` does not read as a trial.
         """
-        if isinstance(trial_id, bool) or not isinstance(trial_id, int) or trial_id < 0:
-            raise ValueError(f"trial id must be a non-negative integer, not {trial_id!r}")
+        if trial_id_of(trial_id) is None:
+            raise ValueError(f"trial id must be a non-negative integer (int32), not {trial_id!r}")
         path = self.epochs_dir / f"epoch-{trial_id:06d}.npz"
         k = 1
         while path.exists():
@@ -244,8 +321,21 @@ class SessionStore:
             data=np.asarray(data, dtype=np.float32),
             meta=np.frombuffer(json.dumps(meta, default=_json_default).encode(), np.uint8),
         )
-        atomic_write_bytes(path, buf.getvalue())
+        self.write_file(path, buf.getvalue())
         return path
+
+    def write_file(self, path: Path, payload: bytes) -> None:
+        """A file of the session, written atomically.
+
+        On a full disk the reserve is freed (for the clean stop that follows) and the
+        OSError raised: a session does not go on writing onto a full disk.
+        """
+        try:
+            atomic_write_bytes(path, payload)
+        except OSError as err:
+            if is_disk_full(err):
+                self.release_reserve()
+            raise
 
     # -- reading -----------------------------------------------------------------------
     def read_info(self) -> dict[str, Any]:
@@ -254,10 +344,12 @@ class SessionStore:
         if not path.exists():
             return {}
         try:
-            info = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as err:
+            info = read_json_file(
+                path, what=SESSION_FILE, max_bytes=MAX_INFO_BYTES, max_depth=MAX_RECORD_DEPTH
+            )
+        except InputRejected as err:
             raise InputError(
-                f"{path}: not readable JSON ({err}); events.jsonl and the recordings beside "
+                f"{path}: not readable ({err.reason}); events.jsonl and the recordings beside "
                 "it are intact: restore session.json from a backup, or rebuild the outputs "
                 "from events.jsonl"
             ) from None
@@ -271,16 +363,57 @@ class SessionStore:
 
     def epochs(self) -> list[StoredEpoch]:
         """Every stored epoch, in trial order."""
-        out = []
+        out, here = [], _Here(self.root)
         for path in sorted(self.epochs_dir.glob("epoch-*.npz")):
             try:
                 with np.load(path, allow_pickle=False) as npz:
-                    meta = json.loads(npz["meta"].tobytes().decode())
-                    out.append(StoredEpoch(int(meta["trial_id"]), npz["data"], meta))
+                    meta = parse_json(
+                        npz["meta"].tobytes(), what="metadata", max_bytes=MAX_EPOCH_META_BYTES,
+                        non_finite="null", max_depth=MAX_RECORD_DEPTH,
+                    )  # fmt: skip
+                    meta = here(meta)
+                    trial_id = trial_id_of(meta.get("trial_id") if isinstance(meta, dict) else None)
+                    if trial_id is None:
+                        raise ValueError("no valid trial_id in its metadata")
+                    out.append(StoredEpoch(trial_id, npz["data"], meta))
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
                 # a truncated file (disk full, power cut): the others still count
                 logger.warning("%s is unreadable (%s): left out", path, err)
         return out
+
+
+def dig(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]...`` of a session file read back, None where a level is not an object."""
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def disk_free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the disk that holds ``path`` (None if it cannot be told)."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """A JSON sidecar of the session (image, provenance) by the bounded parser.
+
+    None, with a warning, for one that is unreadable or not a JSON object: the files
+    beside it still count.
+    """
+    try:
+        obj = read_json_file(
+            path, what="sidecar", max_bytes=MAX_SIDECAR_BYTES, max_depth=MAX_RECORD_DEPTH
+        )
+    except InputRejected as err:
+        logger.warning("%s", err)
+        return None
+    if not isinstance(obj, dict):
+        logger.warning("sidecar %s: not a JSON object: left out", path)
+        return None
+    return obj
 
 
 def recording_files(root: str | Path) -> list[Path]:
@@ -335,23 +468,72 @@ def read_events(path: str | Path) -> Iterator[dict[str, Any]]:
 
     A torn final line is skipped; a line that is not a JSON object (a disk fault, a
     hand edit) is skipped with a warning, never a crash: every other event still counts.
+    Paths into the folder where a moved session was (:func:`former_roots`) are read as
+    paths into where it is now.
     """
     path = Path(path)
     if not path.exists():
         return
+    here = _Here(path.parent)
     with path.open("rb") as fh:
         for n, line in enumerate(fh, 1):
             if not line.endswith(b"\n"):
                 return  # torn final line
-            try:
-                record = json.loads(line)
-            except (UnicodeDecodeError, ValueError):
-                record = None
-            if not isinstance(record, dict):
+            record = _event(line)
+            if record is None:
                 if line.strip():
                     logger.warning("%s line %d is not a JSON object: skipped", path, n)
                 continue
-            yield record
+            yield here(record)
+
+
+def former_roots(root: str | Path) -> list[str]:
+    """The folders a moved session was recorded in (``session.json``'s ``former_roots``)."""
+    try:
+        info = SessionStore(root).read_info()
+    except InputError:
+        return []
+    roots = info.get("former_roots")
+    return [r for r in roots if isinstance(r, str) and r] if isinstance(roots, list) else []
+
+
+def rebase(obj: Any, old: str, new: str) -> Any:
+    """``obj`` with every string that is the path ``old``, or a path below it, moved to ``new``."""
+    if isinstance(obj, dict):
+        return {k: rebase(v, old, new) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rebase(v, old, new) for v in obj]
+    if isinstance(obj, str) and (obj == old or obj.startswith(old.rstrip(os.sep) + os.sep)):
+        return new + obj[len(old.rstrip(os.sep)) :]
+    return obj
+
+
+class _Here:
+    """Moves a record's paths from a session's former folders to where it is now."""
+
+    def __init__(self, root: Path) -> None:
+        self.former = former_roots(root)
+        self.here = str(Path(root).resolve())
+
+    def __call__(self, record: Any) -> Any:
+        for old in self.former:
+            record = rebase(record, old, self.here)
+        return record
+
+
+def _event(line: bytes) -> dict[str, Any] | None:
+    """One line of ``events.jsonl`` by the bounded parser; None for anything but an object."""
+    try:
+        record = parse_json(
+            line,
+            what="event",
+            max_bytes=MAX_EVENT_LINE_BYTES,
+            non_finite="null",
+            max_depth=MAX_RECORD_DEPTH,
+        )
+    except InputRejected:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 class EventTail:
@@ -360,6 +542,7 @@ class EventTail:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._offset = 0
+        self._here = _Here(self.path.parent)
 
     def new(self) -> list[dict[str, Any]]:
         """Complete lines written since the last call; a line still being written waits."""
@@ -372,12 +555,9 @@ class EventTail:
         self._offset += end
         out = []
         for line in chunk[:end].splitlines():
-            try:
-                record = json.loads(line)
-            except (UnicodeDecodeError, ValueError):
-                continue  # a fragment (a full disk cut the line): read_events skips it too
-            if isinstance(record, dict):
-                out.append(record)
+            record = _event(line)  # None: a fragment (a full disk cut the line), or garbage
+            if record is not None:
+                out.append(self._here(record))
         return out
 
 

@@ -1,15 +1,15 @@
 """Shared by `eegs bench faults`, `soak` and `pilots`: a real session, watched from outside.
 
-The benches write a small protocol (the pilot protocol with the asymmetry reward, no
-rating screen, a short calibration block from a folder the bench makes, and as many
-closed-loop rounds as asked), run it with ``eegs pilot --headless`` as a child process
-(the brain model as participant), and read what happened from the session directory.
+The benches write a small protocol (the pilot protocol with the reward it runs for a
+participant who gives no ratings, the asymmetry index; no rating screen, a short
+calibration block from a folder the bench makes, and as many closed-loop rounds as
+asked), run it with ``eegs pilot --headless`` as a child process (the brain model as
+participant), and read what happened from the session directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -42,7 +42,9 @@ def write_protocol(
         elif block["kind"] == "closed_loop":
             blocks.append({**block, "n_trials": LOOP_TRIALS})
     gen = base.generation.model_dump()
-    gen["reward"]["mode"] = "asymmetry"  # training-free: no rating screen needed
+    # what the pilot's reward runs as without ratings (the personal reward's fallback
+    # index): no rating screen needed
+    gen["reward"] = base.generation.reward.without_ratings().model_dump()
     gen["heuristic"]["patience"] = 100_000  # every round asked for is run
     gen["procedural"]["pool_size"] = pool_size
     ratings = {**base.presentation.ratings.model_dump(), "enabled": False}
@@ -77,11 +79,15 @@ def start_pilot(
 
 
 def start_resume(
-    session: Path, env: dict[str, str] | None = None, log_file: Path | None = None
+    session: Path,
+    env: dict[str, str] | None = None,
+    log_file: Path | None = None,
+    to: Path | None = None,
 ) -> subprocess.Popen:
-    """``eegs resume SESSION --headless``, output in ``log_file`` (``SESSION.log``)."""
+    """``eegs resume SESSION --headless [--to DIR]``, output in ``log_file`` (``SESSION.log``)."""
     log = open(log_file or f"{session}.log", "ab")  # noqa: SIM115
-    return _start(["resume", str(session), "--headless"], log, env)
+    more = [] if to is None else ["--to", str(to)]
+    return _start(["resume", str(session), "--headless", *more], log, env)
 
 
 def _start(args: list[str], log, env: dict[str, str] | None) -> subprocess.Popen:
@@ -148,8 +154,15 @@ def kill_session(session: Path, procs: list[subprocess.Popen]) -> None:
             proc.wait(10)
 
 
+def session_info(session: Path) -> dict[str, Any]:
+    """``session.json`` ({} if unreadable)."""
+    from workers.session_store import SessionStore
+
+    with contextlib.suppress(ValueError):
+        return SessionStore(session).read_info()
+    return {}
+
+
 def session_status(session: Path) -> str | None:
     """``session.json``'s status."""
-    with contextlib.suppress(OSError, ValueError):
-        return json.loads((Path(session) / "session.json").read_text()).get("status")
-    return None
+    return session_info(session).get("status")

@@ -219,7 +219,7 @@ class _Receiver(threading.Thread):
 def _stream(args: argparse.Namespace, name: str, seconds: float, paced: bool,
             images: list[Path]) -> dict:  # fmt: skip
     from experiment_protocols.brain_model import BrainModelSettings
-    from models.brain.response import STANDARD_64
+    from models.montage import STANDARD_64
     from workers.brain_model import BrainModelConfig, BrainModelStream
     from workers.lsl_clock import SampleClock
 

@@ -206,7 +206,7 @@ def _f1(X, y, decoder, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
 
 
 def _retrieval(args, training) -> dict[str, Any]:
-    from app.commands.train_encoder import train_encoder
+    from app.training import train_encoder
     from models.decoders.clip_training import synthetic_pairs
 
     train = synthetic_pairs(1000, 4, snr=args.retrieval_snr, seed=1)
@@ -261,8 +261,9 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from experiment_protocols import load_protocol
-    from models.brain.response import ATM_CHANNELS, DEFAULT_SNR
+    from models.brain.response import DEFAULT_SNR
     from models.decoders.classifiers import pick_channels
+    from models.montage import ATM_CHANNELS
 
     protocol = load_protocol(args.protocol)
     dec = protocol.decoder

@@ -7,7 +7,7 @@ and every estimator is cross-validated inside each block on the same folds
 protocol's ``personal_*`` settings) and the anchors ``lda``, ``xdawn_ts`` and ``faa``
 (:mod:`models.decoders.anchors`). Per participant, size and estimator: the
 out-of-fold r and AUC (mean, 95 % t-interval over draws), the share of draws that
-decode by the session's rule (r > 0 and p < ``personal_p_threshold``; the personal
+decode by the session's rule (r > 0 and p < ``p_threshold``; the personal
 estimator's p is its own permutation test, the anchors' the analytic p of r), and the
 false-positive rate: the same draws with the ratings permuted, the share that decode.
 
@@ -50,7 +50,7 @@ SIZES = (48, 96, 200, 400)
 GOALS = {"r_vs_best_anchor": -0.02, "false_positive_rate_max": 0.07, "fit_s_max": 10.0,
          "score_ms_max": 10.0}  # fmt: skip
 P_RULES = {
-    "personal": "permutation: the estimator's own test (personal_permutations shuffles "
+    "personal": "permutation: the estimator's own test (its permutations shuffles "
     "of the ratings, the whole fit repeated on each)",
     "anchors": "analytic: one-sided p of the out-of-fold Pearson r (t, n - 2 df)",
 }
@@ -184,10 +184,10 @@ def run_participant(job: dict[str, Any]) -> dict[str, Any]:
         s = protocol.generation.reward
         estimators = default_estimators(
             job["estimators"],
-            folds=s.personal_folds,
-            permutations=s.personal_permutations,
-            p_threshold=s.personal_p_threshold,
-            min_trials=s.personal_min_trials,
+            folds=s.folds,
+            permutations=s.permutations,
+            p_threshold=s.p_threshold,
+            min_trials=s.min_trials,
         )
         name = f"{part.dataset}/{part.participant}"
         sizes = [n for n in job["sizes"] if n <= len(part)]
@@ -200,8 +200,8 @@ def run_participant(job: dict[str, Any]) -> dict[str, Any]:
 
         rows = participant_draws(
             part.data, part.ratings, part.ch_names, part.sfreq, part.tmin, part.scale,
-            sizes, job["draws"], estimators, folds=s.personal_folds,
-            p_threshold=s.personal_p_threshold, seed=job["seed"], null=job["null"],
+            sizes, job["draws"], estimators, folds=s.folds,
+            p_threshold=s.p_threshold, seed=job["seed"], null=job["null"],
             progress=progress,
         )  # fmt: skip
     details = {k: v for k, v in part.details.items() if k != "hidden_valence"}
@@ -321,10 +321,10 @@ def time_personal(settings, n_trials: int = 200, n_channels: int = 64) -> dict[s
         ratings,
         (1.0, 9.0),
         0,
-        folds=settings.personal_folds,
-        permutations=settings.personal_permutations,
-        p_threshold=settings.personal_p_threshold,
-        min_trials=settings.personal_min_trials,
+        folds=settings.folds,
+        permutations=settings.permutations,
+        p_threshold=settings.p_threshold,
+        min_trials=settings.min_trials,
     )
     fit_s = time.perf_counter() - t0
     names = brain.ch_names[:n_channels]
@@ -338,7 +338,7 @@ def time_personal(settings, n_trials: int = 200, n_channels: int = 64) -> dict[s
         "n_trials": n_trials,
         "n_channels": n_channels,
         "n_times": int(X.shape[-1]),
-        "permutations": settings.personal_permutations,
+        "permutations": settings.permutations,
         "fit_s": round(fit_s, 3),
         "score_ms_per_epoch": round(score_ms, 3),
     }
@@ -440,15 +440,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "draws": args.draws,
         "estimators": estimators,
         "seed": args.seed,
-        "decision_rule": f"r > 0 and p < {s.personal_p_threshold:g}",
+        "decision_rule": f"r > 0 and p < {s.p_threshold:g}",
         "p_rules": P_RULES,
         "false_positive_rate": "the same draws with the ratings permuted: the share that decode"
         if not args.no_null
         else None,
         "personal_settings": {
-            "folds": s.personal_folds,
-            "permutations": s.personal_permutations,
-            "min_trials": s.personal_min_trials,
+            "folds": s.folds,
+            "permutations": s.permutations,
+            "min_trials": s.min_trials,
         },
         "participants": [
             {

@@ -14,8 +14,12 @@ rating screen) and is injected once the closed loop is under way (3 trials into 
 - ``session_kill``: the session process is SIGKILLed (its children stop with it), then
   ``eegs resume`` continues the session;
 - ``disk_full``: the session lives on its own tmpfs (``mount -t tmpfs``, root only),
-  which a filler file fills to the last byte for 5 s; a session that did not survive is
-  resumed once the space is back;
+  which a filler file fills to the last byte and keeps full. The session must stop by
+  itself, cleanly: marked ``failed`` with the reason, every file closed and readable on
+  the full disk (``stopped``: ``status``, ``failure``, ``files_readable``, ``stop_s``
+  from the disk filling to the session process's end, ``traceback`` in any log). It is
+  then resumed on another disk, as a lab would (``eegs resume SESSION --to DIR``), and
+  measured there; its ``recovery_s`` runs from that command;
 - ``nan_samples``: the brain model sends NaN samples for 3 s;
 - ``corrupt_image``: one image of the calibration folder is not an image.
 
@@ -64,6 +68,7 @@ class _Run:
     epochs_before: set[int] = field(default_factory=set)
     notes: dict[str, Any] = field(default_factory=dict)
     resume: bool = False  # the fault ends the session: resume it
+    resume_to: Path | None = None  # ... on another disk, this folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -146,11 +151,22 @@ def _disk_full(run: _Run) -> None:
         while True:
             fh.write(b"\0" * 4096)
             fh.flush()
+    t_full = time.time()
     run.notes["filler_mb"] = round(written / 2**20, 1)
-    time.sleep(5.0)
-    filler.unlink()
+    session = run.procs[0]
+    with contextlib.suppress(subprocess.TimeoutExpired):  # it stops by itself, or fails here
+        session.wait(_TIMEOUT_S)
+    stopped = cl.session_info(run.out)
+    run.notes["stopped"] = {
+        "status": stopped.get("status"),
+        "failure": stopped.get("failure"),
+        "stop_s": round(time.time() - t_full, 1),
+        "files_readable": _files_readable(run.out, summary=False),
+        "traceback": _tracebacks(run.work / "session.log", run.out / "logs"),
+    }
+    run.resume = True
+    run.resume_to = run.work / "other-disk"  # the disk stays full: the session moves
     run.t_end = time.time()
-    run.resume = True  # if the session did not survive
 
 
 def _nan_samples(run: _Run) -> None:
@@ -200,8 +216,19 @@ def _readable_epochs(session: Path) -> set[int]:
     return {ep.trial_id for ep in SessionStore(session).epochs()}
 
 
-def _files_readable(session: Path) -> dict[str, Any]:
-    """Every recording part, epoch file, event line and the summary, read back."""
+def _tracebacks(*paths: Path) -> list[str]:
+    """Log files (or folders of them) that hold a Python traceback."""
+    found = []
+    for path in paths:
+        for log in sorted(path.glob("*.log")) if path.is_dir() else [path]:
+            with contextlib.suppress(OSError):
+                if b"Traceback (most recent call last)" in log.read_bytes():
+                    found.append(log.name)
+    return found
+
+
+def _files_readable(session: Path, *, summary: bool = True) -> dict[str, Any]:
+    """Every recording part, epoch file, event line and (``summary``) the summary, read back."""
     import json
 
     import pyxdf
@@ -239,7 +266,7 @@ def _files_readable(session: Path) -> dict[str, Any]:
         and all(isinstance(v, list) and "EEG" in v for v in out["xdf"].values())
         and not out["epoch_files_unreadable"]
         and not out["events_lost"]
-        and out["summary"]
+        and (out["summary"] or not summary)
     )
     return out
 
@@ -322,13 +349,18 @@ def run_fault(name: str, work: Path, *, rounds: int = 4, seed: int = 0) -> dict[
                 proc.wait(_TIMEOUT_S)
         if run.resume and cl.session_status(run.out) != "completed":
             run.notes["resumed"] = True
-            resume = cl.start_resume(run.out, env, log_file=log)
+            if run.resume_to is not None:
+                run.notes["resumed_on"] = str(run.resume_to)
+            run.t_end = run.t_end if run.resume_to is None else time.time()
+            resume = cl.start_resume(run.out, env, log_file=log, to=run.resume_to)
             run.procs.append(resume)
             resume.wait(_TIMEOUT_S)
+            if run.resume_to is not None:  # measured where it went on
+                run.out = run.resume_to / run.out.name
         result = measure(run)
         result["wall_s"] = round(time.time() - t0, 1)
         result["session"] = str(run.out)
-        if mounted:  # keep the session: copied off the tmpfs before it goes
+        if mounted and run.out.is_relative_to(root):  # keep it: copied off the tmpfs
             shutil.copytree(run.out, work / "session", dirs_exist_ok=True)
             result["session"] = str(work / "session")
         return result

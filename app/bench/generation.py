@@ -94,7 +94,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=1024, help="SDXL image side on cuda")
     p.add_argument("--trial-s", type=float, default=0.2, help="pause between epochs (s)")
     p.add_argument("--protocol", default=None, metavar="FILE", help="protocol file")
-    p.add_argument("--backends", default=None, help="comma list (cpu: procedural,sdxl-tiny)")
+    p.add_argument(
+        "--backends",
+        default=None,
+        help=f"comma list of backends, or NAME{TINY} (a GPU backend at a tiny size); default "
+        f"on the CPU: the stand-ins and each GPU backend{TINY}, on CUDA: the GPU backends",
+    )
 
 
 # -- backends -------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ def _image_folder(root: Path, n: int, size: int) -> Path:
 
 # -- measurement ----------------------------------------------------------------------------
 def _epoch(trial: int, image_id: str, rng: np.random.Generator):
-    from models.brain.response import ATM_CHANNELS
+    from models.montage import ATM_CHANNELS
     from workers.messages import EpochMessage
 
     x = rng.normal(0, 10, (len(ATM_CHANNELS), 301)).astype(np.float32)
@@ -327,10 +332,11 @@ def run(args: argparse.Namespace) -> dict:
 
     from app.bench._sdxl_dry_run import dry_run, round_budget
     from experiment_protocols import load_protocol
+    from experiment_protocols.generation import BACKENDS
     from models.backends.base import BackendUnavailableError
-    from models.brain.response import ATM_CHANNELS
     from models.decoders.atms import ATMS
-    from models.rewards.base import SemanticReward
+    from models.montage import ATM_CHANNELS
+    from models.rewards.semantic import SemanticReward
     from workers.generation.service import GenerationError
 
     if args.full_size and not args.random_weights:
@@ -351,12 +357,14 @@ def run(args: argparse.Namespace) -> dict:
     encoder = ATMS().eval()
     target = np.random.default_rng(1).normal(size=encoder.config.embed_dim)
     reward_fn = SemanticReward(encoder, target, ATM_CHANNELS)
+    gpu = [n for n, spec in BACKENDS.items() if spec.needs_gpu]
     if args.backends:
         names = args.backends.split(",")
     elif cuda:
-        names = ["sdxl"]
-    else:
-        names = [] if args.full_size else ["procedural", "sdxl-tiny"]
+        names = gpu
+    else:  # the CPU stand-ins, and each GPU backend's code path at a tiny size
+        stand_ins = [n for n, spec in BACKENDS.items() if spec.stand_in]
+        names = [] if args.full_size else stand_ins + [n + TINY for n in gpu]
     gp = gp_500()
     result: dict = {
         "benchmark": "generation",
@@ -393,7 +401,7 @@ def run(args: argparse.Namespace) -> dict:
             load_s = time.perf_counter() - t0
             res = measure_backend(name, backend, pool, protocol, reward_fn, (4, 8), args.trial_s)
             res["load_s"] = round(load_s, 2)
-            if name == "sdxl":
+            if name in gpu:
                 res["image_size"] = args.size
                 res["weights"] = "RANDOM (timing only)" if args.random_weights else "pretrained"
                 res["device_name"] = torch.cuda.get_device_name() if cuda else "cpu"
@@ -411,42 +419,42 @@ def run(args: argparse.Namespace) -> dict:
         result["batched_speedup_vs_sequential"] = {
             k: v["batched_speedup_vs_sequential"] for k, v in b.items()
         }
-    if "sdxl" in b:
+    measured = [n for n in gpu if n in b]
+    if measured:
         result["batch4_ready_after_last_reward_s"] = round(
-            b["sdxl"]["rounds"]["4"]["ready_after_last_reward_ms"] / 1e3, 3
+            b[measured[0]]["rounds"]["4"]["ready_after_last_reward_ms"] / 1e3, 3
         )
     return result
 
 
+#: A GPU backend's name with this suffix: its tiny random variant, on the CPU.
+TINY = "-tiny"
+
+
 def _build(name: str, args, protocol, tmp: Path, loaded=None):
+    """Backend ``name`` (a registered one, or ``NAME-tiny``) and its stimulus pool."""
+    from models.backends.base import backend_class
     from models.backends.pool import ImagePool
 
     g = protocol.generation
-    if name == "procedural":
-        from models.backends.procedural import ProceduralBackend, procedural_pool
-
-        p = g.procedural
-        backend = ProceduralBackend(p.size, p.fit_samples, p.ridge_alpha, seed=g.seed)
-        return backend, procedural_pool(backend, p.pool_size, seed=g.seed)
-    from models.backends.sdxl import SDXLBackend
-
     steps = g.sdxl.diffusion_steps
-    if name == "sdxl-tiny":
-        backend = SDXLBackend.tiny_random(channels=(32, 64), layers=2, size=64, steps=steps)
+    if name.endswith(TINY):
+        cls = backend_class(name.removesuffix(TINY))
+        backend = cls.tiny_random(channels=(32, 64), layers=2, size=64, steps=steps)
         folder = _image_folder(tmp, 32, 64)
-    elif name == "sdxl":
+    else:
+        g.device = args.device
         g.sdxl.width = g.sdxl.height = args.size
         if loaded is not None:  # the dry run's backend, loaded through the lab's path
             backend = loaded
             backend.width = backend.height = args.size
             backend.steps = steps
-        elif args.random_weights:
-            backend = SDXLBackend.random_full_size(g.sdxl, args.device, g.dtype, g.compile)
         else:
-            backend = SDXLBackend.from_pretrained(g.sdxl, args.device, g.dtype, g.compile)
+            backend = backend_class(name).from_settings(g, random_weights=args.random_weights)
+        own = backend.stimulus_pool(g)
+        if own is not None:  # its own pool (the procedural renders): no warm-up needed
+            return backend, own
         folder = _image_folder(tmp, 32, 512)
-    else:
-        raise ValueError(f"unknown backend {name!r}")
     backend.warmup(batch=4)
     pool = ImagePool.from_folder(folder, backend.embed, backend.name)
     return backend, pool

@@ -10,8 +10,9 @@ the personal estimator is fitted on those ratings as the worker fits it. Then, f
 reward, round 0 (the same random pool sample for every reward of a participant) and the
 protocol's closed-loop rounds:
 
-- ``personal``: the estimator fitted on the participant's own ratings (or its fallback);
-- ``asymmetry``, ``lpp``: the training-free indices;
+- the protocol's reward (pilot.toml's: the estimator fitted on the participant's own
+  ratings, or its fallback), fitted on the calibration block as the worker fits it;
+- every training-free reward mode (the asymmetry and LPP indices);
 - controls: ``random`` (random pool images every round: no loop at all), ``blind`` (a
   reward of pure noise through the same generator: the generator's own drift), and
   ``oracle`` (the hidden valence itself as the reward: the ceiling).
@@ -43,21 +44,28 @@ import numpy as np
 from app.bench._progress import report
 from app.bench._stats import stats
 from app.loop_gains import loop_gains
+from experiment_protocols.rewards import modes_without_files
 
-REWARDS = ("personal", "asymmetry", "lpp", "random", "blind", "oracle")
+CONTROLS = ("random", "blind", "oracle")
 ON_REQUEST = ("noisy_oracle",)  # diagnostic controls, not in the default run
-FAMILIES = ("asymmetry", "lpp", "mixed", "weak")
 GOALS = {"gain_a_min": 0.30, "frac_improved_min": 0.85, "vs_controls": 2.0, "vs_oracle": 0.70}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options."""
     p.add_argument("--participants", type=int, default=40, help="participants in all")
-    p.add_argument("--families", default=",".join(FAMILIES), help="comma list, round robin")
+    p.add_argument(
+        "--families",
+        default=",".join(default_families()),
+        help="comma list of subject families, round robin (default: every family but the "
+        "default one, %(default)s)",
+    )
     p.add_argument(
         "--rewards",
-        default=",".join(REWARDS),
-        help=f"comma list of {REWARDS + ON_REQUEST} (default: all but {ON_REQUEST})",
+        default=None,
+        help=f"comma list of reward modes ({', '.join(modes_without_files())}) and controls "
+        f"{CONTROLS + ON_REQUEST} (default: the protocol's reward, the training-free "
+        f"modes and {', '.join(CONTROLS)})",
     )
     p.add_argument(
         "--oracle-noise",
@@ -73,6 +81,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, default=None, help="PNG (default: beside --out)")
 
 
+def default_families() -> tuple[str, ...]:
+    """Every registered subject family but the default (the population-average subject)."""
+    from experiment_protocols.brain_model import SUBJECT_FAMILIES, BrainModelSettings
+
+    default = BrainModelSettings.model_fields["family"].default
+    return tuple(f for f in SUBJECT_FAMILIES if f != default)
+
+
+def default_rewards(protocol) -> tuple[str, ...]:
+    """The protocol's reward, every training-free mode, and the controls."""
+    from experiment_protocols.rewards import reward_modes, settings_class
+
+    modes = [protocol.generation.reward.mode]
+    modes += [m for m in reward_modes() if settings_class(m).training_free]
+    return tuple(dict.fromkeys(modes)) + CONTROLS
+
+
 # -- one participant (runs in a Dask worker) --------------------------------------------------
 def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
     """Calibration, then one closed loop per reward, for one simulated participant."""
@@ -82,15 +107,14 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
     from app.evaluation.table1 import (
         Recorder,
         calibration_trials,
+        loop_reward,
         noise_seed,
         normative_sets,
         run_loop,
         subject_protocol,
     )
     from experiment_protocols import load_protocol
-    from models.brain.ratings import RatingModel
-    from models.rewards.base import EpochData, from_settings
-    from workers.generation.personal_fit import personal_reward_for
+    from experiment_protocols.rewards import switch_mode
     from workers.generation.service import build_backend, build_pool
 
     torch.set_num_threads(1)
@@ -102,14 +126,6 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
         rec = Recorder(protocol)
         calib, _ = normative_sets(Path(tmp), calibration_trials(protocol), 0, subject)
         X_cal = rec.epochs(calib.images, noise_seed(subject, "calibration"))
-        rating_model = RatingModel.draw(subject)
-        rng = np.random.default_rng(noise_seed(subject, "ratings"))
-        scale = (protocol.presentation.ratings.low, protocol.presentation.ratings.high)
-        ratings = []
-        for path in calib.images:
-            valence, arousal = rec.brain.affect(path)
-            ratings.append(rating_model.rate(valence, arousal, *scale, rng)[0])
-        cal_epochs = [EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin) for x in X_cal]
         sizes = [spec["round0"]] * (spec["rounds"] + 1)
         out: dict[str, Any] = {"subject": subject, "family": family, "by_reward": {}}
 
@@ -122,16 +138,12 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
         for reward in spec["rewards"]:
             p = protocol.model_copy(deep=True)
             score, reward_fn, prior = None, None, None
-            if reward == "personal":
-                reward_fn, report = personal_reward_for(
-                    cal_epochs, ratings, scale, p.generation.reward, seed=subject
-                )
-                out["personal"] = report
-                prior = (calib.images, X_cal)
-            elif reward in ("asymmetry", "lpp"):
-                p.generation.reward.mode = reward
-                reward_fn = from_settings(p.generation.reward)
-                prior = (calib.images, X_cal)
+            if reward not in CONTROLS + ON_REQUEST:  # a reward mode, on the EEG
+                p.generation.reward = switch_mode(p.generation.reward, reward)
+                folder = Path(tmp) / reward
+                reward_fn, record, prior = loop_reward(p, rec, calib, X_cal, folder)
+                if record is not None:  # the fit's record (the personal estimator's)
+                    out[reward] = record
             elif reward == "blind":
                 noise = np.random.default_rng(noise_seed(subject, "blind"))
 
@@ -176,8 +188,13 @@ def _random_search(protocol, sizes: list[int], backend, pool):
 
 
 # -- the population --------------------------------------------------------------------------
-def summarise(results: list[dict[str, Any]], rewards: list[str], families: list[str]) -> dict:
-    """``by_reward.REWARD.by_family.FAMILY`` figures and the goals of the personal reward."""
+def summarise(
+    results: list[dict[str, Any]], rewards: list[str], families: list[str], subject: str
+) -> dict:
+    """``by_reward.REWARD.by_family.FAMILY`` figures and the goals of reward ``subject``.
+
+    ``subject`` is the protocol's reward (pilot.toml's: the personal reward).
+    """
     by_reward: dict[str, Any] = {}
     for reward in rewards:
         fams = {}
@@ -198,25 +215,31 @@ def summarise(results: list[dict[str, Any]], rewards: list[str], families: list[
             }
         by_reward[reward] = {"by_family": fams}
     out: dict[str, Any] = {"by_reward": by_reward}
-    if "personal" in rewards:
+    for reward in rewards:  # a reward fitted on the participant: did it decode?
         decodes, uses = {}, {}
         for fam in families:
-            reps = [r["personal"] for r in results if r["family"] == fam and "personal" in r]
+            reps = [
+                r[reward] for r in results if r["family"] == fam and "decodes" in r.get(reward, {})
+            ]
             if reps:
                 decodes[fam] = round(float(np.mean([bool(x["decodes"]) for x in reps])), 3)
-                uses[fam] = round(float(np.mean([x["reward"] == "personal" for x in reps])), 3)
-        out["personal_decodes_share"] = decodes
-        out["personal_estimator_used_share"] = uses  # the rest ran on the asymmetry index
-        out["goals"] = _goals(by_reward, families)
+                uses[fam] = round(float(np.mean([x["reward"] == reward for x in reps])), 3)
+        if decodes:
+            out[f"{reward}_decodes_share"] = decodes
+            out[f"{reward}_estimator_used_share"] = uses  # the rest ran on its fallback
+    if subject in rewards:
+        out["goals"] = _goals(by_reward, families, subject)
     return out
 
 
-def _goals(by_reward: dict, families: list[str]) -> dict[str, Any]:
+def _goals(by_reward: dict, families: list[str], subject: str) -> dict[str, Any]:
+    from models.brain.families.base import family_class
+
     goals = {}
     for fam in families:
-        if fam == "weak":
+        if not family_class(fam).decodable:  # a weak responder: no goal to meet
             continue
-        fig = by_reward["personal"]["by_family"].get(fam)
+        fig = by_reward[subject]["by_family"].get(fam)
         if fig is None:
             continue
         controls = [
@@ -296,22 +319,27 @@ def run(args: argparse.Namespace) -> dict:
 
     from app.evaluation.table1 import closed_loop_shape
     from experiment_protocols import load_protocol
+    from experiment_protocols.brain_model import SUBJECT_FAMILIES
     from workers.errors import InputError
 
-    rewards = [r for r in args.rewards.split(",") if r]
-    families = [f for f in args.families.split(",") if f]
-    known = REWARDS + ON_REQUEST
-    bad = [r for r in rewards if r not in known] + [f for f in families if f not in FAMILIES]
-    if bad:
-        raise InputError(f"unknown reward or family {bad}: rewards {known}, families {FAMILIES}")
-    if args.oracle_noise < 0:
-        raise InputError(f"--oracle-noise must be >= 0, not {args.oracle_noise}")
-    if args.participants < 1:
-        raise InputError("--participants must be at least 1")
     protocol_file = args.protocol or str(
         Path(__file__).parents[2] / "experiment_protocols" / "pilot.toml"
     )
     protocol = load_protocol(protocol_file)
+    subject = protocol.generation.reward.mode
+    rewards = [r for r in (args.rewards or ",".join(default_rewards(protocol))).split(",") if r]
+    families = [f for f in args.families.split(",") if f]
+    known = tuple(dict.fromkeys((subject, *modes_without_files()))) + CONTROLS + ON_REQUEST
+    bad = [r for r in rewards if r not in known]
+    bad += [f for f in families if f not in SUBJECT_FAMILIES]
+    if bad:
+        raise InputError(
+            f"unknown reward or family {bad}: rewards {known}, families {tuple(SUBJECT_FAMILIES)}"
+        )
+    if args.oracle_noise < 0:
+        raise InputError(f"--oracle-noise must be >= 0, not {args.oracle_noise}")
+    if args.participants < 1:
+        raise InputError("--participants must be at least 1")
     n_rounds, per_round = closed_loop_shape(protocol)
     rounds = args.rounds if args.rounds is not None else n_rounds - 1
     specs = [
@@ -342,7 +370,7 @@ def run(args: argparse.Namespace) -> dict:
         if cluster is not None:
             cluster.close()
     results.sort(key=lambda r: r["subject"])
-    summary = summarise(results, rewards, families)
+    summary = summarise(results, rewards, families, subject)
     out = {
         "benchmark": "loop",
         "protocol": protocol_file,

@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "optimizer",
         "reward": f"oracle {args.target} mapped to [0, 1] + N(0, {args.noise}) (benchmark only)",
-        "backend": "procedural",
+        "backend": ProceduralBackend.name,
         "seeds": args.seeds,
         "rounds": args.rounds,
         "images_per_round": sizes,

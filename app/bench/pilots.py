@@ -8,7 +8,9 @@ hidden valence, defined as in ``eegs bench loop`` (:mod:`app.loop_gains`): (a) l
 rounds minus round 0, (b) the images the loop chose minus the random ones shown beside
 them. Reported: per seed, and over seeds the means with 95 % t-intervals, the share
 above zero, the number of seeds whose gain (b) is positive (issue 14's live goal: at
-least 8 of 10) and each pilot's minutes.
+least 8 of 10) and each pilot's minutes; and whether the participant ever waited: each
+pilot's ``image_late`` events (goal: none in any pilot) and its round-ready latency's
+p95, round 1 included (goal: <= 100 ms in every pilot).
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from app.bench._closed_loop import kill_session
 from app.bench._progress import report
 from app.bench._stats import stats
-from experiment_protocols.brain_model import SubjectFamily
+from experiment_protocols.brain_model import SUBJECT_FAMILIES
 
 REPO = Path(__file__).resolve().parents[2]
 GOAL_GAIN_B_POSITIVE = 0.8  # share of seeds with gain (b) > 0
+GOAL_ROUND_READY_P95_MS = 100.0  # in every pilot, round 1 included
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds, round 0 included")
     p.add_argument(
         "--family",
-        choices=get_args(SubjectFamily),
+        choices=tuple(SUBJECT_FAMILIES),
         default=None,
         help="brain_model.family (default: the protocol's)",
     )
@@ -125,11 +128,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "reward": personal.get("reward", summary.get("reward_mode")),
                     "dropped_frames": summary.get("dropped_frames"),
                     "epoch_latency_p95_ms": (summary.get("epoch_latency_ms") or {}).get("p95"),
+                    "image_late": summary.get("image_late"),
+                    "round_ready_p95_ms": (summary.get("round_ready_latency_ms") or {}).get("p95"),
                 }
             )
             report(
                 "pilots", k, len(seeds), f"seed {seed}: gain (a) {gains.get('gain_a')}, (b) "
-                f"{gains.get('gain_b')}, {rows[-1]['minutes']} min", t_all,
+                f"{gains.get('gain_b')}, image_late {rows[-1]['image_late']}, round-ready p95 "
+                f"{rows[-1]['round_ready_p95_ms']} ms, {rows[-1]['minutes']} min", t_all,
             )  # fmt: skip
     finally:
         if not keep:
@@ -143,19 +149,27 @@ def summarise(rows: list[dict[str, Any]], sessions: str | None) -> dict[str, Any
     b_pos = sum(1 for r in rows if r.get("gain_b") is not None and r["gain_b"] > 0)
     minutes = [r["minutes"] for r in rows if "minutes" in r]
     failed = [r["seed"] for r in rows if "error" in r]
+    n = len(rows)
+    ready = [r.get("round_ready_p95_ms") for r in rows]
+    late = [r.get("image_late") for r in rows]
     return {
         "benchmark": "pilots",
-        "n": len(rows),
+        "n": n,
         "failed_seeds": failed,
         "gain_a_mean": a["mean"],
         "gain_a_ci95": a["ci95"],
         "gain_a_share_gt_0": a["share_gt_0"],
         "gain_b_mean": b["mean"],
         "gain_b_ci95": b["ci95"],
-        "gain_b_positive": f"{b_pos} of {len(rows)}",  # a failed pilot counts against
+        "gain_b_positive": f"{b_pos} of {n}",  # a failed pilot counts against
         "minutes_max": max(minutes, default=None),
-        "goals": {
-            "gain_b_positive_share_ge_0.8": bool(rows) and b_pos / len(rows) >= GOAL_GAIN_B_POSITIVE
+        "image_late_total": sum(k for k in late if k is not None),
+        "round_ready_p95_ms_max": max((v for v in ready if v is not None), default=None),
+        "goals": {  # a pilot that failed (or lacks the figure) counts against each
+            "gain_b_positive_share_ge_0.8": n > 0 and b_pos / n >= GOAL_GAIN_B_POSITIVE,
+            "no_image_late_in_any_pilot": n > 0 and all(k == 0 for k in late),
+            "round_ready_p95_le_100_ms_in_every_pilot": n > 0
+            and all(v is not None and v <= GOAL_ROUND_READY_P95_MS for v in ready),
         },
         "per_seed": rows,
         "sessions": sessions,

@@ -7,9 +7,6 @@ from pathlib import Path
 
 from experiment_protocols import Protocol, load_protocol
 
-#: Rewards the closed loop can run without extra files (``semantic`` needs a target).
-LOOP_REWARDS = ("personal", "lpp", "asymmetry", "affective")
-
 
 def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "default.toml") -> None:
     """``--protocol FILE`` (``default``: the shipped protocol the command falls back to)."""
@@ -24,15 +21,16 @@ def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "defau
 
 def add_reward_argument(parser: argparse.ArgumentParser) -> None:
     """``--reward MODE``: which reward drives the closed loop (default: the protocol's)."""
+    from experiment_protocols.rewards import modes_without_files, settings_class
+
+    modes = modes_without_files()
     parser.add_argument(
         "--reward",
-        choices=LOOP_REWARDS,
+        choices=modes,
         default=None,
-        help="reward of the loop: personal (an estimator of the participant's own valence "
-        "ratings, fitted on the calibration block; the asymmetry index when they do not "
-        "decode), lpp (training-free LPP index, arousal), asymmetry (training-free frontal "
-        "alpha asymmetry, valence) or affective (P(amusement) from a decoder fitted on the "
-        "calibration block); default: the protocol's (personal in pilot.toml)",
+        help="reward of the loop: "
+        + "; ".join(f"{m} ({settings_class(m).description})" for m in modes)
+        + "; default: the protocol's (eegs pilot: pilot.toml's)",
     )
 
 

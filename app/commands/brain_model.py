@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import get_args
 
 from app.commands._common import add_protocol_argument, protocol_from_args
-from experiment_protocols.brain_model import SubjectFamily
+from experiment_protocols.brain_model import SUBJECT_FAMILIES
 
 NAME = "brain-model"
 HELP = "simulated participant: LSL EEG that reacts to the images shown"
@@ -37,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subject-seed", type=int, metavar="N", help="which simulated subject")
     p.add_argument(
         "--family",
-        choices=get_args(SubjectFamily),
+        choices=tuple(SUBJECT_FAMILIES),
         help="which components carry the subject's affect (brain_model.family; the hidden "
         "affect is the same in every family)",
     )

@@ -89,15 +89,17 @@ def run(args: argparse.Namespace) -> int:
 
     from workers.errors import InputError
     from workers.replay import load_recording
-    from workers.session_store import RECORDING_FILE, SessionStore, recording_files
+    from workers.session_store import RECORDING_FILE, SessionStore, dig, recording_files
 
     info = SessionStore(args.session).read_info()
     parts = recording_files(args.session)
     if not parts:
         raise InputError(f"{args.session}: no {RECORDING_FILE} (was recording disabled?)")
     subject = _label(args.subject or str(info.get("subject", "01")))
-    task = _label(args.task or info.get("protocol", {}).get("meta", {}).get("name", "eegs"))
-    notch = info.get("protocol", {}).get("preprocessing", {}).get("notch_hz") or [None]
+    task = _label(args.task or str(dig(info, "protocol", "meta", "name") or "eegs"))
+    notch = dig(info, "protocol", "preprocessing", "notch_hz")
+    line = notch[0] if isinstance(notch, list) and notch else None
+    line = line if isinstance(line, int | float) and not isinstance(line, bool) else None
     montage = make_standard_montage("colin27_1020")
     known = {ch.lower() for ch in montage.ch_names}
     for k, xdf in enumerate(parts, start=1):
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         columns = _annotate(raw, rec)
         if any(ch.lower() in known for ch in raw.ch_names):  # 10-20 names: add positions
             raw.set_montage(montage, match_case=False, on_missing="ignore")
-        raw.info["line_freq"] = notch[0]
+        raw.info["line_freq"] = line
         path = BIDSPath(
             subject=subject,
             session=_label(args.bids_session) if args.bids_session else None,

@@ -23,13 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _filter_band(session: Path, sfreq: float) -> tuple[float, float] | None:
     """(highpass, lowpass) of the preprocessing the session ran (``session.json``)."""
-    from workers.session_store import SessionStore
+    from workers.session_store import SessionStore, dig
 
-    pre = SessionStore(session).read_info().get("protocol", {}).get("preprocessing")
-    if not isinstance(pre, dict):
+    pre = dig(SessionStore(session).read_info(), "protocol", "preprocessing")
+    low, high = dig(pre, "l_freq"), dig(pre, "h_freq")
+    if not isinstance(pre, dict) or not all(
+        v is None or isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)
+    ):
         return None
     nyquist = sfreq / 2
-    low, high = pre.get("l_freq"), pre.get("h_freq")
     return (float(low or 0.0), float(min(high or nyquist, nyquist)))
 
 
@@ -83,6 +85,12 @@ def session_epochs(session: Path):
 
 def run(args: argparse.Namespace) -> int:
     """Export and report what was written."""
+    from workers.errors import InputError
+
+    if args.out.exists() and not args.overwrite:
+        raise InputError(f"{args.out} exists; --overwrite replaces it")
+    if args.out.is_dir():
+        raise InputError(f"{args.out} is a folder; name the -epo.fif file to write")
     epochs = session_epochs(args.session)
     epochs.save(args.out, overwrite=args.overwrite, verbose="error")
     print(f"{len(epochs)} epochs ({int(epochs.metadata.bad.sum())} flagged bad) -> {args.out}")

@@ -39,10 +39,19 @@ def run(args: argparse.Namespace) -> int:
     if len(names) < 2:
         raise InputError("name at least two machines (a server and its client)")
     folder = args.dir
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--dir {folder}: not a folder (a file of that name exists)")
+    clash = [folder / f"authorized-on-{n}" for n in names]
+    clash = [p for p in clash if p.exists() and not p.is_dir()]
+    if clash:
+        raise InputError(f"refusing to replace files with folders: {[str(p) for p in clash]}")
     existing = [folder / f"{n}.key_secret" for n in names if (folder / f"{n}.key_secret").exists()]
     if existing:
         raise InputError(f"refusing to overwrite existing keys: {[str(p) for p in existing]}")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a parent folder should be, no permission
+        raise InputError(f"--dir {folder}: cannot make it: {err.strerror}") from None
     for n in names:
         zmq.auth.create_certificates(str(folder), n)
     for n in names:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import get_args
 
 from app.commands._common import (
     add_dashboard_arguments,
@@ -18,7 +17,7 @@ from app.commands._common import (
     add_reward_argument,
     dashboard_options,
 )
-from experiment_protocols.brain_model import SubjectFamily
+from experiment_protocols.brain_model import SUBJECT_FAMILIES
 
 NAME = "pilot"
 HELP = "full closed-loop pilot against the brain model (CPU)"
@@ -44,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--family",
-        choices=get_args(SubjectFamily),
+        choices=tuple(SUBJECT_FAMILIES),
         default=None,
         help="the simulated participant's family (brain_model.family; default: the protocol's)",
     )

@@ -17,7 +17,6 @@ import argparse
 from pathlib import Path
 
 from app.commands._common import (
-    LOOP_REWARDS,
     add_classifiers_argument,
     add_protocol_argument,
     add_reward_argument,
@@ -151,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
         reward=args.reward or protocol.generation.reward.mode,
         sessions=list(args.sessions or []),
     )
-    if cfg.reward not in LOOP_REWARDS:
+    from experiment_protocols.rewards import modes_without_files
+
+    if cfg.reward not in modes_without_files():
         raise InputError(
             f"the protocol's reward mode {cfg.reward!r} cannot run offline; use --reward"
         )

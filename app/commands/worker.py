@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from app.commands._common import add_protocol_argument, protocol_from_args
+from experiment_protocols.generation import BACKENDS
 
 NAME = "worker"
 HELP = "run the generation worker (rewards + next images over ZeroMQ)"
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_protocol_argument(p)
     p.add_argument("--session", type=Path, required=True, metavar="DIR", help="session directory")
     p.add_argument("--endpoint", metavar="URL", help="ROUTER endpoint (generation.endpoint)")
-    p.add_argument("--backend", choices=("procedural", "sdxl", "pool"), help="generation.backend")
+    p.add_argument("--backend", choices=tuple(BACKENDS), help="generation.backend")
     p.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N, auto (generation.device)")
     p.add_argument("--pool", metavar="DIR", help="stimulus image folder (generation.pool.folder)")
     p.add_argument(

@@ -4,7 +4,10 @@ Starlette (a small, well-kept ASGI toolkit with native websockets) served by uvi
 so no HTTP is written by hand. Every route needs a token in the URL: the controller's
 token sees the controls, the observer's token the same page without them; anything else
 gets 403. A tick task folds what the sources brought into the :class:`~app.dashboard.view.View`
-20 times a second and pushes the change to every page as one JSON message.
+20 times a second and hands the change to every page. A page acknowledges each message;
+while it has one unacknowledged, what comes next is merged into one message for it
+(:func:`~app.dashboard.view.merge_deltas`) instead of queued, so a page that cannot keep
+up (a busy CPU) gets fewer, fresher messages, never a backlog.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +35,21 @@ from starlette.responses import (
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.dashboard.view import QUALITY_EVERY_S, View
+from app.dashboard.view import QUALITY_EVERY_S, View, merge_deltas
+from experiment_protocols.bounded import InputRejected, parse_json
+from workers.session_store import json_safe
 
 logger = logging.getLogger("eegs.dashboard")
 
 STATIC = Path(__file__).parent / "static"
 TICK_S = 0.05
-#: Messages a slow page may fall behind before it is dropped (it reconnects).
-QUEUE_MAX = 200
+#: Messages a page may have unacknowledged; what comes meanwhile is merged, not queued.
+IN_FLIGHT = 1
+#: A page that acknowledges nothing for this long is dropped (it reconnects, snapshot).
+ACK_TIMEOUT_S = 30.0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+#: A control request is ``{"command": "pause"}``; anything larger is not one.
+MAX_CONTROL_BYTES = 1024
 
 
 def plotly_js() -> Path:
@@ -123,6 +133,59 @@ class Controller:
             self.sock.close(0)
 
 
+def page_json(obj: Any) -> str:
+    """What a page is sent: strict JSON (a browser's JSON.parse refuses NaN), non-finite as null."""
+    return json.dumps(json_safe(obj), allow_nan=False, default=str)
+
+
+def _control_command(body: bytes) -> str | None:
+    """The ``command`` of a POST /control body, read by the bounded parser (None: none)."""
+    try:
+        obj = parse_json(body, what="control request", max_bytes=MAX_CONTROL_BYTES)
+    except InputRejected as err:
+        logger.warning("control request refused: %s", err)
+        return None
+    return obj.get("command") if isinstance(obj, dict) else None
+
+
+class PageFeed:
+    """What one page has not been sent yet, and how many of its messages it has not acked.
+
+    The tick offers every delta (:meth:`offer`); :meth:`take` hands the sender the merged
+    delta once the page has fewer than ``IN_FLIGHT`` messages unacknowledged; the page's
+    ``ack`` (:meth:`acked`) lets the next one go.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+        self.unacked = 0
+        self.last_ack = time.monotonic()
+        self.wake = asyncio.Event()
+
+    def offer(self, delta: dict[str, Any]) -> None:
+        """A new delta for the page: merged into what it has not been sent yet."""
+        self.pending = delta if self.pending is None else merge_deltas(self.pending, delta)
+        self.wake.set()
+
+    def acked(self) -> None:
+        """The page has handled one message."""
+        self.unacked = max(0, self.unacked - 1)
+        self.last_ack = time.monotonic()
+        self.wake.set()
+
+    def take(self) -> dict[str, Any] | None:
+        """The delta to send now, or None (nothing new, or the page is still busy)."""
+        if self.pending is None or self.unacked >= IN_FLIGHT:
+            return None
+        delta, self.pending = self.pending, None
+        self.unacked += 1
+        return delta
+
+    def stalled(self) -> bool:
+        """The page has acknowledged nothing for ``ACK_TIMEOUT_S`` while owing an ack."""
+        return self.unacked > 0 and time.monotonic() - self.last_ack > ACK_TIMEOUT_S
+
+
 def allowed_roots(session: Path, protocol: Any | None) -> list[Path]:
     """Folders whose images a page may fetch: the session's and the protocol's image folders."""
     roots = [session.resolve()]
@@ -155,7 +218,7 @@ def build_app(
 ) -> Starlette:
     """The dashboard's ASGI application."""
     roots = roots or [view.session]
-    clients: set[asyncio.Queue] = set()
+    clients: set[PageFeed] = set()
     controller = Controller(control, session=view.session if view.live else None)
     page = (STATIC / "index.html").read_text()
 
@@ -197,10 +260,7 @@ def build_app(
     async def control_route(request: Request):
         if role_of(request) != "controller":
             return forbidden()
-        try:
-            command = (await request.json()).get("command")
-        except (ValueError, AttributeError):
-            command = None
+        command = _control_command(await request.body())
         if command not in ("pause", "resume", "abort"):
             return JSONResponse({"error": "command must be pause, resume or abort"}, 400)
         if not view.live or not controller.send(command):
@@ -213,19 +273,34 @@ def build_app(
             await ws.close(code=1008)  # before accept: the handshake gets 403
             return
         await ws.accept()
-        queue: asyncio.Queue = asyncio.Queue(QUEUE_MAX)
-        queue.put_nowait(json.dumps(view.snapshot(), allow_nan=False, default=str))
-        clients.add(queue)
-        try:
+        feed = PageFeed()
+        feed.unacked = 1  # the snapshot
+        clients.add(feed)
+
+        async def read_acks() -> None:
             while True:
-                text = await queue.get()
-                if text is None:
-                    break
-                await ws.send_text(text)
+                if await ws.receive_text() == "ack":
+                    feed.acked()
+
+        reader = asyncio.create_task(read_acks())
+        reader.add_done_callback(lambda _: feed.wake.set())  # the page went away
+        try:
+            await ws.send_text(page_json(view.snapshot()))
+            while not reader.done():
+                await feed.wake.wait()
+                feed.wake.clear()
+                if feed.stalled():
+                    break  # too slow or gone: closed; it reconnects and gets a snapshot
+                delta = feed.take()
+                if delta is not None:
+                    delta["t_server"] = time.time()  # when it left, merged or not
+                    await ws.send_text(page_json(delta))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            clients.discard(queue)
+            clients.discard(feed)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)  # its end, retrieved
             with contextlib.suppress(RuntimeError):
                 await ws.close()
 
@@ -236,16 +311,11 @@ def build_app(
             except Exception:  # a bad line or source must not end the page
                 logger.exception("dashboard tick failed")
                 delta = None
-            if delta is not None:
-                text = json.dumps(delta, default=str)
-                for queue in list(clients):
-                    try:
-                        queue.put_nowait(text)
-                    except asyncio.QueueFull:  # too slow: closed; it reconnects, gets a snapshot
-                        clients.discard(queue)
-                        while not queue.empty():
-                            queue.get_nowait()
-                        queue.put_nowait(None)
+            for feed in list(clients):
+                if delta is not None:
+                    feed.offer(delta)
+                elif feed.stalled():
+                    feed.wake.set()  # its sender closes it
             await asyncio.sleep(TICK_S)
 
     async def quality() -> None:  # numpy work off the event loop, once a second

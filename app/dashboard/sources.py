@@ -74,6 +74,11 @@ class EEGSource:
         self.eeg_idx: list[int] = []
         self.count = 0  # samples received in all
         self.last_wall = 0.0  # time.time() of the last chunk
+        self.connected_wall = 0.0  # time.time() when the stream was found
+        # time.time() of the inlet's last pull, samples or not: how long the stream has
+        # been silent is measured between pulls, so that a dashboard starved of CPU
+        # (niceness +10 on a busy machine) does not take its own delay for a stall
+        self.last_pull_wall = 0.0
         self.connected = False
         self._lock = threading.Lock()
         self._buf = np.zeros((0, 0), dtype=np.float32)
@@ -100,11 +105,13 @@ class EEGSource:
                     self._buf = np.zeros((len(names), n), dtype=np.float32)
                     self._times = np.zeros(n)
                     self._scale = scale.astype(np.float32)[:, None]
+                self.connected_wall = self.last_pull_wall = time.time()
                 self.connected = True
             # arrays straight from liblsl: no Python list per sample (a 64-channel, 1 kHz
             # stream would cost this process a good part of a core)
             chunk, stamps = inlet.pull_chunk(timeout=0.05, max_samples=1024, as_numpy=True)
             if not len(stamps):
+                self.last_pull_wall = time.time()
                 continue
             x = chunk.T.astype(np.float32) * self._scale
             t = np.asarray(stamps)
@@ -114,8 +121,18 @@ class EEGSource:
                 idx = (self.count + np.arange(x.shape[1])) % n  # a circular buffer
                 self._buf[:, idx] = x
                 self._times[idx] = t
+                self.last_wall = time.time()  # before count and last_pull_wall: silent_s()
                 self.count += len(stamps)
-                self.last_wall = time.time()
+                self.last_pull_wall = self.last_wall
+
+    def silent_s(self) -> float:
+        """Seconds the inlet has pulled without a sample, as of its last pull.
+
+        Since the last sample; before the first, since it found the stream. Read without
+        the lock, in the reverse of the order the inlet writes them.
+        """
+        pulled = self.last_pull_wall
+        return pulled - (self.last_wall if self.count else self.connected_wall)
 
     def _last(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx = (self.count - k + np.arange(k)) % self._buf.shape[1]
@@ -172,7 +189,7 @@ class MarkerSource:
             try:  # the limits every marker reader applies (a 5000-deep marker is no crash)
                 marker = parse_marker(sample[0])
             except MessageError:
-                marker = {"event": str(sample[0])[:80]}
+                marker = {"event": str(sample[0])[:80].encode(errors="replace").decode()}
             now = time.time()
             # the marker's flip time on the wall clock: LSL and wall clocks of one host
             t_event = now - (pylsl.local_clock() - ts)

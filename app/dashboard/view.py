@@ -9,7 +9,6 @@ long the update took to reach it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import deque
@@ -20,7 +19,7 @@ import numpy as np
 
 from app.dashboard.quality import Thresholds, channel_quality
 from app.dashboard.sources import EEGSource, MarkerSource, WorkerStatus
-from workers.session_store import EVENTS_FILE, EventTail
+from workers.session_store import EVENTS_FILE, EventTail, read_sidecar
 
 #: The timing histograms: name -> (event, how to read the value).
 HISTOGRAMS = (
@@ -34,11 +33,53 @@ HISTOGRAMS = (
 ALERT_EVENTS = ("child_crashed", "eeg_gap", "epoch_lost", "rewards_missing", "markers_unheard")
 #: Samples per second drawn of each traced channel.
 TRACE_HZ = 50.0
-#: Seconds of EEG behind the quality table; it is computed this often.
+#: Seconds of EEG behind the quality table; it is computed this often. A channel is
+#: judged only once the stream has filled one whole window (a partial window at the
+#: start is no evidence of a flat channel).
 QUALITY_WINDOW_S = 4.0
 QUALITY_EVERY_S = 1.0
-#: No EEG sample for this long while connected: the stream stalled.
+#: No EEG sample for this long, once samples came: the stream stalled.
 STALL_S = 1.0
+#: A stream found but silent this long since: no sample ever came (an amplifier whose
+#: app opened the stream but is not acquiring).
+FIRST_SAMPLE_GRACE_S = 5.0
+
+
+#: Points of each traced channel the page keeps (5 s at ``TRACE_HZ``): a merged delta
+#: carries no more.
+TRACE_POINTS = 250
+#: Delta fields that accumulate (the page appends them); every other field is a state
+#: the newest value replaces.
+_APPENDED = ("rewards", "markers", "t_events")
+
+
+def merge_deltas(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    """One delta that brings a page from before ``older`` to after ``newer``.
+
+    What a page has not been sent yet is merged rather than queued (the server's
+    backpressure, docs/architecture.md section 12): states (the loop, images, quality,
+    alerts, the worker, ...) take the newest value, events (rewards, markers, histogram
+    values, the events' times) are all kept, and the EEG trace keeps only the points the
+    page would still show; a trace of channels the stream no longer has is dropped.
+    """
+    out = {**older, **newer}
+    for key in _APPENDED:
+        if key in older and key in newer:
+            out[key] = older[key] + newer[key]
+    if "hist" in older and "hist" in newer:
+        hist = {k: list(v) for k, v in older["hist"].items()}
+        for k, v in newer["hist"].items():
+            hist[k] = hist.get(k, []) + v
+        out["hist"] = hist
+    if "eeg" in older and "eeg" in newer and "channels" not in newer:
+        a, b = older["eeg"], newer["eeg"]
+        out["eeg"] = {
+            "t": (a["t"] + b["t"])[-TRACE_POINTS:],
+            "y": [(ya + yb)[-TRACE_POINTS:] for ya, yb in zip(a["y"], b["y"], strict=True)],
+        }
+    elif "channels" in newer and "eeg" not in newer:
+        out.pop("eeg", None)
+    return out
 
 
 def _finite(x: Any) -> float | None:
@@ -62,8 +103,12 @@ class View:
         thresholds: Thresholds | None = None,
         channels: list[str] | None = None,
         live: bool = True,
+        quality_window_s: float = QUALITY_WINDOW_S,
+        first_sample_grace_s: float = FIRST_SAMPLE_GRACE_S,
     ) -> None:
         self.session = Path(session).resolve()
+        self.quality_window_s = quality_window_s
+        self.first_sample_grace_s = first_sample_grace_s
         self.eeg, self.markers, self.worker = eeg, markers, worker
         self.th = thresholds or Thresholds()
         self.want_channels = channels
@@ -100,10 +145,8 @@ class View:
         info: dict[str, Any] = {"image_id": p.stem, "path": str(p), "kind": "folder"}
         sidecar = p.with_suffix(".json")
         if p.is_relative_to(self.session) and sidecar.is_file():
-            try:
-                prov = json.loads(sidecar.read_text()).get("provenance", {})
-            except (OSError, ValueError):
-                prov = {}
+            prov = (read_sidecar(sidecar) or {}).get("provenance")
+            prov = prov if isinstance(prov, dict) else {}
             info["kind"] = prov.get("kind", "?")
             info["parents"] = prov.get("parents", [])
         return info
@@ -204,6 +247,19 @@ class View:
             self._changed.add("calibration")
         elif kind == "timing_check":
             self._hist("timing_check_correction_ms", e.get("correction_ms"))
+        elif kind == "disk_full":  # the session stops: the experimenter must act
+            self._alert(
+                "error",
+                f"disk full ({e.get('process', '?')}): the session stops, its files closed; "
+                f"continue it on another disk: eegs resume {self.session} --to DIR",
+                t,
+            )
+        elif kind == "disk_low":
+            free = _finite(e.get("free_bytes")) or 0.0
+            self._alert("warning", f"disk low: {free / 2**20:.0f} MiB free for the session "
+                        f"(it stops at {e.get('min_free_mb')} MiB)", t)  # fmt: skip
+        elif kind == "rewards_missing" and e.get("waited_s") == 0:
+            pass  # a protocol that starts each round at once (reward_wait_s = 0) by design
         elif kind in ALERT_EVENTS:
             detail = e.get("name") or e.get("trials") or e.get("trial_id") or ""
             self._alert("error" if kind == "child_crashed" else "warning", f"{kind} {detail}", t)
@@ -237,11 +293,17 @@ class View:
         return {"t": np.round(t, 3).tolist(), "y": np.round(x - mean, 1).tolist()}
 
     def compute_quality(self) -> list[dict[str, Any]] | None:
-        """The quality rows of the last seconds (thread-safe: run off the event loop)."""
+        """The quality rows of the last seconds (thread-safe: run off the event loop).
+
+        None until the stream has filled one whole window.
+        """
         eeg = self.eeg
         if eeg is None or not eeg.eeg_idx:
             return None
-        x = eeg.window(QUALITY_WINDOW_S)[eeg.eeg_idx]
+        n = int(self.quality_window_s * eeg.sfreq)
+        if eeg.count < n:
+            return None
+        x = eeg.window(self.quality_window_s)[eeg.eeg_idx]
         return channel_quality(x, eeg.sfreq, self.th)
 
     def quality_ready(self, rows: list[dict[str, Any]] | None) -> None:
@@ -268,16 +330,31 @@ class View:
                 f"{r['channel']} ({'/'.join(r['flags'])})" for r in out if r["channel"] in newly
             )
             self._alert("warning", f"channel went bad: {named}"[:300])
+        cleared = [r["channel"] for r in out if r["channel"] in self.bad - bad]
+        if cleared:
+            self._alert("info", f"channel good again: {', '.join(cleared)}"[:300])
         self.bad, self.quality = bad, out
         self._changed.add("quality")
 
     def _stall(self) -> None:
+        """Alert when the stream stalls, and when it flows again.
+
+        Stalled: the inlet pulled for ``STALL_S`` without a sample once samples came, or
+        for the grace period (``FIRST_SAMPLE_GRACE_S``) after it found the stream without
+        any. Measured between the inlet's own pulls: a dashboard that got no CPU for a
+        while has not seen a stall.
+        """
         eeg = self.eeg
         if eeg is None or not eeg.connected:
             return
-        stalled = time.time() - eeg.last_wall > STALL_S
+        if eeg.count:
+            stalled = eeg.silent_s() > STALL_S
+            why = f"no sample for {STALL_S:g} s"
+        else:
+            stalled = eeg.silent_s() > self.first_sample_grace_s
+            why = f"no sample since it was found {self.first_sample_grace_s:g} s ago"
         if stalled and not self.stalled:
-            self._alert("error", f"EEG stream '{eeg.name}' stalled: no sample for {STALL_S:g} s")
+            self._alert("error", f"EEG stream '{eeg.name}' stalled: {why}")
         elif self.stalled and not stalled:
             self._alert("info", f"EEG stream '{eeg.name}' flowing again")
         self.stalled = stalled

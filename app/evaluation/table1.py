@@ -97,7 +97,7 @@ class Config:
     rounds: int
     n_images: int
     kinds: list[str]
-    reward: str  # "lpp" | "asymmetry" | "affective"
+    reward: str  # a generation.reward.mode (modes_without_files())
     sessions: list[Path] = field(default_factory=list)
 
 
@@ -239,27 +239,6 @@ def round_sizes(n_images: int, rounds: int) -> list[int]:
     return [n_images // rounds + (1 if r < n_images % rounds else 0) for r in range(rounds)]
 
 
-def affective_reward(
-    protocol: Protocol, rec: Recorder, calib: StimulusSet, X_calib, out: Path
-) -> Any:
-    """Reward = P(target class) from the live worker's calibration decoder.
-
-    The same :class:`workers.generation.personal_fit.CalibratedDecoderReward`, fitted on the
-    calibration block's epochs.
-    """
-    from models.rewards.base import EpochData
-    from workers.generation.personal_fit import CalibratedDecoderReward
-
-    reward = CalibratedDecoderReward(
-        protocol.decoder, protocol.generation.reward.target_class, out, min_per_class=1
-    )
-    names = list(rec.brain.ch_names)
-    for x, y in zip(X_calib, calib.y, strict=True):
-        reward.add(EpochData(x, names, rec.sfreq, rec.tmin), int(y))  # 1 = amusement
-    reward.fit()
-    return reward
-
-
 def calibration_ratings(protocol: Protocol, rec: Recorder, calib: StimulusSet) -> list[int]:
     """The simulated participant's own valence ratings of the calibration images.
 
@@ -274,23 +253,38 @@ def calibration_ratings(protocol: Protocol, rec: Recorder, calib: StimulusSet) -
     return [model.rate(*rec.brain.affect(path), r.low, r.high, rng)[0] for path in calib.images]
 
 
-def personal_reward(
-    protocol: Protocol, rec: Recorder, calib: StimulusSet, X_calib
-) -> tuple[Any, dict[str, Any]]:
-    """The live worker's personal estimator, fitted on the calibration epochs and ratings."""
-    from models.rewards.base import EpochData
-    from workers.generation.personal_fit import personal_reward_for
+def loop_reward(
+    protocol: Protocol, rec: Recorder, calib: StimulusSet, X_calib, folder: Path
+) -> tuple[Any, dict[str, Any] | None, tuple[list[Path], np.ndarray] | None]:
+    """The protocol's reward for the offline loop, as the live worker has it.
 
+    A reward that fits nothing (or reads a file) as it is; one the worker fits on the
+    session (``fitted_on_session``) fitted on the calibration block's epochs, labels and
+    the simulated participant's own ratings, as the worker fits it
+    (:meth:`workers.generation.personal_fit.SessionFittedReward.offline`; its files in
+    ``folder``). Returns the reward, the record the session would log of the fit (None
+    if none), and the calibration (images, epochs) to reward and give to the GP before
+    round 0, or None where the worker does not reward them (a calibration decoder).
+    """
+    from models.rewards.base import EpochData, from_settings
+    from workers.generation.personal_fit import CalibrationBlock, session_fitted
+
+    settings = protocol.generation.reward
+    calibration = (calib.images, X_calib)
+    if not settings.fitted_on_session:
+        return from_settings(settings), None, calibration
+    fitted = session_fitted(settings)
     r = protocol.presentation.ratings
-    epochs = [EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin) for x in X_calib]
-    ratings = calibration_ratings(protocol, rec, calib)
-    return personal_reward_for(
-        epochs,
-        ratings,
+    block = CalibrationBlock(
+        [EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin) for x in X_calib],
+        [calib.label_names[int(y)] for y in calib.y],
+        calibration_ratings(protocol, rec, calib),
         (r.low, r.high),
-        protocol.generation.reward,
-        seed=protocol.brain_model.subject_seed,
     )
+    reward_fn, record = fitted.offline(
+        protocol, block, folder, seed=protocol.brain_model.subject_seed
+    )
+    return reward_fn, record, calibration if fitted.park_kept else None
 
 
 def run_loop(
@@ -496,19 +490,14 @@ def run_subject(cfg: Config, subject: int, session: Path | None, encoder) -> dic
     baseline.name = BASELINE
     info: dict[str, Any] = {"subject_seed": subject, "n_images": n_images}
     if session is None:
-        X_calib = rec.epochs(calib.images, noise_seed(subject, "calibration"))
-        prior = None  # affective: the calibration epochs fit the decoder, as in the worker
-        protocol.generation.reward.mode = cfg.reward
-        if cfg.reward == "affective":
-            reward_fn = affective_reward(protocol, rec, calib, X_calib, d)
-        elif cfg.reward == "personal":
-            reward_fn, info["personal_estimator"] = personal_reward(protocol, rec, calib, X_calib)
-            prior = (calib.images, X_calib)
-        else:
-            from models.rewards.base import from_settings
+        from experiment_protocols.rewards import switch_mode
+        from workers.generation.personal_fit import session_fitted
 
-            reward_fn = from_settings(protocol.generation.reward)
-            prior = (calib.images, X_calib)
+        X_calib = rec.epochs(calib.images, noise_seed(subject, "calibration"))
+        protocol.generation.reward = switch_mode(protocol.generation.reward, cfg.reward)
+        reward_fn, record, prior = loop_reward(protocol, rec, calib, X_calib, d)
+        if record is not None:  # as the session logs it (personal_estimator)
+            info[session_fitted(protocol.generation.reward).fit_event] = record
         sizes = round_sizes(n_images, cfg.rounds)
         loop = run_loop(protocol, rec, reward_fn, sizes, subject, prior)
         eegs = eegs_set_from_loop(loop, d / "eegs")

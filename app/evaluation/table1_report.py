@@ -233,7 +233,16 @@ def notes_for(
     ``channels`` are the channels the decoders got, ``named`` the protocol's
     ``decoder.channels`` that chose them ([] = all).
     """
+    from experiment_protocols.rewards import settings_class
+
     target = classes[EEGS][1].removeprefix("high_")
+    settings = None if sessions else settings_class(reward).without_files()
+    # a reward fitted on the calibration block that does not reward it (a decoder)
+    fits_on_calibration = False
+    if settings is not None and settings.fitted_on_session:
+        from workers.generation.personal_fit import session_fitted
+
+        fits_on_calibration = not session_fitted(settings).park_kept
     notes = [
         f"{BASELINE}: procedural images labelled by the pilot's normative rule (bright, "
         "saturated = amusement, class 1; dark, desaturated = sadness, class 0), the "
@@ -247,8 +256,8 @@ def notes_for(
                 f"backend, GP + heuristic generator, {rounds} rounds, reward "
                 f"'{reward}' on simulated EEG epochs; "
                 + (
-                    "the calibration epochs fit the decoder"
-                    if reward == "affective"
+                    "the calibration epochs fit the reward"
+                    if fits_on_calibration
                     else "the calibration block's rewards given to the GP first"
                 )
                 + ", as the live worker does; the loop never saw the oracle)"
@@ -259,29 +268,14 @@ def notes_for(
     ]
     if target == "arousal":
         notes.append(
-            "The LPP reward tracks arousal: the EEGS classes are high vs low arousal of "
+            f"The '{reward}' reward tracks arousal: the EEGS classes are high vs low arousal of "
             "the subject's EEG response, NOT amusement vs sadness, so its 'F1-Amuse' and "
             "'F1-Sad' columns are the F1 of high_arousal and low_arousal."
         )
-    elif reward == "personal":
+    elif settings is not None:
         notes.append(
-            "The personal reward is the participant's own pseudo reward estimator: fitted "
-            "on the calibration epochs against the simulated participant's own valence "
-            "ratings (cross-validated; the training-free asymmetry index where they do not "
-            f"decode); the EEGS classes are high vs low estimated valence, labelled "
-            f"high_{target} / low_{target}."
-        )
-    elif reward == "asymmetry":
-        notes.append(
-            "The asymmetry reward is a training-free frontal valence index (frontal alpha "
-            "asymmetry); the EEGS classes are high vs low index, labelled "
-            f"high_{target} / low_{target}."
-        )
-    elif target != "target":
-        notes.append(
-            f"The affective reward is the probability of '{target}' from a decoder fitted "
-            "on the calibration block (normative labels); the EEGS classes are high vs low "
-            f"decoded {target}."
+            f"The '{reward}' reward is {settings.description}; the EEGS classes are high vs "
+            f"low reward, labelled high_{target} / low_{target}."
         )
     notes += [
         "Both sets were shown again to the same simulated subject in a random order and "
@@ -298,7 +292,7 @@ def notes_for(
             if encoder_source == "random-init"
             else f"ATM-S-FC encoder: {encoder_source}."
         ),
-        "The brain model (models/brain_*.py) and its SNR are as shipped; nothing was tuned "
+        "The brain model (models/brain/) and its SNR are as shipped; nothing was tuned "
         "to make the result come out.",
     ]
     return notes

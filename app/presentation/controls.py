@@ -9,7 +9,6 @@ in the same place without blocking, so a command from the page is a key press.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 
 import zmq
 
+from experiment_protocols.bounded import InputRejected, parse_json
 from experiment_protocols.presentation import Keys
 from workers import transport
 
@@ -25,6 +25,7 @@ logger = logging.getLogger("eegs.present")
 
 #: What the dashboard may ask for (``{"command": NAME}`` on the control socket).
 REMOTE_COMMANDS = ("pause", "resume", "abort")
+MAX_CONTROL_BYTES = 1024
 
 
 class Aborted(Exception):
@@ -57,9 +58,10 @@ class RemoteControl:
             except zmq.Again:
                 return out
             try:
-                command = json.loads(raw[:1024]).get("command") if len(raw) <= 1024 else None
-            except (ValueError, AttributeError):
-                command = None
+                obj = parse_json(raw, what="control message", max_bytes=MAX_CONTROL_BYTES)
+            except InputRejected:
+                obj = None
+            command = obj.get("command") if isinstance(obj, dict) else None
             if command in REMOTE_COMMANDS:
                 out.append(command)
                 if self.on_event is not None:

@@ -13,7 +13,6 @@ queues each press with its timestamp; the frame loop only drains the queue
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import deque
@@ -22,34 +21,41 @@ from typing import Any
 
 import pylsl
 
+from experiment_protocols.bounded import InputRejected, parse_json
+
 logger = logging.getLogger("eegs.presentation")
 
 _RESOLVE_TIMEOUT_S = 0.5
 _PULL_TIMEOUT_S = 0.05
+#: A press is a key name or a small JSON object; anything longer is refused unread.
+MAX_SAMPLE_CHARS = 4096
+MAX_KEY_CHARS = 64
 
 
 def parse_press(text: str) -> str:
-    """The key name of one response-box sample; raises ValueError with the reason."""
+    """The key name of one response-box sample; raises ValueError with the reason.
+
+    JSON samples are read by the project's bounded parser (size, nesting, numbers), so no
+    sample a box (or anyone on the network) sends can end the reading thread.
+    """
+    if len(text) > MAX_SAMPLE_CHARS:
+        raise ValueError(f"a sample of {len(text)} characters is not a key press")
     text = text.strip()
     if not text:
         raise ValueError("empty sample")
-    if text.startswith("{"):
+    if text.startswith(("{", '"')):
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"not JSON: {err.msg}") from None
-        key = obj.get("key") if isinstance(obj, dict) else None
+            obj = parse_json(text, what="sample", max_bytes=MAX_SAMPLE_CHARS, non_finite="null")
+        except InputRejected as err:
+            raise ValueError(str(err)) from None
+        key = obj.get("key") if isinstance(obj, dict) else obj
         if isinstance(key, bool) or not isinstance(key, str | int) or str(key).strip() == "":
             raise ValueError("a JSON sample needs a string or integer 'key'")
-        return str(key).strip()
-    if text.startswith('"'):
-        try:
-            key = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"not JSON: {err.msg}") from None
-        if not isinstance(key, str) or not key.strip():
-            raise ValueError("empty key name")
-        return key.strip()
+        text = str(key).strip()
+    if len(text) > MAX_KEY_CHARS:
+        raise ValueError(f"a key name of {len(text)} characters is not a key press")
+    if not text.isprintable():  # control characters, lone surrogates
+        raise ValueError("a key name holds control characters or invalid Unicode")
     return text
 
 
@@ -70,11 +76,19 @@ class ResponseBox:
     # -- the reading thread ------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            inlet = self._open()
+            try:
+                inlet = self._open()
+            except Exception:  # liblsl trouble: the box is looked for again, never given up
+                logger.exception("response stream '%s' could not be opened", self.name)
+                self._stop.wait(1.0)
+                continue
             if inlet is None:
                 continue
             try:
                 self._read(inlet)
+            except Exception as err:  # no sample may end the thread: every later rating
+                logger.exception("response stream '%s' failed; reading it again", self.name)
+                self.log("response_stream_lost", stream=self.name, reason=repr(err)[:200])
             finally:
                 self.connected.clear()
                 inlet.close_stream()
@@ -111,12 +125,14 @@ class ResponseBox:
             if sample is None:
                 continue
             self.n_received += 1
+            text = str(sample[0])
             try:
-                key = parse_press(str(sample[0]))
+                key = parse_press(text)
             except ValueError as err:
                 self.n_invalid += 1
-                logger.warning("ignoring response sample %r: %s", str(sample[0])[:200], err)
-                self.log("response_invalid", text=str(sample[0])[:200], reason=str(err))
+                shown = text[:200].encode(errors="replace").decode()  # no lone surrogate
+                logger.warning("ignoring response sample %r: %s", shown, err)
+                self.log("response_invalid", text=shown, reason=str(err)[:300])
                 continue
             self._presses.append((key, float(t)))
 

@@ -11,12 +11,11 @@ in the session, marked by the ``abort`` event that names its trial).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.presentation.images import ImageRef
-from workers.session_store import SessionStore
+from workers.session_store import SessionStore, read_sidecar
 
 
 @dataclass
@@ -61,8 +60,8 @@ def saved_round_images(folder: Path, round_: int) -> list[ImageRef]:
     """Images the worker sent for a round, as stored by the presentation, in order."""
     refs = []
     for sidecar in sorted(folder.glob("*.json")):
-        meta = json.loads(sidecar.read_text())
+        meta = read_sidecar(sidecar)
         png = sidecar.with_suffix(".png")
-        if meta.get("round") == round_ and png.exists():
+        if meta is not None and meta.get("round") == round_ and png.exists():
             refs.append(ImageRef(png, meta.get("label"), round_, meta.get("provenance") or {}))
     return refs

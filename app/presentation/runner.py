@@ -1,13 +1,15 @@
-"""The trial runner of ``eegs present``: blocks, rounds and trials, one flip at a time.
+"""The runner of ``eegs present``: the session's blocks, one flip at a time.
 
 Every frame goes through :meth:`Runner.frame`: draw, (on blank frames only) move the
 next image a little closer to the GPU, flip, record the flip on the LSL clock, log
-the markers it carried and read the experimenter's keys. A trial is fixation,
-stimulus (with the photodiode patch white), ratings (in the blocks that
-``presentation.ratings.blocks`` names) and a blank ITI, each a whole number of
-frames. Markers go out on the flip that shows what they describe. The next image is
-decoded by a thread and uploaded in bands during blank frames; when it is not ready
-in time the protocol's late-image policy applies and the display goes on either way.
+the markers it carried and read the experimenter's keys. A block
+(:mod:`app.presentation.block`) is rounds of trials; a trial
+(:mod:`app.presentation.trial`) is fixation, stimulus (with the photodiode patch
+white), ratings (in the blocks that ``presentation.ratings.blocks`` names) and a blank
+ITI, each a whole number of frames. Markers go out on the flip that shows what they
+describe. The next image is decoded by a thread and uploaded in bands during blank
+frames; when it is not ready in time the protocol's late-image policy applies and the
+display goes on either way.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pylsl
 
+from app.presentation.block import Round, images_folder, run_block
 from app.presentation.controls import Aborted, Controls, RemoteControl, StatusLine
 from app.presentation.display import (
     FramePacer,
@@ -51,7 +54,7 @@ from app.presentation.markers import MarkerStream
 from app.presentation.photodiode import PhotodiodePatch
 from app.presentation.ratings import RatingScreen
 from app.presentation.responses import ResponseBox
-from app.presentation.resume import BlockProgress, read_progress, saved_round_images
+from app.presentation.resume import BlockProgress, read_progress
 from app.presentation.textures import (
     StreamedTexture,
     TextureStager,
@@ -59,6 +62,7 @@ from app.presentation.textures import (
     max_texture_size,
     preload,
 )
+from app.presentation.trial import StandIn
 from app.restarts import RestartWatch
 from experiment_protocols import Protocol
 from experiment_protocols.presentation import Block
@@ -92,26 +96,6 @@ class BlockPlan:
     block: Block
     source: str  # "folder" | "generator"
     folder: Path | None
-
-
-@dataclass
-class _StandIn:
-    """A pool image shown in place of a late or failed one."""
-
-    reason: str  # "late" | "failed"
-    failure: ImageFailure | None = None
-
-
-@dataclass
-class _Round:
-    plan: BlockPlan
-    index: int
-    remaining: int
-    folder_plan: FolderPlan | None
-    t_progress: float
-    trials: list[int] = field(default_factory=list)
-    failures: int = 0
-    dead: str | None = None
 
 
 def resolve_blocks(protocol: Protocol, images_dir: Path | None) -> list[BlockPlan]:
@@ -188,14 +172,14 @@ class Runner:
         self.total_trials = sum(p.block.n_trials * p.block.n_rounds for p in plans)
         self.progress = progress
         self.images_root = store.root.resolve() / "images"
-        self.round: _Round | None = None
+        self.round: Round | None = None
         self.current: dict[str, Any] = {}
-        self._requested: set[tuple[str, int]] = set()
-        self._reshown: set[int] = set()  # trials whose image was shown again
-        self._restarts = RestartWatch(store.root)  # a worker being restarted is waited for
+        self.requested: set[tuple[str, int]] = set()  # (block, round) asked of the generator
+        self.reshown: set[int] = set()  # trials whose image was shown again
+        self.restarts = RestartWatch(store.root)  # a worker being restarted is waited for
+        self.n_blocks = 0  # blocks begun (or skipped by a resumed session): folder draw seeds
         self._pool: list[StreamedTexture] = []
         self._pool_next = 0
-        self._n_blocks = 0
         self._cpu0 = time.thread_time()
         self._wall0 = time.perf_counter()
         color = scr.text_color
@@ -230,6 +214,12 @@ class Runner:
             self._pool.append(preload(image))
         if not self._pool:
             raise ImageSourceError(f"no image of pool_folder {folder} could be loaded")
+
+    def stand_in_texture(self) -> StreamedTexture:
+        """The next of the pool's stand-in images (round robin)."""
+        tex = self._pool[self._pool_next % len(self._pool)]
+        self._pool_next += 1
+        return tex
 
     def warm_up(self) -> None:
         """Draw every stimulus once so shaders compile before the first real frame."""
@@ -307,14 +297,14 @@ class Runner:
             if rnd is not None:
                 rnd.t_progress = pylsl.local_clock()
             return
-        where = self._where()
+        where = self.where()
         self.log("image_failed", **where, image=str(item.ref.path), reason=item.reason)
         logger.warning("image %s failed: %s", item.ref.path, item.reason)
         if rnd is None:
             return
         rnd.t_progress = pylsl.local_clock()
         if self.pres.late_image_policy == "pool":
-            self.stager.ready.append(_StandIn("failed", item))  # type: ignore[arg-type]
+            self.stager.ready.append(StandIn("failed", item))  # type: ignore[arg-type]
         elif rnd.folder_plan is not None:
             rnd.failures += 1
             if rnd.failures > len(rnd.folder_plan.refs):
@@ -328,124 +318,24 @@ class Runner:
 
     # -- session -----------------------------------------------------------------------
     def run(self) -> None:
-        """Instructions, then every block."""
+        """Instructions, then every block (:func:`app.presentation.block.run_block`)."""
         self.text_screen(self.pres.instructions, "instructions")
         for plan in self.plans:
             done = self.progress.get(plan.block.label) if self.progress is not None else None
             if done is not None and done.ended:
-                self._n_blocks += 1  # its folder draws keep their seeds
+                self.n_blocks += 1  # its folder draws keep their seeds
                 continue
-            self.run_block(plan, done)
+            run_block(self, plan, done)
         self.frame("blank")
 
-    def run_block(self, plan: BlockPlan, done: BlockProgress | None = None) -> None:
-        """All rounds of one block, between block_start and block_end markers.
-
-        ``done`` (a resumed session) is what the block showed before: it starts at
-        the first round with images left, and shows only those.
-        """
-        block = plan.block
-        info = {"block": block.label, "kind": block.kind}
-        first = done.start_round(block.n_trials) if done is not None else 0
-        self.markers.on_next_flip(
-            "block_start",
-            **info,
-            n_rounds=block.n_rounds,
-            n_trials=block.n_trials,
-            source=plan.source,
-            resumed_at_round=first if done is not None else None,
-        )
-        self.frame("blank")
-        self._n_blocks += 1
-        folder_plan = (
-            FolderPlan(plan.folder, f"{self.pres.seed}-{self._n_blocks}")
-            if plan.source == "folder"
-            else None
-        )
-        reason = "completed"
-        trials: list[int] = done.trials.get(first - 1, []) if done is not None else []
-        for r in range(first, block.n_rounds):
-            rnd = _Round(plan, r, block.n_trials, folder_plan, pylsl.local_clock())
-            self.round = rnd
-            if done is not None and r == first:
-                self._resume_round(rnd, done, first)
-            elif folder_plan is not None:
-                for ref in folder_plan.draw(block.n_trials, r):
-                    self.loader.submit(ref)
-            else:
-                self._request(plan, r, trials)
-            while rnd.remaining > 0 and rnd.dead is None:
-                if self.trial(rnd):
-                    self._between_trials()
-            trials = rnd.trials
-            self._end_round(rnd)
-            if rnd.dead is not None:
-                reason = rnd.dead
-                self.log("round_ended_early", **info, round=r, reason=reason)
-                break
-            if self.client is not None and r in self.client.converged:
-                reason = f"generator converged: {self.client.converged[r]}"
-                break
-        intact = reason == "completed" or reason.startswith("generator converged")
-        if plan.source == "generator" and self.pres.reshow_lost_trials and intact:
-            self._reshow_lost(plan)
-        self.round = None
-        self.markers.on_next_flip("block_end", **info, reason=reason)
-        self.frame("blank")
-
-    def _reshow_lost(self, plan: BlockPlan) -> None:
-        """Show once more each image of the block whose trial lost its epoch (new trial ids)."""
-        from app.presentation.reshow import lost_images
-
-        lost = lost_images(self.images_root.parent, plan.block.label, self._reshown)
-        for r, items in sorted(lost.items()):
-            rnd = _Round(plan, r, len(items), None, pylsl.local_clock())
-            self.round = rnd
-            for tid, ref in items:
-                self._reshown.add(tid)
-                self.loader.submit(ref)
-            trials = [tid for tid, _ in items]
-            self.log("trials_reshown", block=plan.block.label, round=r, trials=trials)
-            while rnd.remaining > 0 and rnd.dead is None:
-                if self.trial(rnd):
-                    self._between_trials()
-            self._end_round(rnd)
-
-    def _resume_round(self, rnd: _Round, done: BlockProgress, first: int) -> None:
-        """Queue the images of a resumed block's first round that were never shown."""
-        plan, n = rnd.plan, rnd.plan.block.n_trials
-        shown = set(done.shown.get(first, []))
-        rnd.trials = list(done.trials.get(first, []))
-        if rnd.folder_plan is not None:
-            for r in range(first):  # the same draws as the first run
-                rnd.folder_plan.draw(n, r)
-            refs = rnd.folder_plan.draw(n, first)
-        else:
-            refs = saved_round_images(self.images_root / _images_folder(plan.block, first), first)
-        left = [ref for ref in refs if str(ref.path) not in shown]
-        rnd.remaining = n - len(shown)
-        self.log(
-            "round_resumed",
-            block=plan.block.label,
-            round=first,
-            shown_before=len(shown),
-            images_left=len(left),
-        )
-        if rnd.folder_plan is None and not left:
-            self._request(plan, first, done.trials.get(first - 1, []))
-            return
-        rnd.remaining = min(rnd.remaining, len(left))
-        for ref in left[: rnd.remaining]:
-            self.loader.submit(ref)
-        self._requested.add((plan.block.label, first))
-
-    def _request(self, plan: BlockPlan, r: int, trials: list[int]) -> None:
+    def request(self, plan: BlockPlan, r: int, trials: list[int]) -> None:
+        """Ask the generator for round ``r`` (once), listing the trials it follows."""
         key = (plan.block.label, r)
-        if self.client is None or key in self._requested:
+        if self.client is None or key in self.requested:
             return
-        self._requested.add(key)
+        self.requested.add(key)
         block = plan.block
-        folder = _images_folder(block, r)
+        folder = images_folder(block, r)
         req = ImageRequest(
             session=self.session,
             block=block.label,
@@ -455,189 +345,12 @@ class Runner:
         )
         self.client.request(req, folder)
 
-    def _end_round(self, rnd: _Round) -> None:
-        last = rnd.index + 1 >= rnd.plan.block.n_rounds
-        if rnd.dead is not None or last:
-            # leftovers of a broken round, or of a block: never shown later. A round that
-            # completed mid-block left nothing of its own, only the next round's images
-            # (asked for during its last stimulus), which are kept.
-            self.loader.clear()
-            self.stager.clear()
-        if self.client is not None:
-            self.client.cancel(rnd.index)
-
-    # -- one trial ---------------------------------------------------------------------
-    def _durations(self) -> tuple[int, int, int]:
-        t = self.pres.timing
-        hz = self.pres.screen.refresh_hz
-
-        def frames(base: float, jitter: float) -> int:
-            value = base + (self.rng.uniform(-jitter, jitter) if jitter else 0.0)
-            return max(0, int(round(value * hz)))
-
-        return (
-            frames(t.fixation_s, t.fixation_jitter_s),
-            max(1, frames(t.stimulus_s, t.stimulus_jitter_s)),
-            max(1, frames(t.iti_s, t.iti_jitter_s)),
-        )
-
-    def trial(self, rnd: _Round) -> bool:
-        """Fixation, stimulus, (ratings), ITI; logs the trial with its achieved timing.
-
-        Returns False when the round's images stopped coming and no stimulus was shown.
-        """
-        n_fix, n_stim, n_iti = self._durations()
-        tid = self.next_trial
-        info = {"trial": tid, "block": rnd.plan.block.label, "round": rnd.index}
-        self.current = {**info, "phase": "fixation"}
-        timeout = self.pres.late_image_timeout_s
-        first = t_fix = None
-        late_t0 = None
-        k = 0
-        while True:
-            if k >= n_fix:
-                item = self.stager.ready.popleft() if self.stager.ready else None
-                if item is not None:
-                    break
-                now = pylsl.local_clock()
-                if rnd.dead is None and now - rnd.t_progress > timeout:
-                    worker = self._restarts.restarting("worker", grace_s=timeout)
-                    if rnd.plan.source == "generator" and worker:  # restarting, or just back
-                        rnd.t_progress = now - timeout + 1.0  # ask again in 1 s
-                    else:
-                        rnd.dead = f"no image for {timeout:g} s (late_image_timeout_s)"
-                if rnd.dead is not None:
-                    self.log("trial_cancelled", **info, reason=rnd.dead)
-                    return False
-                if self.pres.late_image_policy == "pool":
-                    item = _StandIn("late")
-                    break
-                if late_t0 is None:
-                    late_t0 = now
-                    self.log("image_late", **info, policy="wait")
-            if first is None:
-                self.markers.on_next_flip("fixation_onset", **info)
-            i, t = self.frame("fixation", self.fixation.draw)
-            if first is None:
-                first, t_fix = i, t
-            k += 1
-        late_ms = 0.0 if late_t0 is None else (pylsl.local_clock() - late_t0) * 1e3
-        if isinstance(item, _StandIn):
-            tex = self._pool[self._pool_next % len(self._pool)]
-            self._pool_next += 1
-            stand_in = item.reason
-            if item.reason == "failed":
-                rnd.remaining -= 1
-        else:
-            tex, stand_in = item, None
-            rnd.remaining -= 1
-        image = tex.image
-        self.image.image = tex
-        self.image.size = fit_size(image.size, self.pres.screen.image_size)
-        if rnd.remaining == 0 and rnd.index + 1 < rnd.plan.block.n_rounds:
-            # the round's last image is about to show: ask for the next round now, so the
-            # generator works while it is on screen (a non-blocking hand-off to a thread)
-            self._request(rnd.plan, rnd.index + 1, [*rnd.trials, tid])
-        onset = self.markers.on_next_flip(
-            "stimulus_onset",
-            **info,
-            image=str(image.ref.path),
-            sha256=image.sha256,
-            label=image.ref.label,
-            stand_in=stand_in,
-        )
-        self.current["phase"] = "stimulus"
-        on_i = t_on = None
-        gc.disable()  # no collector pause while a stimulus is on screen
-        try:
-            for _ in range(n_stim):
-                i, t = self.frame("stimulus", self.image.draw, stimulus=True)
-                if on_i is None:
-                    on_i, t_on = i, t
-        finally:
-            gc.enable()
-        if first is None:
-            first, t_fix = on_i, t_on
-        self.markers.on_next_flip("stimulus_offset", **info)
-        self.current["phase"] = "offset"
-        rnd.trials.append(tid)
-        self.next_trial += 1
-        if rnd.remaining == 0 and rnd.index + 1 < rnd.plan.block.n_rounds:
-            self._request(rnd.plan, rnd.index + 1, rnd.trials)  # if not asked for already
-        rating = None
-        last = on_i
-        aborted = None
-        try:
-            if self.ratings is not None and self.pres.ratings.rates(rnd.plan.block.kind):
-                rating = self._rate(info)
-            self.current["phase"] = "iti"
-            for _ in range(n_iti):
-                last, _t = self.frame("blank")
-        except Aborted as err:
-            aborted = err.reason  # the stimulus was shown whole: the trial counts
-            raise
-        finally:
-            if stand_in is None:
-                self.stager.recycle(tex)
-            off_i = on_i + n_stim
-            if off_i < len(self.frames):  # the offset flip happened
-                t_off = self.frames.flip_lsl[off_i]
-                shown_ms = (t_off - t_on) * 1e3
-                self.log(
-                    "trial",
-                    **info,
-                    image=onset["image"],
-                    sha256=image.sha256,
-                    label=image.ref.label,
-                    stand_in=stand_in,
-                    late_ms=round(late_ms, 3),
-                    fixation_frames=k,
-                    fixation_ms=round((t_on - t_fix) * 1e3, 3),
-                    stimulus_frames_planned=n_stim,
-                    stimulus_frames=int(round(shown_ms / (self.period * 1e3))),
-                    stimulus_ms=round(shown_ms, 3),
-                    iti_frames=n_iti,
-                    dropped_frames=self.frames.dropped(first, last),
-                    rating=rating,
-                    t_onset_lsl=t_on,
-                    t_offset_lsl=t_off,
-                    frame_intervals_ms=np.round(self.frames.intervals_ms(first, last), 3),
-                    aborted=aborted,
-                )
-        self.current = {}
-        return True
-
-    def _rate(self, info: dict[str, Any]) -> dict[str, Any]:
-        """The rating screen of one trial, with its markers: one per question, then answers.
-
-        ``rating_onset`` (trial, block, round, scale, low, high) goes out on the flip that
-        first shows each question; ``rating`` (trial, block, round, each scale's value,
-        ``rt_ms``, ``input``, low, high; a scale that timed out has no value) on the first
-        frame after the last answer.
-        """
-        cfg = self.pres.ratings
-        scale_range = {"low": cfg.low, "high": cfg.high}
-        self.current["phase"] = "rating"
-        self.controls.extra = self.ratings.keys
-        try:
-            rating = self.ratings.run(
-                lambda phase, draw: self.frame(phase, draw),
-                lambda: self.controls.pressed,
-                onset=lambda scale: self.markers.on_next_flip(
-                    "rating_onset", **info, scale=scale, **scale_range
-                ),
-                box=self.box,
-                where=info,
-            )
-        finally:
-            self.controls.extra = []
-        self.markers.on_next_flip("rating", **info, **rating, **scale_range)
-        return rating
-
-    def _between_trials(self) -> None:
+    # -- between trials ----------------------------------------------------------------
+    def between_trials(self) -> None:
+        """Count the trial, show the status line, rest or pause when due."""
         self.trials_done += 1
         if self.box is not None:
-            self.box.discard(self._where())  # pressed outside a question: not an answer
+            self.box.discard(self.where())  # pressed outside a question: not an answer
         rnd = self.round
         self.status.show(
             f"{rnd.plan.block.label} round {rnd.index + 1}/{rnd.plan.block.n_rounds} | "
@@ -704,17 +417,12 @@ class Runner:
             }
         return out
 
-    def _where(self) -> dict[str, Any]:
+    def where(self) -> dict[str, Any]:
+        """The block and round being shown, for log lines ({} between blocks)."""
         rnd = self.round
         if rnd is None:
             return {}
         return {"block": rnd.plan.block.label, "round": rnd.index}
-
-
-def _images_folder(block: Block, round_: int) -> str:
-    """Folder under ``SESSION/images`` of a generated round's images."""
-    name = f"round-{round_:02d}"
-    return name if block.kind == "closed_loop" else f"{block.label}/{name}"
 
 
 def _next_trial_id(store: SessionStore) -> int:
@@ -747,16 +455,113 @@ def _wait_for_recording(win, events: EventTail, timeout: float) -> bool:
     return False
 
 
+@dataclass
+class _Links:
+    """What the presentation opens besides its window, closed when it ends."""
+
+    client: GeneratorClient | None = None  # the generation worker's images
+    box: ResponseBox | None = None  # the response box of the rating screen
+    remote: RemoteControl | None = None  # the dashboard's pause, resume and abort
+
+    @classmethod
+    def open(
+        cls,
+        config: PresentConfig,
+        plans: list[BlockPlan],
+        store: SessionStore,
+        loader: ImageLoader,
+        log: EventWriter,
+    ) -> _Links:
+        """Connect to what the protocol's blocks need."""
+        protocol, links = config.protocol, cls()
+        pres, net = protocol.presentation, protocol.network
+        try:
+            if any(p.source == "generator" for p in plans):
+                links.client = GeneratorClient(
+                    protocol.generation.endpoint,
+                    store.root,
+                    loader,
+                    secret_key=net.curve_secret_key,
+                    server_public_key=net.curve_public_key,
+                    on_event=log,
+                )
+            if pres.response_stream and any(pres.ratings.rates(p.block.kind) for p in plans):
+                links.box = ResponseBox(pres.response_stream, log)
+            if config.control:
+                links.remote = RemoteControl(config.control, log)
+        except BaseException:
+            links.close()
+            raise
+        return links
+
+    def close(self) -> None:
+        """Close every link that was opened."""
+        for link in (self.client, self.box, self.remote):
+            if link is not None:
+                link.close()
+
+
+def _stand_in_folder(protocol: Protocol) -> Path | None:
+    """The ``pool`` late-image policy's folder, checked now (None for ``wait``)."""
+    pres = protocol.presentation
+    if pres.late_image_policy != "pool":
+        return None
+    base = Path(protocol.source).resolve().parent if protocol.source else Path.cwd()
+    folder = (base / pres.pool_folder).resolve()
+    list_images(folder)
+    return folder
+
+
+def _ready(runner: Runner, config: PresentConfig, links: _Links, measured, offset) -> None:
+    """The frame loop goes real-time, and ``presentation_ready`` says how it is set up."""
+    protocol, win = config.protocol, runner.win
+    pres = protocol.presentation
+    # last: every helper thread exists by now and stays ordinary; the frame loop (and
+    # a software-GL display's drawing threads) go first from here on
+    realtime = protocol.priority.presentation_realtime and rush_frame_loop("presentation")
+    display_realtime = rush_virtual_display() if realtime else None
+    runner.log(
+        "presentation_ready",
+        window_px=list(win.size),
+        refresh_hz=pres.screen.refresh_hz,
+        measured_refresh_hz=measured,
+        paced=pres.screen.pace_frames,
+        niceness=current_niceness(),  # set by `eegs present`, before any thread
+        realtime=realtime,
+        display_server_realtime=display_realtime,
+        lsl_minus_psychopy_s=offset,
+        markers=protocol.streams.markers,
+        blocks=[
+            {"block": p.block.label, "source": p.source, "folder": p.folder} for p in runner.plans
+        ],
+        gl_max_texture=runner.max_texture,
+        response_stream=links.box.name if links.box is not None else None,
+        control=config.control,
+    )
+
+
+def _wait_for_listeners(
+    protocol: Protocol, markers: MarkerStream, box: ResponseBox | None, log: EventWriter
+) -> None:
+    """A little while for the marker stream's readers and the response box to appear."""
+    streams = protocol.streams
+    if not markers.wait_for_consumers(streams.connect_timeout_s):
+        logger.warning("nobody reads the marker stream '%s' yet", streams.markers)
+        log("markers_unheard", timeout_s=streams.connect_timeout_s)
+    if box is not None and not box.connected.wait(min(streams.connect_timeout_s, 5)):
+        logger.warning(
+            "response stream '%s' not found yet (still looked for; keys and mouse work)",
+            box.name,
+        )
+        log("response_stream_unheard", stream=box.name)
+
+
 def run(config: PresentConfig) -> dict[str, Any]:
     """Entry point of the ``eegs present`` process; returns the session's summary."""
     protocol = config.protocol
     pres = protocol.presentation
     plans = resolve_blocks(protocol, config.images_dir)
-    pool_folder = None
-    if pres.late_image_policy == "pool":
-        base = Path(protocol.source).resolve().parent if protocol.source else Path.cwd()
-        pool_folder = (base / pres.pool_folder).resolve()
-        list_images(pool_folder)
+    pool_folder = _stand_in_folder(protocol)
     store = SessionStore(config.session_dir)
     progress = read_progress(store) if config.resume else None
     store.open(role="presentation", protocol=protocol)
@@ -764,9 +569,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
     new_events.new()  # from here on: what this run's processes write
     log = EventWriter(store)
     loader = ImageLoader()
-    client = None
-    box = None
-    remote = None
+    links = _Links()
     win = runner = None
     status = "failed"
     summary: dict[str, Any] = {}
@@ -778,20 +581,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             measured = check_refresh(win, pres)
         offset = lsl_offset()
         markers = MarkerStream(win, protocol.streams.markers, log, offset)
-        if any(p.source == "generator" for p in plans):
-            net = protocol.network
-            client = GeneratorClient(
-                protocol.generation.endpoint,
-                store.root,
-                loader,
-                secret_key=net.curve_secret_key,
-                server_public_key=net.curve_public_key,
-                on_event=log,
-            )
-        if pres.response_stream and any(pres.ratings.rates(p.block.kind) for p in plans):
-            box = ResponseBox(pres.response_stream, log)
-        if config.control:
-            remote = RemoteControl(config.control, log)
+        links = _Links.open(config, plans, store, loader, log)
         runner = Runner(
             protocol,
             plans,
@@ -800,47 +590,18 @@ def run(config: PresentConfig) -> dict[str, Any]:
             log=log,
             markers=markers,
             loader=loader,
-            client=client,
-            controls=Controls(pres.keys, config.stop, remote),
+            client=links.client,
+            controls=Controls(pres.keys, config.stop, links.remote),
             status=status_line,
             clock_offset=offset,
             progress=progress,
-            box=box,
+            box=links.box,
         )
         if pool_folder is not None:
             runner.load_pool(pool_folder)
         runner.warm_up()
-        # last: every helper thread exists by now and stays ordinary; the frame loop (and
-        # a software-GL display's drawing threads) go first from here on
-        realtime = protocol.priority.presentation_realtime and rush_frame_loop("presentation")
-        display_realtime = rush_virtual_display() if realtime else None
-        log(
-            "presentation_ready",
-            window_px=list(win.size),
-            refresh_hz=pres.screen.refresh_hz,
-            measured_refresh_hz=measured,
-            paced=pres.screen.pace_frames,
-            niceness=current_niceness(),  # set by `eegs present`, before any thread
-            realtime=realtime,
-            display_server_realtime=display_realtime,
-            lsl_minus_psychopy_s=offset,
-            markers=protocol.streams.markers,
-            blocks=[
-                {"block": p.block.label, "source": p.source, "folder": p.folder} for p in plans
-            ],
-            gl_max_texture=runner.max_texture,
-            response_stream=box.name if box is not None else None,
-            control=config.control,
-        )
-        if not markers.wait_for_consumers(protocol.streams.connect_timeout_s):
-            logger.warning("nobody reads the marker stream '%s' yet", protocol.streams.markers)
-            log("markers_unheard", timeout_s=protocol.streams.connect_timeout_s)
-        if box is not None and not box.connected.wait(min(protocol.streams.connect_timeout_s, 5)):
-            logger.warning(
-                "response stream '%s' not found yet (still looked for; keys and mouse work)",
-                box.name,
-            )
-            log("response_stream_unheard", stream=box.name)
+        _ready(runner, config, links, measured, offset)
+        _wait_for_listeners(protocol, markers, links.box, log)
         if config.wait_recording_s > 0 and not _wait_for_recording(
             win, new_events, config.wait_recording_s
         ):
@@ -862,12 +623,7 @@ def run(config: PresentConfig) -> dict[str, Any]:
             log.close()
         finally:
             store.close(status, presentation=summary)
-            if client is not None:
-                client.close()
-            if box is not None:
-                box.close()
-            if remote is not None:
-                remote.close()
+            links.close()
             loader.close()
             if win is not None:
                 win.close()

@@ -5,15 +5,27 @@ vectors, ``generate`` turns vectors (plus a noise seed per image) back into imag
 The generator only ever moves vectors in that space, so the same algorithm drives
 SDXL + IP-Adapter on a GPU, the procedural renderer on a laptop, and selection from a
 fixed image folder.
+
+A backend is one module, ``models/backends/NAME.py``, holding one :class:`Backend`
+subclass with ``name = "NAME"``: defining the subclass registers it, and
+:func:`backend_class` imports that module the first time the protocol's
+``generation.backend`` names it, so a backend's heavy libraries load only when it runs
+(the protocol's side of the name is ``register_backend`` in
+``experiment_protocols/generation.py``; docs/architecture.md section 13).
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from models.backends.pool import ImagePool
 
 
 class BackendUnavailableError(RuntimeError):
@@ -39,6 +51,35 @@ class Backend(ABC):
     embed_dim: int = 0
     model_ids: dict[str, str]
     can_generate: bool = True
+    registry: ClassVar[dict[str, type[Backend]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:  # a variant of a registered backend (tests)
+            return
+        known = Backend.registry.get(cls.name)
+        if known is not None and _origin(known) != _origin(cls):
+            raise ValueError(
+                f"backend {cls.name!r} is registered twice: {_origin(known)} and {_origin(cls)}"
+            )
+        Backend.registry[cls.name] = cls
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, random_weights: bool = False) -> Backend:
+        """The backend the protocol's ``generation`` section describes, loaded once.
+
+        ``random_weights``: full-size models with random weights, for timing without
+        the weight files (a backend without weights ignores it).
+        """
+        raise NotImplementedError
+
+    def stimulus_pool(self, settings: Any) -> ImagePool | None:
+        """The backend's own stimulus pool for ``generation`` settings, if it has one.
+
+        None (the default): the images of ``generation.pool.folder``, embedded by this
+        backend (:func:`workers.generation.setup.build_pool`).
+        """
+        return None
 
     @abstractmethod
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -75,3 +116,31 @@ class Backend(ABC):
             "embed_dim": self.embed_dim,
             "model_ids": dict(self.model_ids),
         }
+
+
+def _origin(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The registered backend ``name`` (``models/backends/NAME.py`` imported when needed).
+
+    Raises
+    ------
+    BackendUnavailableError
+        If no module registers it.
+    """
+    if name not in Backend.registry and name.isidentifier():
+        module = f"{__package__}.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    try:
+        return Backend.registry[name]
+    except KeyError:
+        raise BackendUnavailableError(
+            f"no backend registers {name!r} (models/backends/{name}.py); registered: "
+            f"{', '.join(sorted(Backend.registry))}"
+        ) from None

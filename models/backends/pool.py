@@ -218,6 +218,16 @@ class PoolBackend(Backend):
         self.embed_dim = self.pool.embeddings.shape[1]
         self.model_ids = {"features": self.embedder.id, "pool": str(Path(folder).resolve())}
 
+    @classmethod
+    def from_settings(cls, settings, *, random_weights: bool = False) -> PoolBackend:
+        """The folder of ``generation.pool``."""
+        p = settings.pool
+        return cls(p.folder, p.cache_file, p.extensions)
+
+    def stimulus_pool(self, settings) -> ImagePool:
+        """Its own folder: it selects from nothing else."""
+        return self.pool
+
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Low-level features, z-scored on the pool."""
         return self.embedder(images)

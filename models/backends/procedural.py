@@ -217,6 +217,18 @@ class ProceduralBackend(Backend):
         self.anchor_radius = float(np.median(np.linalg.norm(back - z[:n], axis=1)))
 
     # -- parameters <-> images <-> embeddings ------------------------------------------
+    @classmethod
+    def from_settings(cls, settings, *, random_weights: bool = False) -> ProceduralBackend:
+        """``generation.procedural``'s renderer, seeded by ``generation.seed``."""
+        p = settings.procedural
+        return cls(p.size, p.fit_samples, p.ridge_alpha, seed=settings.seed)
+
+    def stimulus_pool(self, settings) -> ImagePool | None:
+        """Renders of its own (``procedural.pool_size``) unless ``pool.folder`` is set."""
+        if settings.pool.folder:
+            return None
+        return procedural_pool(self, settings.procedural.pool_size, seed=settings.seed)
+
     def fork(self) -> ProceduralBackend:
         """A backend sharing the fitted map, with its own copy of the anchors learnt so far.
 

@@ -21,26 +21,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from models.backends.base import Backend, BackendUnavailableError
-from models.backends.sdxl_random import (
-    SDXL_SCHEDULER_CONFIG,
-    SDXL_TEXT_CONFIGS,
-    SDXL_UNET_CONFIG,
-    SDXL_VAE_CONFIG,
-    TINY_UNET_CONFIG,
-    TINY_VAE_CONFIG,
-    TINY_VIT_CONFIG,
-    VIT_H_CONFIG,
-    random_ip_adapter_state_dict,
-    random_unet,
-)
 from models.backends.sdxl_weights import check_weights, fp16_variant, lightning_file
+
+if TYPE_CHECKING:  # torch is imported where it runs: registering the backend loads nothing
+    import torch
 
 logger = logging.getLogger("eegs.sdxl")
 #: Offset of the retry seed when an image comes out NaN or black.
@@ -49,6 +39,8 @@ RETRY_SEED_OFFSET = 1_000_003
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> cuda when present, else cpu."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -59,6 +51,8 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(device: torch.device, name: str) -> torch.dtype:
     """Half precision on CUDA (float16 or bfloat16), float32 on CPU."""
+    import torch
+
     if device.type != "cuda":
         return torch.float32
     return {"float16": torch.float16, "bfloat16": torch.bfloat16}[name]
@@ -84,6 +78,7 @@ def load_unet(config_dir: Path, weights: Path, dtype: torch.dtype):
     Built on the meta device, then each tensor is read, cast and assigned in turn: the
     host holds one copy of the weights, never a random initialisation.
     """
+    import torch
     from diffusers import UNet2DConditionModel
     from safetensors import safe_open
 
@@ -162,13 +157,18 @@ class SDXLBackend(Backend):
         height: int,
         ip_adapter_scale: float,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         compile: bool = False,
         scheduler_config: dict[str, Any] | None = None,
         model_ids: dict[str, str] | None = None,
     ) -> SDXLBackend:
-        """Wire components into the pipeline that every SDXL run uses."""
+        """Wire components into the pipeline that every SDXL run uses (float32 by default)."""
+        import torch
         from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+        from models.backends.sdxl_random import SDXL_SCHEDULER_CONFIG
+
+        dtype = torch.float32 if dtype is None else dtype
 
         config = dict(SDXL_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config)
         config["timestep_spacing"] = "trailing"
@@ -208,6 +208,19 @@ class SDXLBackend(Backend):
         )
 
     @classmethod
+    def from_settings(cls, settings, *, random_weights: bool = False) -> SDXLBackend:
+        """``generation.sdxl`` on ``generation.device``; the weight files checked first.
+
+        The check (:func:`models.backends.sdxl_weights.check_weights`) runs before torch
+        or diffusers is imported, so a missing file is one clear error.
+        """
+        g = settings
+        if random_weights:
+            return cls.random_full_size(g.sdxl, g.device, g.dtype, g.compile, seed=g.seed)
+        check_weights(g.sdxl)
+        return cls.from_pretrained(g.sdxl, g.device, g.dtype, g.compile)
+
+    @classmethod
     def from_pretrained(
         cls,
         cfg,
@@ -225,6 +238,7 @@ class SDXLBackend(Backend):
         ``steps`` overrides the inference steps (default: the checkpoint's).
         """
         files = check_weights(cfg)
+        import torch
         from diffusers import AutoencoderKL, StableDiffusionXLPipeline
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
@@ -289,8 +303,18 @@ class SDXLBackend(Backend):
         says ``random-weights``. (``eegs bench generation --full-size`` also goes through
         the files and :meth:`from_pretrained`.)
         """
+        import torch
         from diffusers import AutoencoderKL
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        from models.backends.sdxl_random import (
+            SDXL_TEXT_CONFIGS,
+            SDXL_UNET_CONFIG,
+            SDXL_VAE_CONFIG,
+            VIT_H_CONFIG,
+            random_ip_adapter_state_dict,
+            random_unet,
+        )
 
         dev = resolve_device(device)
         dt = resolve_dtype(dev, dtype)
@@ -338,8 +362,16 @@ class SDXLBackend(Backend):
         weights, at toy widths. ``ip_adapter_for(unet)`` gives the IP-Adapter state dict
         (h94 file layout); by default random weights.
         """
+        import torch
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        from models.backends.sdxl_random import (
+            TINY_UNET_CONFIG,
+            TINY_VAE_CONFIG,
+            TINY_VIT_CONFIG,
+            random_ip_adapter_state_dict,
+        )
 
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
@@ -375,7 +407,6 @@ class SDXLBackend(Backend):
         )
 
     # -- the interface ---------------------------------------------------------------
-    @torch.no_grad()
     def generate(self, embeddings: np.ndarray, seeds: Sequence[int]) -> list[Image.Image | None]:
         """One batched Lightning call: guidance 0, IP-Adapter embeddings, a seed per image.
 
@@ -413,6 +444,8 @@ class SDXLBackend(Backend):
 
     def _render(self, emb: np.ndarray, seeds: Sequence[int], vae_float32: bool = False):
         """The pipeline's float images (n, H, W, 3), NaN kept as NaN."""
+        import torch
+
         n = len(seeds)
         emb_t = torch.as_tensor(emb, dtype=self.dtype, device=self.device)
         generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
@@ -422,30 +455,36 @@ class SDXLBackend(Backend):
         if upcast:  # the pipeline upcasts the VAE for decoding and casts it back after
             vae.register_to_config(force_upcast=True)
         try:
-            out = self.pipe(
-                prompt_embeds=self.prompt_embeds.expand(n, -1, -1),
-                pooled_prompt_embeds=self.pooled_prompt_embeds.expand(n, -1),
-                ip_adapter_image_embeds=[emb_t[:, None, :]],  # (B, 1, D): no CFG half
-                num_inference_steps=self.steps,
-                guidance_scale=0.0,
-                generator=generators,
-                height=self.height,
-                width=self.width,
-                output_type="np",
-            )
+            with torch.no_grad():
+                out = self.pipe(
+                    prompt_embeds=self.prompt_embeds.expand(n, -1, -1),
+                    pooled_prompt_embeds=self.pooled_prompt_embeds.expand(n, -1),
+                    ip_adapter_image_embeds=[emb_t[:, None, :]],  # (B, 1, D): no CFG half
+                    num_inference_steps=self.steps,
+                    guidance_scale=0.0,
+                    generator=generators,
+                    height=self.height,
+                    width=self.width,
+                    output_type="np",
+                )
         finally:
             if upcast:
                 vae.register_to_config(force_upcast=force)
         return np.asarray(out.images)
 
-    @torch.no_grad()
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """ViT-H/14 image embeddings (the IP-Adapter's input space), float32 (n, 1024)."""
+        import torch
+
         pixels = self.image_processor(images=list(images), return_tensors="pt").pixel_values
         pixels = pixels.to(device=self.device, dtype=self.dtype)
-        return self.image_encoder(pixel_values=pixels).image_embeds.float().cpu().numpy()
+        with torch.no_grad():
+            out = self.image_encoder(pixel_values=pixels).image_embeds
+        return out.float().cpu().numpy()
 
     def synchronize(self) -> None:
         """Wait for queued GPU work (for timing)."""
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.synchronize(self.device)

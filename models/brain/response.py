@@ -84,28 +84,15 @@ at Oz.
 Subject families
 ----------------
 People differ in which components carry their affect, so a reward that reads one of
-them fits some people and not others. ``family`` (:data:`SUBJECT_FAMILIES`) chooses
-what carries the hidden VALENCE; everything else about the subject stays:
-
-- ``standard`` (the default, everything above): valence in the LPP (negativity bias),
-  the frontal slow wave and the frontal alpha asymmetry.
-- ``asymmetry``: frontal alpha asymmetry only, weight log-normal around 1.4 (0.7-1.8;
-  standard: 1.0 +- 0.3); no valence in the LPP or the frontal slow wave.
-- ``lpp``: the LPP only; no valence in the frontal alpha or slow wave. The LPP's
-  valence weight is 1.6-2.4 (standard: 0.8) and its SIGN is the subject's own, + or -
-  with equal chance: some people's LPP grows for pleasant pictures (a positivity
-  offset), others' for unpleasant ones (the negativity bias, Ito et al. 1998). A
-  signed weight is what lets a reward calibrated on the person chase valence through
-  the LPP, while a fixed-sign LPP index chases it up for half the subjects and down
-  for the other half; an arousal-only LPP would carry no valence at all.
-- ``mixed``: both, the frontal alpha asymmetry taking a share p ~ U(0.25, 0.75) of
-  the weight (x sqrt(p)) and the signed LPP the rest (x sqrt(1 - p)).
-- ``weak``: a weak responder: ``mixed`` with every affective modulation (valence and
-  arousal: LPP, EPN, posterior alpha desynchronisation, frontal alpha) at 10-20 % of
-  its gain, too small to decode single trials. Its visual ERPs are as everyone's.
+them fits some people and not others. ``family`` chooses what carries the hidden
+VALENCE; everything else about the subject stays. Each family is one module of
+:mod:`models.brain.families` (``standard``, the default: everything above;
+``asymmetry``, ``lpp``, ``mixed``, ``weak``), which maps the numbers every subject draws
+(:class:`~models.brain.families.base.FamilyDraws`) to the weights of the valence-carrying
+components; :meth:`_Subject.for_family` applies them.
 
 Arousal keeps its components (EPN, LPP, posterior alpha desynchronisation) in every
-family but ``weak``. Every family but ``standard`` draws its subject's own LPP
+family but the weak responder's. Every family but ``standard`` draws its subject's own LPP
 topography (maximum within ~15 degrees of Pz, width 0.45-0.7 rad), LPP onset (300-450
 ms) and offset (750-1050 ms), frontal alpha sources (each hemisphere's moved on its
 own, width 0.32-0.5 rad) and frontal alpha window (onset 220-400 ms, offset
@@ -140,6 +127,7 @@ from models.brain.background import (
     BackgroundSpec,
     sphere_gaussian,
 )
+from models.brain.families.base import AffectCarriers, FamilyDraws, family_class
 from models.brain.features import (
     FEATURE_NORMS,
     FEATURES,
@@ -149,6 +137,7 @@ from models.brain.features import (
     load_image,
     standardise,
 )
+from models.montage import ATM_CHANNELS, STANDARD_64
 
 if TYPE_CHECKING:
     from models.brain.learned import LearnedResponse
@@ -159,27 +148,10 @@ __all__ = [
     "DEFAULT_SNR",
     "PHOTODIODE",
     "STANDARD_64",
-    "SUBJECT_FAMILIES",
     "BrainModel",
     "ImageError",
     "StreamSimulator",
 ]
-
-#: The 17 occipito-parietal channels that ATM-S reads.
-ATM_CHANNELS: list[str] = [
-    "O1", "Oz", "O2", "PO7", "PO3", "POz", "PO4", "PO8",
-    "P7", "P5", "P3", "P1", "Pz", "P2", "P4", "P6", "P8",
-]  # fmt: skip
-
-#: 64 standard 10-10 positions (the BioSemi-64 layout), including :data:`ATM_CHANNELS`.
-STANDARD_64: list[str] = [
-    "Fp1", "AF7", "AF3", "F1", "F3", "F5", "F7", "FT7", "FC5", "FC3", "FC1", "C1",
-    "C3", "C5", "T7", "TP7", "CP5", "CP3", "CP1", "P1", "P3", "P5", "P7", "P9",
-    "PO7", "PO3", "O1", "Iz", "Oz", "POz", "Pz", "CPz", "Fpz", "Fp2", "AF8", "AF4",
-    "AFz", "Fz", "F2", "F4", "F6", "F8", "FT8", "FC6", "FC4", "FC2", "FCz", "Cz",
-    "C2", "C4", "C6", "T8", "TP8", "CP6", "CP4", "CP2", "P2", "P4", "P6", "P8",
-    "P10", "PO8", "PO4", "O2",
-]  # fmt: skip
 
 #: Name of the optional photodiode channel of the stream.
 PHOTODIODE = "Photodiode"
@@ -262,9 +234,6 @@ _IDX = {c.name: i for i, c in enumerate(_COMPONENTS)}
 #: Induced alpha gain changes: (posterior, left frontal, right frontal), 0.2/0.3 s on.
 _ALPHA_WINDOWS = ((0.2, 0.9), (0.3, 1.1), (0.3, 1.1))
 
-#: Subject families: which components carry the hidden affect (see the module docstring).
-SUBJECT_FAMILIES: tuple[str, ...] = ("standard", "asymmetry", "lpp", "mixed", "weak")
-
 _F = {name: i for i, name in enumerate(FEATURES)}
 
 
@@ -280,7 +249,7 @@ _AROUSAL_PRIOR = {"brightness": -0.1, "contrast": 0.35, "saturation": 0.35,
                   "colourfulness": 0.2, "red_green": 0.25, "edge_density": 0.3,
                   "high_freq": 0.15, "symmetry": -0.1, "curvature": -0.15}  # fmt: skip
 _INDIVIDUAL_SD = {"valence": 0.6, "arousal": 0.4}
-# subject families (for_family): LPP valence weight range, median FAA weight, weak gain
+# subject families (_family_draws): LPP valence weight range, median FAA weight, weak gain
 _FAMILY_LPP_VALENCE = (1.6, 2.4)
 _FAMILY_FAA = 1.4
 _WEAK_GAIN = (0.10, 0.20)
@@ -356,17 +325,34 @@ class _Subject:
     def for_family(self, family: str, seed: int) -> _Subject:
         """The same person (same hidden affect) whose affect shows in ``family``'s components.
 
-        The family's parameters come from their own random stream of ``seed``, so the
-        hidden affect, visual ERPs, latencies and gains of the standard draw stay as
-        they are, and one seed has the same LPP topography, frontal alpha sources and
-        weights in every family that uses them. Every draw is made whatever the family,
-        in one order, for the same reason.
+        The family (:mod:`models.brain.families`) turns the subject's draws into the
+        weights of the valence-carrying components; a family with an individual layout
+        also takes the drawn LPP topography and latencies and frontal alpha sources and
+        window. The hidden affect, visual ERPs, latencies and gains of the standard draw
+        stay as they are.
         """
-        if family not in SUBJECT_FAMILIES:
-            raise ValueError(f"unknown subject family {family!r}; expected one of "
-                             f"{', '.join(SUBJECT_FAMILIES)}")  # fmt: skip
-        if family == "standard":
-            return self
+        fam = family_class(family)
+        draws, layout = self._family_draws(seed)
+        c = fam.carriers(draws)
+        return dataclasses.replace(
+            self,
+            family=family,
+            faa=c.faa * c.gain,
+            lpp_valence=c.lpp_valence * c.gain,
+            frontal_valence=c.frontal_valence,
+            lpp_arousal=self.lpp_arousal * c.gain,
+            epn_arousal=self.epn_arousal * c.gain,
+            erd_arousal=0.35 * c.gain,
+            **(layout if fam.individual_layout else {}),
+        )
+
+    def _family_draws(self, seed: int) -> tuple[FamilyDraws, dict[str, Any]]:
+        """What every subject draws for the families, and its individual layout.
+
+        From their own random stream of ``seed``, every draw made whatever the family, in
+        one order, so one seed has the same LPP topography, frontal alpha sources and
+        weights in every family that uses them.
+        """
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
         # LPP: centro-parietal, maximum within ~15 degrees of Pz; onset 300-450 ms,
         # offset 750-1050 ms; the sign of its valence weight is the subject's own
@@ -392,30 +378,24 @@ class _Subject:
         frontal_width = float(rng.uniform(0.32, 0.5))
         on, off = float(rng.uniform(0.22, 0.40)), float(rng.uniform(0.9, 1.25))
         faa_size = float(np.clip(rng.lognormal(np.log(_FAMILY_FAA), 0.2), 0.7, 1.8))
-        share = float(rng.uniform(0.25, 0.75))  # mixed: the FAA's share of the variance
+        share = float(rng.uniform(0.25, 0.75))
         weak = float(rng.uniform(*_WEAK_GAIN))
-        faa, lpp_valence, affect_gain = {
-            "asymmetry": (faa_size, 0.0, 1.0),
-            "lpp": (0.0, lpp_sign * lpp_size, 1.0),
-            "mixed": (faa_size * np.sqrt(share), lpp_sign * lpp_size * np.sqrt(1 - share), 1.0),
-            "weak": (faa_size * np.sqrt(share), lpp_sign * lpp_size * np.sqrt(1 - share), weak),
-        }[family]
         components = list(_COMPONENTS)
         components[_IDX["LPP"]] = lpp
-        return dataclasses.replace(
-            self,
-            family=family,
-            components=tuple(components),
-            faa=faa * affect_gain,
-            lpp_valence=lpp_valence * affect_gain,
-            frontal_valence=0.0,  # no valence-dependent frontal slow wave
-            lpp_arousal=self.lpp_arousal * affect_gain,
-            epn_arousal=self.epn_arousal * affect_gain,
-            erd_arousal=0.35 * affect_gain,
-            alpha_windows=(_ALPHA_WINDOWS[0], (on, off), (on, off)),
-            frontal_alpha_centres=tuple(centres),
-            frontal_alpha_width=frontal_width,
+        draws = FamilyDraws(
+            standard=AffectCarriers(self.faa, self.lpp_valence, self.frontal_valence),
+            faa=faa_size,
+            lpp_valence=lpp_sign * lpp_size,
+            share=share,
+            weak_gain=weak,
         )
+        layout = {
+            "components": tuple(components),
+            "alpha_windows": (_ALPHA_WINDOWS[0], (on, off), (on, off)),
+            "frontal_alpha_centres": tuple(centres),
+            "frontal_alpha_width": frontal_width,
+        }
+        return draws, layout
 
     def _raw_affect(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unscaled valence and arousal drives of feature vectors (..., n_features)."""
@@ -574,9 +554,10 @@ class BrainModel:
     learned : LearnedResponse | None
         A learned image-to-EEG model whose output replaces the parametric response.
     family : str
-        Which components carry the subject's affect (:data:`SUBJECT_FAMILIES`; see the
-        module docstring). The hidden affect is the same in every family. With a
-        ``learned`` model only the induced alpha changes follow the family.
+        Which components carry the subject's affect: a registered family of
+        :mod:`models.brain.families` (see the module docstring). The hidden affect is
+        the same in every family. With a ``learned`` model only the induced alpha
+        changes follow the family.
     """
 
     def __init__(

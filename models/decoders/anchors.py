@@ -11,7 +11,7 @@ the same folds:
   Riemannian tangent space, then logistic regression: the MOABB ERP baseline (pyRiemann's
   ``XdawnCovariances`` + ``TangentSpace``), on the post-stimulus samples;
 - ``faa``: the frontal alpha asymmetry index, training free (the personal reward's
-  fallback, :class:`models.rewards.base.AsymmetryReward`), over the homologous frontal
+  fallback, :class:`models.rewards.asymmetry.AsymmetryReward`), over the homologous frontal
   pairs the epochs hold.
 
 The two trained anchors are classifiers: they learn the ratings split at the median
@@ -143,7 +143,8 @@ def anchor_oof(
 
 def frontal_asymmetry_index(ch_names: Sequence[str]):
     """The asymmetry reward over the homologous frontal pairs found in ``ch_names``."""
-    from models.rewards.base import AsymmetryReward, homologous_pairs
+    from models.montage import homologous_pairs
+    from models.rewards.asymmetry import AsymmetryReward
 
     pairs = homologous_pairs(ch_names)
     if not pairs:

@@ -48,7 +48,7 @@ their ratings leaking in.
 
 Fallback: when the participant does not decode (or too few trials were rated, or the
 ratings do not vary), the reward is the training-free frontal alpha asymmetry index
-(:class:`models.rewards.base.AsymmetryReward`). :class:`PersonalReward` holds that
+(:class:`models.rewards.asymmetry.AsymmetryReward`). :class:`PersonalReward` holds that
 choice and the record the session keeps (``personal_estimator`` in ``events.jsonl`` and
 ``summary.json``: decodes, the reward in use, cv r, CI, p, each candidate's r, the
 index's r and p, n trials, fallback and why).
@@ -70,12 +70,13 @@ from typing import Any
 
 import numpy as np
 
+from models.rewards.asymmetry import AsymmetryReward
 from models.rewards.base import (
-    AsymmetryReward,
     EpochData,
     Reward,
     RewardError,
     RewardFunction,
+    RewardMode,
     as_reward,
 )
 from models.rewards.personal_cv import (
@@ -498,12 +499,41 @@ def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_tri
 
 
 # -- the reward with its fallback -------------------------------------------------------------
-class PersonalReward:
+class PersonalReward(RewardMode):
     """The personal estimator's reward when the participant decodes, else the fallback.
 
     ``record`` is what the session keeps (``personal_estimator``): decodes, the reward
     in use, the fallback and why, and the cross-validation figures.
     """
+
+    mode = "personal"
+
+    @classmethod
+    def from_settings(cls, settings) -> RewardFunction:
+        """Refused: it is fitted on the participant's own ratings (the worker, or offline)."""
+        raise RewardError(
+            f"generation.reward.mode = '{cls.mode}' is fitted on the participant's own "
+            "ratings during a session (workers/generation/personal_fit.py); offline, fit it "
+            "with workers.generation.personal_fit.personal_reward_for (calibration epochs + "
+            "ratings)"
+        )
+
+    @classmethod
+    def fallback_from_settings(cls, settings) -> AsymmetryReward:
+        """The index of ``settings.fallback`` that rewards a participant who does not decode."""
+        return AsymmetryReward.from_settings(settings.fallback)
+
+    @classmethod
+    def channel_check(cls, settings, ch_names: Sequence[str]) -> tuple[str, str]:
+        """It reads every channel; its fallback needs one of the frontal pairs (a warning)."""
+        found = cls.fallback_from_settings(settings).reads(ch_names)
+        if not found:
+            return "warn", (
+                f"reward '{cls.mode}' reads every channel, but its fallback for a participant "
+                f"who does not decode ({AsymmetryReward.mode}) needs one of the frontal pairs "
+                f"{[list(p) for p in settings.fallback.pairs]}: none is in the stream"
+            )
+        return "ok", f"reward '{cls.mode}'; its fallback reads {found}"
 
     def __init__(
         self,

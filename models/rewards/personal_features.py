@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from models.rewards.base import AsymmetryReward, EpochData, RewardError
+from models.rewards.asymmetry import AsymmetryReward
+from models.rewards.base import EpochData, RewardError
 
 BANDS_HZ: tuple[tuple[str, float, float], ...] = (
     ("theta", 4.0, 8.0),

@@ -139,6 +139,11 @@ class CalibrationGate:
         """True while the fit runs (the next round waits a little for its rewards)."""
         return self._fit is not None and self._fit.is_alive()
 
+    @property
+    def settled(self) -> bool:
+        """The reward is fitted (or was loaded fitted) and the epochs that waited are scored."""
+        return self.reward is not None and self.reward.ready and not self.fitting()
+
     def join(self, timeout_s: float | None = None) -> None:
         """Wait for a started fit (tests)."""
         if self._fit is not None:

@@ -1,8 +1,11 @@
 """Scheduling rounds: an image request waits for its rewards, runs, and is due by its deadline.
 
 One background thread runs the heuristic generator for one request at a time and, in
-idle time, the GP's hyperparameter refit; the serving loop only polls. A round that
-fails is recorded on its job (the reply says so), never raised into the loop.
+idle time, whatever a round would otherwise do first (docs/architecture.md section 3):
+new rewards taken into the generator (their images embedded), the GP's first fit once
+the calibration observations are in, and after each round the bounded hyperparameter
+refit. Idle work yields at once to a new request; the serving loop only polls. A round
+that fails is recorded on its job (the reply says so), never raised into the loop.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from experiment_protocols.generation import Generation
@@ -65,6 +68,11 @@ class RoundScheduler:
         its deadline (the previous round's rewards come with the fit).
     log
         ``log(event, **fields)`` into the session's events.
+    pending
+        Rewards credited but not yet in the generator: idle time takes them in.
+    calibrated
+        True once the calibration observations are in: the GP's first fit may start
+        (before, idle time only embeds and stores the rewards).
     """
 
     def __init__(
@@ -75,6 +83,9 @@ class RoundScheduler:
         trials_scored: set[int],
         hold: Callable[[], bool],
         log: Log,
+        *,
+        pending: Callable[[], int] = lambda: 0,
+        calibrated: Callable[[], bool] = lambda: True,
     ) -> None:
         self.g = settings
         self.generator = generator
@@ -82,11 +93,15 @@ class RoundScheduler:
         self._trials_scored = trials_scored
         self._hold = hold
         self._log = log
+        self._pending = pending
+        self._calibrated = calibrated
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
         self.job: Job | None = None
         self.wake: Callable[[], None] | None = None  # wakes the serving loop: a reply is due
         self._refit_wanted = False
         self._request_waiting = threading.Event()
+        self._idle: Future | None = None  # the idle work queued or running
+        self._idle_not_before = 0.0  # after a failure: not again at once
 
     def start(self, request: ImageRequest, envelope: list[bytes]) -> ErrorReply | None:
         """Accept an image request (handed back by :meth:`poll` when due), or refuse it."""
@@ -115,6 +130,7 @@ class RoundScheduler:
 
     def run(self, job: Job) -> None:
         """One round of the heuristic generator (background thread)."""
+        self._request_waiting.clear()
         try:
             self._drain()
 
@@ -161,9 +177,15 @@ class RoundScheduler:
             ):
                 return None  # the previous round's rewards come with the decoder
             if waiting:
-                self._log("rewards_missing", round=job.request.round, trials=sorted(waiting))
+                self._log(
+                    "rewards_missing",
+                    round=job.request.round,
+                    trials=sorted(waiting),
+                    waited_s=round(job.wait_until - job.t_received, 3),
+                )
             job.started, job.t_started = True, now
-            self._request_waiting.clear()
+            # the flag stays up until the round runs: idle work before it in the queue
+            # sees it and makes way
             self.executor.submit(self.run, job)
             return None
         if not job.done.is_set() and now < job.deadline:
@@ -175,28 +197,56 @@ class RoundScheduler:
         return job, missed
 
     def maybe_refit(self) -> None:
-        """Queue the bounded, warm-started hyperparameter refit in idle time."""
-        if not self._refit_wanted or self.job is not None:
+        """Queue idle work, if any is due: new rewards in, the GP's first fit, its refit.
+
+        Called on every pass of the serving loop; nothing is queued while a request is
+        being served or the last idle work is still queued or running.
+        """
+        if self.job is not None or (self._idle is not None and not self._idle.done()):
+            return
+        gen = self.generator
+        first_fit = not gen.gp.fitted and gen.n_observations >= 2 and self._calibrated()
+        refit = self._refit_wanted or gen.fit_iters_owed > 0
+        if not (refit or first_fit or self._pending()):
+            return
+        if time.monotonic() < self._idle_not_before:
             return
         self._refit_wanted = False
+        self._idle = self.executor.submit(self._idle_work, refit)
 
-        def refit() -> None:
-            t0 = time.perf_counter()
-            try:
-                self._drain()
-                n = self.generator.refit(should_stop=self._request_waiting.is_set)
-            except Exception:  # the next round simply uses the previous fit
-                logger.exception("GP refit failed")
-                return
-            if n:
-                self._log(
-                    "gp_refit",
-                    iters=n,
-                    ms=round((time.perf_counter() - t0) * 1e3, 3),
-                    **self.generator.gp.summary(),
-                )
+    def _idle_work(self, refit: bool) -> None:
+        """New rewards into the generator, then (if due) the GP's fit (background thread)."""
+        t0 = time.perf_counter()
+        gen = self.generator
+        stop = self._request_waiting.is_set
+        try:
+            # asked before the drain: once true, every calibration reward is credited,
+            # so this drain has them all (asked after, the last ones could miss the fit)
+            calibrated = self._calibrated()
+            self._drain()
+            first = not gen.gp.fitted
+            if first and not calibrated:
+                return  # stored; the first fit waits for the calibration observations
+            n = gen.refit(should_stop=stop) if refit else gen.update_surrogate(stop)
+        except Exception:  # the next round simply does it, or uses the previous fit
+            logger.exception("idle GP update failed")
+            self._idle_not_before = time.monotonic() + 1.0
+            return
+        if n:
+            self._log(
+                "gp_refit",
+                iters=n,
+                ms=round((time.perf_counter() - t0) * 1e3, 3),
+                first_fit=first,
+                yielded=stop(),  # cut short by a request: the rest is owed to idle time
+                owed_iters=gen.fit_iters_owed,
+                **gen.gp.summary(),
+            )
 
-        self.executor.submit(refit)
+    def join_idle(self, timeout_s: float | None = None) -> None:
+        """Wait for the idle work queued last (tests)."""
+        if self._idle is not None:
+            self._idle.result(timeout_s)
 
     def poll_ms(self) -> int:
         """Sleep until the next thing due (a deadline, the end of a reward wait), <= 50 ms."""

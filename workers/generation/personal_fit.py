@@ -7,23 +7,23 @@ personal reward, the ratings), fits as soon as the block is in (or at the first
 closed-loop request at the latest), saves the model in ``SESSION/decoder/`` and then
 scores the epochs that waited.
 
-**Affective decoder** (``generation.reward.mode = "affective"``, ``decoder =
-"calibration"``, :class:`CalibratedDecoderReward`): the worker keeps every epoch whose
+**Affective decoder** (the affective mode with ``decoder = "calibration"``,
+:class:`CalibratedDecoderReward`): the worker keeps every epoch whose
 marker carries one of the decoder's two labels (``decoder.positive_label`` /
 ``negative_label``, the calibration images' classes); it fits ``decoder.classifier``
 on them (ATM-S-FC or EEGNet, :mod:`models.decoders.classifiers`), saves it to
 ``SESSION/decoder/calibration.safetensors`` and from then on rewards each epoch with the
 decoder's probability of ``generation.reward.target_class``.
 
-**Personal estimator** (``generation.reward.mode = "personal"``,
-:class:`PersonalSessionReward`): the worker keeps every epoch of a calibration block (the
-marker's ``block`` is the label of a block of kind ``calibration``) and every valence
-rating of those trials (:class:`~workers.messages.RatingMessage`, published by ``eegs
-acquire`` beside the epochs or sent to the worker's ROUTER; paired by trial id, in either
-order). When every calibration trial has its epoch and its rating (or at the first
-closed-loop request), it fits :func:`models.rewards.personal.fit_personal` with the
-protocol's ``personal_*`` keys, logs a ``personal_estimator`` record (decodes, cv r, CI,
-p, n trials, fallback), saves ``decoder/personal.safetensors`` + ``decoder/personal.json``
+**Personal estimator** (the personal mode, :class:`PersonalSessionReward`): the worker
+keeps every epoch of a calibration block (the marker's ``block`` is the label of a block
+of kind ``calibration``) and every valence rating of those trials
+(:class:`~workers.messages.RatingMessage`, published by ``eegs acquire`` beside the
+epochs or sent to the worker's ROUTER; paired by trial id, in either order). When every
+calibration trial has its epoch and its rating (or at the first closed-loop request), it
+fits :func:`models.rewards.personal.fit_personal` with the protocol's
+``generation.reward`` keys, logs a ``personal_estimator`` record (decodes, cv r, CI, p,
+n trials, fallback), saves ``decoder/personal.safetensors`` + ``decoder/personal.json``
 and rewards every epoch with the predicted valence, or with the asymmetry index when the
 participant does not decode (the documented fallback). The calibration epochs themselves
 are then rewarded too (their out-of-fold predictions, or the asymmetry index), so their
@@ -31,6 +31,12 @@ images join the generator's observations as with the training-free rewards. A re
 worker loads the saved estimator, or, before the fit, the ratings it logged
 (``calibration_rating`` events). :func:`personal_reward_for` is the same fit without a
 session (the population bench).
+
+Each class says which reward settings it fits (``fits``, a class of
+:mod:`experiment_protocols.rewards`); defining it registers it, and :func:`session_fitted`
+finds the one for a protocol whose reward is ``fitted_on_session``. ``offline`` fits the
+same reward on a :class:`CalibrationBlock` without a session (``eegs reproduce-table1``,
+``eegs bench loop``).
 """
 
 from __future__ import annotations
@@ -39,18 +45,46 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from models.rewards.base import EpochData, Reward, RewardError
+from experiment_protocols import Protocol
+from experiment_protocols.rewards.affective import CALIBRATION, AffectiveSettings
+from experiment_protocols.rewards.base import RewardSettings
+from experiment_protocols.rewards.personal import PersonalSettings
+from models.rewards.base import EpochData, Reward, RewardError, RewardFunction
 
 logger = logging.getLogger("eegs.calibration")
 
 DECODER_FILE = Path("decoder") / "calibration.safetensors"
 PERSONAL_FILE = Path("decoder") / "personal.safetensors"  # + personal.json
-CALIBRATION = "calibration"  # the value of generation.reward.decoder that asks for this
+__all__ = [
+    "CALIBRATION",
+    "CalibratedDecoderReward",
+    "CalibrationBlock",
+    "DecoderNotReady",
+    "PersonalSessionReward",
+    "SessionFittedReward",
+    "personal_reward_for",
+    "session_fitted",
+]
+
+
+@dataclass(frozen=True)
+class CalibrationBlock:
+    """A calibration block without a session: what an offline fit is given.
+
+    ``labels`` are the images' classes (the markers' ``label``), ``ratings`` the
+    participant's valence ratings on ``scale`` (None where nobody rated).
+    """
+
+    epochs: Sequence[EpochData]
+    labels: Sequence[str]
+    ratings: Sequence[float] | None
+    scale: tuple[float, float]
 
 
 class DecoderNotReady(RewardError):
@@ -71,6 +105,28 @@ class SessionFittedReward:
     fit_event = "decoder_fitted"
     park_kept = False
     what = "the calibration decoder"
+    fits: ClassVar[type[RewardSettings]]
+    registry: ClassVar[dict[str, type[SessionFittedReward]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "fits" in cls.__dict__:
+            SessionFittedReward.registry[cls.fits.model_fields["mode"].default] = cls
+
+    @classmethod
+    def for_protocol(cls, protocol: Protocol, session_dir: Path) -> SessionFittedReward:
+        """The reward of the session in ``session_dir``, before its fit."""
+        raise NotImplementedError
+
+    @classmethod
+    def offline(
+        cls, protocol: Protocol, block: CalibrationBlock, folder: Path, seed: int = 0
+    ) -> tuple[RewardFunction, dict[str, Any] | None]:
+        """The reward fitted on ``block`` as the worker fits it (its files in ``folder``).
+
+        Returns the reward and the record the session would log (None if it logs none).
+        """
+        raise NotImplementedError
 
     @property
     def ready(self) -> bool:
@@ -113,6 +169,8 @@ class CalibratedDecoderReward(SessionFittedReward):
         Labelled epochs needed of each class before a fit is attempted.
     """
 
+    fits = AffectiveSettings
+
     def __init__(
         self, decoder, target_class: str, session_dir: Path, min_per_class: int = 4
     ) -> None:
@@ -134,6 +192,26 @@ class CalibratedDecoderReward(SessionFittedReward):
         self._lock = threading.Lock()
         if self.path.exists():
             self._load()
+
+    @classmethod
+    def for_protocol(cls, protocol: Protocol, session_dir: Path) -> CalibratedDecoderReward:
+        """The protocol's ``decoder`` section and ``generation.reward.target_class``."""
+        return cls(protocol.decoder, protocol.generation.reward.target_class, session_dir)
+
+    @classmethod
+    def offline(
+        cls, protocol: Protocol, block: CalibrationBlock, folder: Path, seed: int = 0
+    ) -> tuple[CalibratedDecoderReward, None]:
+        """Fitted on the block's labelled epochs (one of each class is enough here)."""
+        reward = cls(
+            protocol.decoder, protocol.generation.reward.target_class, folder, min_per_class=1
+        )
+        for epoch, label in zip(block.epochs, block.labels, strict=True):
+            k = reward.label_of({"label": label})
+            if k is not None:
+                reward.add(epoch, k)
+        reward.fit()
+        return reward, None
 
     @property
     def ready(self) -> bool:
@@ -239,24 +317,24 @@ def personal_reward_for(
 ):
     """The personal reward fitted as the worker fits it, without a session.
 
-    ``settings`` is the protocol's ``generation.reward`` section (the ``personal_*`` keys
-    and the asymmetry fallback). Returns ``(reward_fn, record)``: the reward (the
-    estimator, or the asymmetry index when the participant does not decode) and the
-    ``personal_estimator`` record (decodes, cv r, CI, p, n trials, fallback).
+    ``settings`` is the protocol's ``generation.reward`` section (mode ``personal``: the
+    cross-validation keys and the ``fallback`` index). Returns ``(reward_fn, record)``:
+    the reward (the estimator, or the asymmetry index when the participant does not
+    decode) and the ``personal_estimator`` record (decodes, cv r, CI, p, n trials,
+    fallback).
     """
-    from models.rewards.base import asymmetry_from_settings
-    from models.rewards.personal import personal_reward
+    from models.rewards.personal import PersonalReward, personal_reward
 
     reward = personal_reward(
         epochs,
         ratings,
         scale,
-        asymmetry_from_settings(settings),
+        PersonalReward.fallback_from_settings(settings),
         seed,
-        folds=settings.personal_folds,
-        permutations=settings.personal_permutations,
-        p_threshold=settings.personal_p_threshold,
-        min_trials=settings.personal_min_trials,
+        folds=settings.folds,
+        permutations=settings.permutations,
+        p_threshold=settings.p_threshold,
+        min_trials=settings.min_trials,
     )
     return reward, dict(reward.record)
 
@@ -281,6 +359,7 @@ class PersonalSessionReward(SessionFittedReward):
     fit_event = "personal_estimator"
     park_kept = True
     what = "the personal estimator"
+    fits = PersonalSettings
 
     def __init__(
         self,
@@ -290,7 +369,7 @@ class PersonalSessionReward(SessionFittedReward):
         seed: int = 0,
         use_flagged: bool = False,
     ) -> None:
-        from models.rewards.base import asymmetry_from_settings
+        from models.rewards.personal import PersonalReward
 
         self.settings = settings
         self.blocks = set(calibration_blocks)
@@ -298,7 +377,7 @@ class PersonalSessionReward(SessionFittedReward):
         self.path = self.root / PERSONAL_FILE
         self.seed = seed
         self.use_flagged = use_flagged
-        self.fallback = asymmetry_from_settings(settings)
+        self.fallback = PersonalReward.fallback_from_settings(settings)
         self.epochs: dict[int, tuple[EpochData, bool]] = {}  # trial -> (epoch, flagged)
         self.ratings: dict[int, tuple[float, float, float]] = {}  # trial -> (valence, lo, hi)
         self.reward = None  # a models.rewards.personal.PersonalReward once fitted
@@ -307,6 +386,29 @@ class PersonalSessionReward(SessionFittedReward):
             self._load()
         else:
             self._restore_ratings()
+
+    @classmethod
+    def for_protocol(cls, protocol: Protocol, session_dir: Path) -> PersonalSessionReward:
+        """The protocol's reward settings and calibration blocks, the worker's seed."""
+        g = protocol.generation
+        return cls(
+            g.reward,
+            [b.label for b in protocol.presentation.blocks if b.kind == "calibration"],
+            session_dir,
+            seed=g.seed,
+            use_flagged=g.use_flagged_epochs,
+        )
+
+    @classmethod
+    def offline(
+        cls, protocol: Protocol, block: CalibrationBlock, folder: Path, seed: int = 0
+    ) -> tuple[RewardFunction, dict[str, Any]]:
+        """:func:`personal_reward_for` on the block's epochs and ratings."""
+        if block.ratings is None:
+            raise RewardError("the personal reward is fitted on ratings; the block has none")
+        return personal_reward_for(
+            block.epochs, block.ratings, block.scale, protocol.generation.reward, seed=seed
+        )
 
     @property
     def ready(self) -> bool:
@@ -431,3 +533,20 @@ class PersonalSessionReward(SessionFittedReward):
                         self.add_rating(msg)
                     except RewardError as err:  # logged when it was first read
                         logger.debug("rating not restored: %s", err)
+
+
+def session_fitted(settings: RewardSettings) -> type[SessionFittedReward]:
+    """The class that fits a reward whose settings are ``fitted_on_session``.
+
+    Raises
+    ------
+    RewardError
+        If no :class:`SessionFittedReward` fits that mode.
+    """
+    try:
+        return SessionFittedReward.registry[settings.mode]
+    except KeyError:
+        raise RewardError(
+            f"reward mode {settings.mode!r} is fitted on the session, but no "
+            "SessionFittedReward fits it (workers/generation/personal_fit.py)"
+        ) from None

@@ -10,7 +10,6 @@ counter and best-reward history. Epochs that reached ``epochs/`` but were never 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors.numpy import load_file
 from workers.generation.ledger import Issued
 from workers.generation.provenance import GENERATION_DIR
 from workers.messages import EpochMessage
-from workers.session_store import EVENTS_FILE, SessionStore, read_events
+from workers.session_store import EVENTS_FILE, SessionStore, read_events, read_sidecar
 
 logger = logging.getLogger("eegs.generation")
 
@@ -48,7 +47,10 @@ def _issued_images(service, root: Path) -> int:
         weights = sidecar.with_suffix(".safetensors")
         if not weights.exists():
             continue
-        provenance = json.loads(sidecar.read_text())
+        provenance = read_sidecar(sidecar)
+        if provenance is None or not isinstance(provenance.get("image_id"), str):
+            logger.warning("%s: no image id; that image is not taken over", sidecar)
+            continue
         image_id = provenance.pop("image_id")
         embedding = load_file(str(weights))["embedding"]
         service.issued[image_id] = Issued(embedding, int(provenance["round"]), provenance)

@@ -37,11 +37,13 @@ scoring (:mod:`workers.generation.scoring`), the session-fitted reward's calibra
 what is loaded once (:mod:`workers.generation.setup`). A fault in one part is logged and
 answered as an error or skipped; the loop and the other parts go on.
 
-Generation and the hyperparameter refit run in one background thread, so the socket
-is always answered; the refit happens in idle time between rounds and yields at once to
-a new request. Every image's provenance (seed, parents, embedding file, backend, model
-ids, inner steps, wall time) goes into the reply and, with the embeddings, into
-``SESSION/generation/round-XX/``.
+Generation and the GP's fits run in one background thread, so the socket is always
+answered. Nothing cold is left for a round (docs/architecture.md section 3): the worker
+pays the GP's first-call costs before it serves (:meth:`GenerationService.prepare`),
+takes new rewards in and makes the GP's first fit and refits in idle time, and all idle
+work yields at once to a new request. Every image's provenance (seed, parents, embedding
+file, backend, model ids, inner steps, wall time) goes into the reply and, with the
+embeddings, into ``SESSION/generation/round-XX/``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ import zmq
 from experiment_protocols import Protocol
 from models.backends.base import Backend, BackendUnavailableError
 from models.backends.pool import ImagePool
+from models.gp import warm_up
 from models.heuristic import HeuristicGenerator
 from models.rewards.base import RewardError, RewardFunction
 from workers import transport
@@ -74,6 +77,7 @@ from workers.generation.provenance import (
     Batch,
     ProvenanceWriter,
     assemble_batch,
+    encode_image,
 )
 from workers.generation.restore import restore
 from workers.generation.scoring import EpochScorer, epoch_of, image_roots
@@ -184,6 +188,8 @@ class GenerationService:
             self.ledger.trials_scored,
             self.calibration.fitting,
             self._log,
+            pending=self.ledger.n_pending,
+            calibrated=self.calibrated,
         )
         self.provenance = ProvenanceWriter(store, self._log)
         self._pending_batch: Batch | None = None
@@ -229,6 +235,44 @@ class GenerationService:
     def _drain(self) -> None:
         """Move new rewards into the generator (background thread only)."""
         self.ledger.drain(self.generator, self.backend.embed)
+
+    def calibrated(self) -> bool:
+        """Whether the calibration observations are in, so the GP's first fit may start.
+
+        A session-fitted reward: once it is fitted and the epochs that waited for it
+        (the calibration block's among them) are scored, not before, even when the loop
+        has begun: a first fit on the few rewards scored so far would set the GP's
+        hyperparameters for the session. A training-free reward: once as many rewards
+        are credited as the calibration block has trials (a restarted worker too), or the
+        closed loop has begun after it; without a calibration block, once round 0's
+        images are all rewarded.
+        """
+        gate = self.calibration
+        if gate.reward is not None:
+            return gate.settled
+        if gate.n_calibration and gate.loop_started:
+            return True
+        return self.n_observations >= (gate.n_calibration or self.g.heuristic.initial_images)
+
+    def prepare(self) -> dict[str, float]:
+        """Before serving: every first-call cost of a round paid, the restored GP fitted.
+
+        The GP's first-call costs (:func:`models.gp.warm_up`), an image's first encoding
+        for the reply, and for a worker that took over a session's history
+        (:mod:`workers.generation.restore`) its rewards moved into the generator and the
+        GP fitted on them, so that the first round it serves is as fast as any other
+        (docs/architecture.md section 3). Returns the seconds of each part.
+        """
+        t0 = time.perf_counter()
+        warm_up(self.backend.embed_dim, self.g.gp.threads)
+        if len(self.pool):
+            encode_image(self.pool.image(0), self.g)
+        t1 = time.perf_counter()
+        calibrated = self.calibrated()  # before the drain, which then has them all
+        self._drain()
+        if calibrated:
+            self.generator.update_surrogate()
+        return {"gp_warmup_s": round(t1 - t0, 3), "gp_fit_s": round(time.perf_counter() - t1, 3)}
 
     # -- logging ---------------------------------------------------------------------
     def _log(self, event: str, **fields: Any) -> None:
@@ -486,6 +530,7 @@ def run(config: GenerationConfig, stop: Callable[[], bool] = lambda: False) -> G
         if not restored.empty:
             store.log("generation_restored", **dataclasses.asdict(restored))
             logger.info("took over the session's generator state: %s", restored)
+        prepared = service.prepare()
         ctx = zmq.Context.instance()
         net = protocol.network
         router, auth = transport.bind(
@@ -510,6 +555,7 @@ def run(config: GenerationConfig, stop: Callable[[], bool] = lambda: False) -> G
             endpoint=g.endpoint,
             load_s=round(t_load, 3),
             warmup_s=round(t_warm, 3),
+            **prepared,
             pool_size=len(pool),
             **backend.describe(),
         )

@@ -1,7 +1,9 @@
 """What a worker loads once before it serves: the backend, the stimulus pool, the reward.
 
-Backends are imported only when named, so that a procedural worker never loads torch's
-model libraries.
+Each is the registered class the protocol names (:func:`models.backends.base.backend_class`,
+:func:`models.rewards.base.reward_class`, :func:`workers.generation.personal_fit.session_fitted`);
+a backend's module is imported only when named, so that a procedural worker never loads
+torch's model libraries.
 """
 
 from __future__ import annotations
@@ -9,48 +11,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from experiment_protocols import Protocol
-from models.backends.base import Backend
+from models.backends.base import Backend, backend_class
 from models.backends.pool import ImagePool
 from models.rewards.base import RewardFunction, from_settings
-from workers.generation.personal_fit import (
-    CALIBRATION,
-    CalibratedDecoderReward,
-    PersonalSessionReward,
-)
+from workers.generation.personal_fit import session_fitted
 
 
 def build_backend(protocol: Protocol, *, random_weights: bool = False) -> Backend:
-    """The backend the protocol names, loaded once."""
+    """The backend the protocol names (its registered class), loaded once."""
     g = protocol.generation
-    if g.backend == "procedural":
-        from models.backends.procedural import ProceduralBackend
-
-        p = g.procedural
-        return ProceduralBackend(p.size, p.fit_samples, p.ridge_alpha, seed=g.seed)
-    if g.backend == "pool":
-        from models.backends.pool import PoolBackend
-
-        return PoolBackend(g.pool.folder, g.pool.cache_file, g.pool.extensions)
-    if not random_weights:
-        from models.backends.sdxl_weights import check_weights
-
-        check_weights(g.sdxl)  # before torch's model libraries load: one clear error
-    from models.backends.sdxl import SDXLBackend
-
-    if random_weights:
-        return SDXLBackend.random_full_size(g.sdxl, g.device, g.dtype, g.compile, seed=g.seed)
-    return SDXLBackend.from_pretrained(g.sdxl, g.device, g.dtype, g.compile)
+    return backend_class(g.backend).from_settings(g, random_weights=random_weights)
 
 
 def build_pool(protocol: Protocol, backend: Backend) -> ImagePool:
-    """The stimulus pool in the backend's embedding space."""
-    g = protocol.generation
-    if g.backend == "procedural" and not g.pool.folder:
-        from models.backends.procedural import procedural_pool
+    """The stimulus pool in the backend's embedding space.
 
-        return procedural_pool(backend, g.procedural.pool_size, seed=g.seed)
-    if g.backend == "pool":
-        return backend.pool
+    The backend's own pool where it has one (the procedural renders, the pool backend's
+    folder), else ``generation.pool.folder`` embedded by the backend.
+    """
+    g = protocol.generation
+    own = backend.stimulus_pool(g)
+    if own is not None:
+        return own
     return ImagePool.from_folder(
         g.pool.folder,
         backend.embed,
@@ -62,15 +44,7 @@ def build_pool(protocol: Protocol, backend: Backend) -> ImagePool:
 
 def build_reward(protocol: Protocol, session_dir: Path) -> RewardFunction:
     """The protocol's reward: a fixed one, or one fitted on the session's calibration block."""
-    g = protocol.generation
-    if g.reward.mode == "affective" and g.reward.decoder == CALIBRATION:
-        return CalibratedDecoderReward(protocol.decoder, g.reward.target_class, session_dir)
-    if g.reward.mode == "personal":
-        return PersonalSessionReward(
-            g.reward,
-            [b.label for b in protocol.presentation.blocks if b.kind == "calibration"],
-            session_dir,
-            seed=g.seed,
-            use_flagged=g.use_flagged_epochs,
-        )
-    return from_settings(g.reward)
+    settings = protocol.generation.reward
+    if settings.fitted_on_session:
+        return session_fitted(settings).for_protocol(protocol, session_dir)
+    return from_settings(settings)

@@ -13,7 +13,7 @@ const TRACE_S = 5; // seconds of EEG on screen
 const TRACE_POINTS = 250; // 5 s at 50 Hz
 const SPACING = 60; // µV between traced channels
 // what the tests (and the footer) read: latency of each event from its time to the page
-window.eegs = { messages: 0, latencies: [], serverLatencies: [], eegSamples: 0, snapshot: null, state: "", busyMs: {} };
+window.eegs = { messages: 0, latencies: [], serverLatencies: [], eegSamples: 0, snapshot: null, state: "", busyMs: {}, alerts: [] };
 function timed(name, fn) {  // where the page's time goes (window.eegs.busyMs)
   return (...args) => {
     const t0 = performance.now();
@@ -25,33 +25,73 @@ function timed(name, fn) {  // where the page's time goes (window.eegs.busyMs)
 
 const $ = (id) => document.getElementById(id);
 const cfg = { displayModeBar: false, responsive: true };
-let channels = [], rewards = [], best = {}, hist = {}, histDirty = false, rewardsDirty = false;
+let channels = [], rewards = [], best = {}, hist = {}, rewardsDirty = false;
+const histDirty = new Set();  // histograms with values not drawn yet
 
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 function fmt(v, d = 1) { return v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : String(v)); }
 
-let eegLayout = null, eegX = [], eegY = [];
+// The EEG trace is drawn on a canvas, not by Plotly: a Plotly redraw ten times a second
+// took a third of the browser's main thread on a busy 2-core machine, and every update
+// waiting behind it (docs/architecture.md section 12).
+let eegX = [], eegY = [], eegDirty = false;
 function initEEG(names) {
   channels = names;
   pending = null;
   eegX = [];
   eegY = names.map(() => []);
-  eegLayout = {  // a static plot with fixed axes: the cheapest redraw
-    margin: { l: 40, r: 5, t: 5, b: 25 }, showlegend: false, hovermode: false, datarevision: 0,
-    yaxis: { tickvals: names.map((_, k) => -k * SPACING), ticktext: names, zeroline: false,
-      range: [-(names.length - 0.5) * SPACING, 0.5 * SPACING] },
-    xaxis: { title: { text: "seconds before the newest sample" }, autorange: false, range: [-TRACE_S, 0] },
-  };
-  drawEEGPlot();
+  eegDirty = true;
+  drawEEG();
 }
 
-function drawEEGPlot() {  // one trace (channels apart by gaps) on a fixed time axis: the cheapest redraw
-  const n = eegX.length, t1 = n ? eegX[n - 1] : 0, x = [], y = [];
-  eegY.forEach((row) => {
-    for (let i = 0; i < n; i++) { x.push(eegX[i] - t1); y.push(row[i]); }
-    x.push(null); y.push(null);
-  });
-  Plotly.react($("eeg"), [{ x, y, mode: "lines", line: { width: 1 }, connectgaps: false }], eegLayout, { ...cfg, staticPlot: true });
+function drawEEGCanvas() {  // channels SPACING µV apart, the newest sample at the right edge
+  const c = $("eeg"), w = c.clientWidth, h = c.clientHeight, dpr = window.devicePixelRatio || 1;
+  if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
+    c.width = Math.round(w * dpr);
+    c.height = Math.round(h * dpr);
+  }
+  const g = c.getContext("2d");
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.clearRect(0, 0, w, h);
+  const n = channels.length;
+  if (!n) return;
+  const left = 44, right = 6, top = 4, bottom = 30, pw = w - left - right, ph = h - top - bottom;
+  const yTop = 0.5 * SPACING, yBottom = -(n - 0.5) * SPACING;
+  const Y = (v) => top + ((yTop - v) / (yTop - yBottom)) * ph;
+  const t1 = eegX.length ? eegX[eegX.length - 1] : 0;
+  const X = (t) => left + ((t - t1 + TRACE_S) / TRACE_S) * pw;
+  g.font = "10px system-ui, sans-serif";
+  g.fillStyle = "#4a5570";
+  g.strokeStyle = "#e4e7ec";
+  g.textAlign = "right";
+  g.textBaseline = "middle";
+  channels.forEach((name, k) => g.fillText(name, left - 4, Y(-k * SPACING)));
+  g.textAlign = "center";
+  g.textBaseline = "top";
+  g.beginPath();
+  for (let s = 0; s <= TRACE_S; s++) {
+    const x = left + ((TRACE_S - s) / TRACE_S) * pw;
+    g.moveTo(x, top);
+    g.lineTo(x, top + ph);
+    g.fillText(s ? `-${s}` : "0", x, top + ph + 3);
+  }
+  g.stroke();
+  g.fillText("seconds before the newest sample", left + pw / 2, top + ph + 15);
+  g.save();
+  g.beginPath();
+  g.rect(left, top, pw, ph);
+  g.clip();
+  g.strokeStyle = "#1f77b4";
+  g.lineWidth = 1;
+  g.beginPath();
+  for (const row of eegY) {
+    for (let i = 0; i < eegX.length; i++) {
+      const x = X(eegX[i]), y = Y(row[i]);
+      if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+    }
+  }
+  g.stroke();
+  g.restore();
 }
 
 let pending = null; // EEG received since the last draw
@@ -64,14 +104,16 @@ function addEEG(eeg) {
 }
 
 function drawEEG() {  // 10 times a second, whatever the message rate
-  if (!pending || !channels.length) return;
-  const p = pending;
-  pending = null;
-  const keep = (a, more) => a.concat(more).slice(-TRACE_POINTS);
-  eegX = keep(eegX, p.t);
-  eegY = eegY.map((a, k) => keep(a, p.y[k]));
-  eegLayout.datarevision += 1;
-  drawEEGPlot();
+  if (pending && channels.length) {
+    const p = pending;
+    pending = null;
+    const keep = (a, more) => a.concat(more).slice(-TRACE_POINTS);
+    eegX = keep(eegX, p.t);
+    eegY = eegY.map((a, k) => keep(a, p.y[k]));
+    eegDirty = true;
+  }
+  if (eegDirty) drawEEGCanvas();
+  eegDirty = false;
 }
 setInterval(timed("eeg", drawEEG), 100);
 
@@ -102,14 +144,18 @@ function initHists() {
   }
 }
 
-function drawHists() {
-  for (const [name, title] of Object.entries(HIST_NAMES)) {
-    const v = hist[name] || [];
-    Plotly.react($("hist-" + name), [{ x: v, type: "histogram", marker: { color: "#4a6fa5" } }], {
-      title: { text: `${title}<br>n ${v.length}` + (v.length ? `, last ${v[v.length - 1]}` : ""), font: { size: 11 } },
-      margin: { l: 30, r: 5, t: 36, b: 20 },
-    }, cfg);
-  }
+function drawHist(name) {
+  const v = hist[name] || [];
+  Plotly.react($("hist-" + name), [{ x: v, type: "histogram", marker: { color: "#4a6fa5" } }], {
+    title: { text: `${HIST_NAMES[name]}<br>n ${v.length}` + (v.length ? `, last ${v[v.length - 1]}` : ""), font: { size: 11 } },
+    margin: { l: 30, r: 5, t: 36, b: 20 },
+  }, cfg);
+}
+
+function drawHists() {  // only those with new values, each in a task of its own: an update
+  const names = [...histDirty];  // that arrives meanwhile waits for one plot, not five
+  histDirty.clear();
+  names.forEach((name) => setTimeout(timed("hist", () => drawHist(name)), 0));
 }
 
 function setLoop(loop) {
@@ -212,7 +258,8 @@ function handle(msg) {
     initHists();
     $("markers").innerHTML = "";
     rewards = msg.rewards || []; best = msg.best || {}; hist = msg.hist || {};
-    rewardsDirty = histDirty = true;
+    rewardsDirty = true;
+    Object.keys(HIST_NAMES).forEach((name) => histDirty.add(name));
     $("eeg-info").textContent = msg.sfreq ? `${msg.sfreq} Hz, ${channels.length} channels` : (msg.live ? "waiting for the stream" : "not recorded here");
   }
   if (msg.kind === "delta" && msg.channels) {
@@ -224,15 +271,17 @@ function handle(msg) {
   if (msg.loop) setLoop(msg.loop);
   if (msg.images) setImages(msg.images);
   if (msg.quality) setQuality(msg.quality);
-  if (msg.alerts) setAlerts(msg.alerts);
+  if (msg.alerts) { setAlerts(msg.alerts); e.alerts = msg.alerts; }
   if (msg.worker !== undefined) setWorker(msg.worker);
   if (msg.calibration) setCalibration(msg.calibration);
   if (msg.gp) setGP(msg.gp);
   if (msg.kind === "delta" && msg.rewards) { rewards = rewards.concat(msg.rewards); rewardsDirty = true; }
   if (msg.best) best = msg.best;
   if (msg.kind === "delta" && msg.hist) {
-    for (const [k, v] of Object.entries(msg.hist)) hist[k] = (hist[k] || []).concat(v);
-    histDirty = true;
+    for (const [k, v] of Object.entries(msg.hist)) {
+      hist[k] = (hist[k] || []).concat(v);
+      histDirty.add(k);
+    }
   }
   if (msg.t_events && msg.kind === "delta") {  // the page now shows them
     const now = Date.now() / 1000;
@@ -247,7 +296,7 @@ function handle(msg) {
 
 setInterval(timed("rewards", () => { if (rewardsDirty) { drawRewards(); rewardsDirty = false; } }), 500);
 setInterval(timed("slow", () => {
-  if (histDirty) { drawHists(); histDirty = false; }
+  drawHists();
   const l = window.eegs.latencies.slice(-200).sort((a, b) => a - b);
   if (l.length) $("delay").textContent = `update delay p95 ${l[Math.floor(0.95 * (l.length - 1))].toFixed(0)} ms`;
 }), 1000);
@@ -255,7 +304,11 @@ setInterval(timed("slow", () => {
 function connect() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${proto}://${location.host}/ws?token=${encodeURIComponent(TOKEN)}`);
-  ws.onmessage = timed("handle", (ev) => handle(JSON.parse(ev.data)));
+  // each message acknowledged once shown: the server sends the next only then, merging
+  // what came meanwhile, so a busy page gets fresh updates instead of a backlog
+  ws.onmessage = timed("handle", (ev) => {
+    try { handle(JSON.parse(ev.data)); } finally { ws.send("ack"); }  // a bad message too
+  });
   ws.onclose = () => { $("state").textContent = "reconnecting"; setTimeout(connect, 1000); };
 }
 
