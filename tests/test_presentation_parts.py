@@ -7,8 +7,10 @@ import re
 import time
 
 import numpy as np
+import pylsl
 import pytest
 import zmq
+from helpers import wait_until
 from PIL import Image
 
 from app.presentation.frames import FrameRecorder, load_frames
@@ -191,7 +193,85 @@ def test_generator_client_stores_received_images_with_provenance(tmp_path, free_
     assert side["provenance"] == {"seed": 11, "parents": ["x"]}
     assert side["sha256"] == a.sha256
     assert images[1].ref.label == "sadness"
-    assert [e for e, _ in events] == ["image_request", "image_batch"]
+    # logged as it came, before it was stored; each image usable once its file was written
+    assert [e for e, _ in events] == ["image_request", "image_batch", "image_batch_stored"]
+    batch = events[1][1]
+    assert (batch["block"], batch["held"]) == ("closed_loop", False)
+    assert batch["t_received_lsl"] <= a.t_ready <= images[1].t_ready
+    assert events[2][1]["failed"] == 0
+
+
+def _answer(server, n: int = 2, error: str | None = None) -> ImageRequest:
+    """Answer the next request the way the worker does: a batch, or an error."""
+    assert server.poll(5000)
+    identity, _, *frames = server.recv_multipart()
+    req, _ = decode(frames)
+    if error is not None:
+        reply = encode(ErrorReply(error=error, detail=""))
+    else:
+        raw = np.full((8, 8, 3), 7 * req.round, np.uint8)
+        infos = [ImageInfo(image_id=f"{req.block}-{req.round}-{i}") for i in range(n)]
+        reply = encode_image_batch("s", req.round, [(info, raw) for info in infos])
+    server.send_multipart([identity, b"", *reply])
+    return req
+
+
+def test_a_round_asked_ahead_is_stored_and_held_ready_until_its_block_begins(tmp_path, free_port):
+    server = zmq.Context.instance().socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind(f"tcp://127.0.0.1:{free_port}")
+    loader, client, events = _client(tmp_path, free_port)
+    try:
+        ahead = ImageRequest(session="s", block="loop", round=0, n_images=2)
+        client.request(ahead, "round-00", hold=True)
+        _answer(server)
+        wait_until(lambda: any(e == "image_batch_stored" for e, _ in events))
+        time.sleep(0.2)
+        assert loader.poll() is None  # held: another block's images are being shown
+        assert sorted(p.name for p in (tmp_path / "session/images/round-00").iterdir()) == [
+            "loop-0-0.json", "loop-0-0.png", "loop-0-1.json", "loop-0-1.png",
+        ]  # fmt: skip
+        # the same round of another block is not this one: it goes to the loader at once
+        client.request(ImageRequest(session="s", block="other", round=0, n_images=2), "o")
+        _answer(server)
+        other = _poll(loader, 2)
+        assert [i.ref.path.parent.name for i in other] == ["o", "o"]
+        t_release = pylsl.local_clock()
+        client.release("loop", 0)
+        held = _poll(loader, 2)
+    finally:
+        client.close()
+        loader.close()
+        server.close()
+    assert [i.ref.path.name for i in held] == ["loop-0-0.png", "loop-0-1.png"]
+    assert all(i.t_ready < t_release for i in held)  # ready long before it was needed
+    batches = [f for e, f in events if e == "image_batch"]
+    assert [(b["block"], b["held"]) for b in batches] == [("loop", True), ("other", False)]
+    asked = [f for e, f in events if e == "image_request"]
+    assert [a["ahead"] for a in asked] == [True, False]
+
+
+def test_a_round_asked_ahead_in_vain_is_asked_again_when_its_block_begins(tmp_path, free_port):
+    server = zmq.Context.instance().socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind(f"tcp://127.0.0.1:{free_port}")
+    loader, client, events = _client(tmp_path, free_port)
+    try:
+        client.request(ImageRequest(session="s", block="loop", round=0, n_images=2), "r", hold=True)
+        _answer(server, error="generation_failed")
+        wait_until(lambda: any(e == "image_batch_failed" for e, _ in events))
+        time.sleep(0.2)
+        assert loader.poll() is None  # the block being shown is not failed for it
+        client.release("loop", 0)
+        again = _answer(server)
+        images = _poll(loader, 2)
+    finally:
+        client.close()
+        loader.close()
+        server.close()
+    assert (again.block, again.round) == ("loop", 0)
+    assert [type(i) for i in images] == [StimulusImage, StimulusImage]
+    assert [f["ahead"] for e, f in events if e == "image_request"] == [True, False]
 
 
 def test_generator_error_reply_fails_the_round_without_crashing(tmp_path, free_port):

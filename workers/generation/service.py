@@ -177,10 +177,15 @@ class GenerationService:
         )
         fitted = reward_fn if isinstance(reward_fn, SessionFittedReward) else None
         # the calibration block's size: the reward is fitted as soon as it is all in
-        n_calibration = sum(
-            b.n_trials * b.n_rounds for b in protocol.presentation.blocks if b.kind == "calibration"
+        blocks = protocol.presentation.blocks
+        n_calibration = sum(b.n_trials * b.n_rounds for b in blocks if b.kind == "calibration")
+        self.calibration = CalibrationGate(
+            fitted,
+            n_calibration,
+            self.score_epoch,
+            self._log,
+            later_blocks=[b.label for b in blocks if b.kind != "calibration"],
         )
-        self.calibration = CalibrationGate(fitted, n_calibration, self.score_epoch, self._log)
         self.rounds = RoundScheduler(
             self.g,
             self.generator,
@@ -244,7 +249,7 @@ class GenerationService:
         has begun: a first fit on the few rewards scored so far would set the GP's
         hyperparameters for the session. A training-free reward: once as many rewards
         are credited as the calibration block has trials (a restarted worker too), or the
-        closed loop has begun after it; without a calibration block, once round 0's
+        calibration is over without them (:mod:`workers.generation.calibration`); without a calibration block, once round 0's
         images are all rewarded.
         """
         gate = self.calibration
@@ -388,7 +393,7 @@ class GenerationService:
             self._answer(refused)  # logged; a rating is never answered
 
     def maybe_fit_decoder(self) -> None:
-        """Fit the calibration model once the closed loop has begun, if not done yet."""
+        """Fit the calibration model once the calibration is over, if not done yet."""
         self._contained("calibration", self.calibration.maybe_fit)
 
     # -- rounds --------------------------------------------------------------------------
@@ -397,7 +402,8 @@ class GenerationService:
         refused = self.rounds.start(request, envelope)
         if refused is not None:
             return self._answer(refused)
-        self.calibration.loop_started = True
+        if request.trials:  # a round after round 0; round 0 is asked for during calibration
+            self.calibration.loop_started = True
         return None
 
     def poll_job(self, now: float) -> tuple[list[bytes], list[bytes]] | None:
