@@ -42,36 +42,24 @@ def _by_round(trials: list[Trial], value) -> list[float | None]:
     return [round(float(np.mean(rounds[r])), 4) if rounds[r] else None for r in range(n)]
 
 
-def _round_ready_latency(events: list[dict]) -> list[float]:
-    """Per generated round: ms from when the presentation needed its images to when it had them.
+def _round_ready_latency(events: list[dict], loop: list[Trial]) -> list[float]:
+    """Per round r >= 1: last epoch of round r-1 -> batch r received by the presentation.
 
-    Needed: the flip from which the frame loop would stage the round's first image, the
-    one that ended the last stimulus before it (its ``stimulus_offset`` marker), or for
-    a block's first round (and a resumed block's first) the block's ``block_start``.
-    Had: the first of the round's images usable by the frame loop, in memory and its
-    file stored (the ``trial`` event's ``image_ready_lsl``). Negative: ready before it
-    was needed. A round counts once, from the first run that showed it.
+    Received: the presentation's ``image_batch`` (the one that names its block), logged
+    as the batch is in memory, before its files are written.
     """
-    generated: set[str] = set()
-    last: dict[str, float] = {}  # block -> its latest block_start or stimulus_offset flip
-    needed: dict[tuple[str, int], float] = {}
-    ready: dict[tuple[str, int], float] = {}
-    for e in events:
-        if e["event"] == "marker_sent":
-            m, t = e.get("marker", {}), e.get("t_flip_lsl")
-            block = m.get("block")
-            if m.get("event") == "block_start" and m.get("source") == "generator":
-                generated.add(block)
-            if block not in generated or t is None:
-                continue
-            if m["event"] in ("block_start", "stimulus_offset"):
-                last[block] = t
-            elif m["event"] == "stimulus_onset" and block in last:
-                needed.setdefault((block, int(m.get("round", 0))), last[block])
-        elif e["event"] == "trial" and e.get("image_ready_lsl") is not None:
-            key = (e["block"], int(e["round"]))
-            ready[key] = min(ready.get(key, np.inf), float(e["image_ready_lsl"]))
-    return [(ready[k] - t) * 1e3 for k, t in needed.items() if k in ready]
+    epoch_t = {e["trial_id"]: e["t_wall"] for e in events if e["event"] == "epoch"}
+    batch_t: dict[tuple[str, int], float] = {}
+    for e in events:  # the first receipt (a resumed session's events hold both runs)
+        if e["event"] == "image_batch" and "block" in e:
+            batch_t.setdefault((e["block"], e["round"]), e["t_wall"])
+    out = []
+    for block, r in sorted({(t.block, t.round) for t in loop}):
+        prev = [t.trial for t in loop if (t.block, t.round) == (block, r - 1)]
+        if r == 0 or (block, r) not in batch_t or not prev or max(prev) not in epoch_t:
+            continue
+        out.append((batch_t[block, r] - epoch_t[max(prev)]) * 1e3)
+    return out
 
 
 def _mean(values: list[float]) -> float | None:
@@ -193,7 +181,7 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
         "n_epochs_bad": sum(1 for e in epochs if e["bad"]),
         "n_epochs_lost": sum(1 for e in events if e["event"] == "epoch_lost"),
         "epoch_latency_ms": _stats([e["latency_ms"] for e in epochs]),
-        "round_ready_latency_ms": _stats(_round_ready_latency(events)),
+        "round_ready_latency_ms": _stats(_round_ready_latency(events, loop)),
         "dropped_frames": sum(t.dropped_frames for t in trials),
         # trials whose image was not there when the fixation ended (the participant waited)
         "image_late": sum(1 for e in events if e["event"] == "image_late"),

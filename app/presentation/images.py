@@ -6,8 +6,8 @@ it to RGBA pixels (PIL releases the GIL while it inflates), and hands a
 over ZeroMQ is made ready from memory while the client's thread writes it to the
 session directory (PNG and a JSON sidecar with its provenance); it reaches the frame
 loop once both are done, so that every marker names a file that another process can
-read. Each image is stamped with the moment it became usable (``t_ready``), from which
-the session's round-ready latency is measured. A round asked for ahead of its block is
+read. Each image is stamped with the moment it became usable (``t_ready``; the trial
+record's ``image_ready_lsl``). A round asked for ahead of its block is
 held, ready, until the block begins (:meth:`GeneratorClient.release`). No PsychoPy
 here: this module is testable without a window.
 """

@@ -323,11 +323,19 @@ class Runner:
 
         The first generator block's round 0 is asked for before anything is shown: it is
         the generator's round 0, random pool images that nothing shown before changes, so
-        it is stored and decoded while the blocks before it run (:meth:`ask_ahead`).
+        it is stored and decoded while the blocks before it run (:meth:`ask_ahead`). A
+        resumed session asks for that of the first generator block it has not ended.
         """
         for plan in self.plans:
             self.progress_of(plan)  # the disk is read now, never from the frame loop
-        first = next((p for p in self.plans if p.source == "generator"), None)
+        first = next(
+            (
+                p
+                for p in self.plans
+                if p.source == "generator" and not getattr(self.progress_of(p), "ended", False)
+            ),
+            None,
+        )
         if first is not None:
             self.ask_ahead(first, [])
         self.text_screen(self.pres.instructions, "instructions")

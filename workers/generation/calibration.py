@@ -8,7 +8,7 @@ other epoch, fits in a thread of its own as soon as the block is in (or the cali
 is over without it), and then hands the parked epochs back to be scored. A fit that
 fails is logged and the session goes on; its epochs stay unscored.
 
-The calibration is over when the first epoch of another block of the protocol arrives,
+The calibration is over when the first epoch of a block after it in the protocol arrives,
 or the first image request that lists trials (a round after round 0). A request for a
 round 0 does not end it: the presentation asks for a block's round 0 ahead of time,
 while the calibration block is still being shown and rated, and a fit then would miss
@@ -49,8 +49,8 @@ class CalibrationGate:
     log
         ``log(event, **fields)`` into the session's events.
     later_blocks
-        Labels of the protocol's blocks that are not calibration blocks: an epoch of one
-        of them says the calibration is over.
+        Labels of the protocol's blocks that come after the calibration block: an epoch of
+        one of them says the calibration is over.
     """
 
     def __init__(

@@ -176,15 +176,17 @@ class GenerationService:
             self.g, reward_fn, self.ledger, image_roots(protocol, store), self._log
         )
         fitted = reward_fn if isinstance(reward_fn, SessionFittedReward) else None
-        # the calibration block's size: the reward is fitted as soon as it is all in
+        # the calibration block's size: the reward is fitted as soon as it is all in; an
+        # epoch of a block after it says the calibration is over
         blocks = protocol.presentation.blocks
         n_calibration = sum(b.n_trials * b.n_rounds for b in blocks if b.kind == "calibration")
+        last_cal = max((i for i, b in enumerate(blocks) if b.kind == "calibration"), default=-1)
         self.calibration = CalibrationGate(
             fitted,
             n_calibration,
             self.score_epoch,
             self._log,
-            later_blocks=[b.label for b in blocks if b.kind != "calibration"],
+            later_blocks=[b.label for b in blocks[last_cal + 1 :]] if last_cal >= 0 else [],
         )
         self.rounds = RoundScheduler(
             self.g,
@@ -249,8 +251,8 @@ class GenerationService:
         has begun: a first fit on the few rewards scored so far would set the GP's
         hyperparameters for the session. A training-free reward: once as many rewards
         are credited as the calibration block has trials (a restarted worker too), or the
-        calibration is over without them (:mod:`workers.generation.calibration`); without a calibration block, once round 0's
-        images are all rewarded.
+        calibration is over without them (:mod:`workers.generation.calibration`); without a
+        calibration block, once round 0's images are all rewarded.
         """
         gate = self.calibration
         if gate.reward is not None:
