@@ -43,18 +43,22 @@ def _by_round(trials: list[Trial], value) -> list[float | None]:
 
 
 def _round_ready_latency(events: list[dict], loop: list[Trial]) -> list[float]:
-    """Per round r >= 1: last epoch of round r-1 -> batch r received by the presentation."""
+    """Per round r >= 1: last epoch of round r-1 -> batch r received by the presentation.
+
+    Received: the presentation's ``image_batch`` (the one that names its block), logged
+    as the batch is in memory, before its files are written.
+    """
     epoch_t = {e["trial_id"]: e["t_wall"] for e in events if e["event"] == "epoch"}
-    batch_t: dict[int, float] = {}
-    for e in events:  # the presentation logs the batch after the worker does: take the last
-        if e["event"] == "image_batch":
-            batch_t[e["round"]] = max(batch_t.get(e["round"], 0.0), e["t_wall"])
+    batch_t: dict[tuple[str, int], float] = {}
+    for e in events:  # the first receipt (a resumed session's events hold both runs)
+        if e["event"] == "image_batch" and "block" in e:
+            batch_t.setdefault((e["block"], e["round"]), e["t_wall"])
     out = []
-    for r in sorted({t.round for t in loop}):
-        prev = [t.trial for t in loop if t.round == r - 1]
-        if r == 0 or r not in batch_t or not prev or max(prev) not in epoch_t:
+    for block, r in sorted({(t.block, t.round) for t in loop}):
+        prev = [t.trial for t in loop if (t.block, t.round) == (block, r - 1)]
+        if r == 0 or (block, r) not in batch_t or not prev or max(prev) not in epoch_t:
             continue
-        out.append((batch_t[r] - epoch_t[max(prev)]) * 1e3)
+        out.append((batch_t[block, r] - epoch_t[max(prev)]) * 1e3)
     return out
 
 

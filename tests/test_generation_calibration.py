@@ -78,10 +78,10 @@ n_trials = 4
 """
 
 
-@pytest.mark.parametrize("trigger", ["first_request", "calibration_complete"])
+@pytest.mark.parametrize("trigger", ["first_loop_epoch", "calibration_complete"])
 def test_calibration_decoder_is_fitted_then_rewards(tmp_path, free_port, trigger):
     # the protocol's calibration block has 40 trials by default (only 16 come: the fit
-    # waits for the loop's first request), or exactly the 16 that come (fitted at once)
+    # waits for the loop's first epoch), or exactly the 16 that come (fitted at once)
     protocol = tmp_path / "protocol.toml"
     protocol.write_text(_PROTOCOL + (_BLOCKS if trigger == "calibration_complete" else ""))
     session = tmp_path / "session"
@@ -104,7 +104,7 @@ def test_calibration_decoder_is_fitted_then_rewards(tmp_path, free_port, trigger
             assert isinstance(reply, RewardReply)
             assert not reply.used
             assert "calibration" in reply.reason
-        if trigger == "first_request":
+        if trigger == "first_loop_epoch":
             time.sleep(1.0)
             assert not (session / DECODER_FILE).exists()  # no fit before the loop starts
         else:  # fitted as soon as the calibration block is complete
@@ -114,6 +114,9 @@ def test_calibration_decoder_is_fitted_then_rewards(tmp_path, free_port, trigger
             ImageRequest(session="s", block="closed_loop", round=0, n_images=4), timeout_s=60
         )
         assert isinstance(batch, ImageBatch)
+        if trigger == "first_loop_epoch":  # round 0 is asked for ahead, during calibration
+            time.sleep(0.5)
+            assert not (session / DECODER_FILE).exists()
         # an epoch of the first round before the decoder is ready waits for it (if any)
         first = batch.images[0].image_id
         msg, x = _epoch(100, {"block": "closed_loop", "image": f"/x/{first}.png"}, True)

@@ -466,6 +466,47 @@ def test_the_calibration_is_in_once_the_session_fitted_reward_has_scored_what_wa
         service.close()
 
 
+def test_the_calibration_is_over_with_a_later_block_not_with_round_0_asked_ahead(
+    tmp_path, backend, pool
+):
+    # a validation block before the calibration: its epochs do not end the calibration
+    path = tmp_path / "protocol.toml"
+    path.write_text(
+        _PROTOCOL
+        + "".join(
+            f'[[presentation.blocks]]\nkind = "{kind}"\nn_trials = 3\nsource = "{source}"\n'
+            for kind, source in [
+                ("validation", "folder"),
+                ("calibration", "folder"),
+                ("closed_loop", "generator"),
+            ]
+        )
+    )
+    service = GenerationService(load_protocol(path), backend, pool, _ThresholdReward())
+    gate = service.calibration
+    try:
+        assert (gate.n_calibration, gate.later_blocks) == (3, frozenset({"closed_loop"}))
+        # round 0, asked for while the calibration runs: its last ratings are still to come
+        ahead = ImageRequest(session="s", block="closed_loop", round=0, n_images=2)
+        assert service.start_request(ahead, []) is None
+        service.score_epoch(*_epoch(1, {"block": "validation"}))
+        for trial in (2, 3):  # one calibration trial short: its epoch was lost
+            service.score_epoch(*_epoch(trial, {"block": "calibration"}))
+        service.maybe_fit_decoder()
+        assert not gate.loop_started
+        assert not gate.fitting()
+        # the loop's first epoch: the calibration is over, fitted on what it has
+        service.score_epoch(*_epoch(5, {"block": "closed_loop"}))
+        assert gate.loop_started
+        service.maybe_fit_decoder()
+        gate.join(30)
+        assert gate.settled
+        kept = [float(_epoch(t, {})[1][0].mean()) for t in (2, 3)]
+        assert gate.reward.kept == pytest.approx(kept)  # the calibration's epochs only
+    finally:
+        service.close()
+
+
 def test_a_training_free_reward_is_calibrated_once_its_block_or_round_0_is_rewarded(
     protocol, backend, pool
 ):

@@ -7,8 +7,10 @@ import re
 import time
 
 import numpy as np
+import pylsl
 import pytest
 import zmq
+from helpers import wait_until
 from PIL import Image
 
 from app.presentation.frames import FrameRecorder, load_frames
@@ -147,6 +149,19 @@ def _client(tmp_path, free_port):
     return loader, client, events
 
 
+@pytest.fixture
+def generator_link(tmp_path, free_port):
+    """A ROUTER where the worker would be, and a client and loader connected to it."""
+    server = zmq.Context.instance().socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind(f"tcp://127.0.0.1:{free_port}")
+    loader, client, events = _client(tmp_path, free_port)
+    yield server, loader, client, events
+    client.close()
+    loader.close()
+    server.close()
+
+
 def _poll(loader, n, timeout=10.0):
     out = []
     deadline = time.monotonic() + timeout
@@ -158,59 +173,118 @@ def _poll(loader, n, timeout=10.0):
     return out
 
 
-def test_generator_client_stores_received_images_with_provenance(tmp_path, free_port):
-    server = zmq.Context.instance().socket(zmq.ROUTER)
-    server.setsockopt(zmq.LINGER, 0)
-    server.bind(f"tcp://127.0.0.1:{free_port}")
-    loader, client, events = _client(tmp_path, free_port)
-    try:
-        client.request(ImageRequest(session="s", block="closed_loop", round=2, n_images=2), "r2")
-        assert server.poll(5000)
-        identity, empty, *frames = server.recv_multipart()
-        req, _ = decode(frames)
-        assert (empty, req.round, req.n_images) == (b"", 2, 2)
-        raw = np.zeros((32, 16, 3), np.uint8)
-        raw[:8] = 255  # top rows white
-        reply = encode_image_batch(
-            "s",
-            2,
-            [(ImageInfo(image_id="a", provenance={"seed": 11, "parents": ["x"]}), raw)] * 1
-            + [(ImageInfo(image_id="b", label="sadness"), raw)],
-        )
-        server.send_multipart([identity, b"", *reply])
-        images = _poll(loader, 2)
-    finally:
-        client.close()
-        loader.close()
-        server.close()
+def test_generator_client_stores_received_images_with_provenance(generator_link):
+    server, loader, client, events = generator_link
+    client.request(ImageRequest(session="s", block="closed_loop", round=2, n_images=2), "r2")
+    assert server.poll(5000)
+    identity, empty, *frames = server.recv_multipart()
+    req, _ = decode(frames)
+    assert (empty, req.round, req.n_images) == (b"", 2, 2)
+    raw = np.zeros((32, 16, 3), np.uint8)
+    raw[:8] = 255  # top rows white
+    reply = encode_image_batch(
+        "s",
+        2,
+        [(ImageInfo(image_id="a", provenance={"seed": 11, "parents": ["x"]}), raw)] * 1
+        + [(ImageInfo(image_id="b", label="sadness"), raw)],
+    )
+    server.send_multipart([identity, b"", *reply])
+    images = _poll(loader, 2)
     assert [type(i) for i in images] == [StimulusImage, StimulusImage]
     a = images[0]
-    assert a.ref.path == (tmp_path / "session" / "images" / "r2" / "a.png").resolve()
+    assert a.ref.path == client.session_dir / "images" / "r2" / "a.png"
     np.testing.assert_array_equal(a.pixels[:8, :, :3], 255)  # stored upright as PNG
     side = json.loads(a.ref.path.with_suffix(".json").read_text())
     assert side["provenance"] == {"seed": 11, "parents": ["x"]}
     assert side["sha256"] == a.sha256
     assert images[1].ref.label == "sadness"
-    assert [e for e, _ in events] == ["image_request", "image_batch"]
+    # logged as it came, before it was stored; each image usable once its file was written
+    wait_until(lambda: len(events) == 3)
+    assert [e for e, _ in events] == ["image_request", "image_batch", "image_batch_stored"]
+    batch = events[1][1]
+    assert (batch["block"], batch["held"]) == ("closed_loop", False)
+    assert batch["t_received_lsl"] <= a.t_ready <= images[1].t_ready
+    assert events[2][1]["failed"] == 0
 
 
-def test_generator_error_reply_fails_the_round_without_crashing(tmp_path, free_port):
-    server = zmq.Context.instance().socket(zmq.ROUTER)
-    server.setsockopt(zmq.LINGER, 0)
-    server.bind(f"tcp://127.0.0.1:{free_port}")
-    loader, client, events = _client(tmp_path, free_port)
-    try:
-        client.request(ImageRequest(session="s", block="b", round=0, n_images=4), "r0")
-        assert server.poll(5000)
-        identity, _, *_ = server.recv_multipart()
-        server.send_multipart([identity, b"", *encode(ErrorReply(error="busy", detail="GPU"))])
-        (failure,) = _poll(loader, 1)
-        server.send_multipart([identity, b"", b"{not json"])  # unsolicited junk: logged
-        time.sleep(0.3)
-    finally:
-        client.close()
-        loader.close()
-        server.close()
+def _answer(server, n: int = 2, error: str | None = None) -> ImageRequest:
+    """Answer the next request the way the worker does: a batch, or an error."""
+    assert server.poll(5000)
+    identity, _, *frames = server.recv_multipart()
+    req, _ = decode(frames)
+    if error is not None:
+        reply = encode(ErrorReply(error=error, detail=""))
+    else:
+        raw = np.full((8, 8, 3), 7 * req.round, np.uint8)
+        infos = [ImageInfo(image_id=f"{req.block}-{req.round}-{i}") for i in range(n)]
+        reply = encode_image_batch("s", req.round, [(info, raw) for info in infos])
+    server.send_multipart([identity, b"", *reply])
+    return req
+
+
+def test_a_round_asked_ahead_is_stored_and_held_ready_until_its_block_begins(generator_link):
+    server, loader, client, events = generator_link
+    ahead = ImageRequest(session="s", block="loop", round=0, n_images=2)
+    client.request(ahead, "round-00", hold=True)
+    _answer(server)
+    wait_until(lambda: any(e == "image_batch_stored" for e, _ in events))
+    time.sleep(0.2)
+    assert loader.poll() is None  # held: another block's images are being shown
+    assert sorted(p.name for p in (client.session_dir / "images/round-00").iterdir()) == [
+        "loop-0-0.json", "loop-0-0.png", "loop-0-1.json", "loop-0-1.png",
+    ]  # fmt: skip
+    # the same round of another block is not this one: it goes to the loader at once
+    client.request(ImageRequest(session="s", block="other", round=0, n_images=2), "o")
+    _answer(server)
+    other = _poll(loader, 2)
+    assert [i.ref.path.parent.name for i in other] == ["o", "o"]
+    t_release = pylsl.local_clock()
+    client.release("loop", 0)
+    held = _poll(loader, 2)
+    assert [i.ref.path.name for i in held] == ["loop-0-0.png", "loop-0-1.png"]
+    assert all(i.t_ready < t_release for i in held)  # ready long before it was needed
+    batches = [f for e, f in events if e == "image_batch"]
+    assert [(b["block"], b["held"]) for b in batches] == [("loop", True), ("other", False)]
+    asked = [f for e, f in events if e == "image_request"]
+    assert [a["ahead"] for a in asked] == [True, False]
+
+
+def test_a_round_released_before_it_comes_goes_to_the_loader_as_it_comes(generator_link):
+    server, loader, client, events = generator_link
+    client.request(ImageRequest(session="s", block="loop", round=0, n_images=2), "r", hold=True)
+    client.release("loop", 0)  # the block began before the worker answered
+    _answer(server)
+    images = _poll(loader, 2)
+    assert [i.ref.path.name for i in images] == ["loop-0-0.png", "loop-0-1.png"]
+    assert all(i.ref.path.is_file() for i in images)  # its file is there before it is shown
+    ((batch,),) = [[f for e, f in events if e == "image_batch"]]
+    assert batch["held"] is False
+
+
+def test_a_round_asked_ahead_in_vain_is_asked_again_when_its_block_begins(generator_link):
+    server, loader, client, events = generator_link
+    client.request(ImageRequest(session="s", block="loop", round=0, n_images=2), "r", hold=True)
+    _answer(server, error="generation_failed")
+    wait_until(lambda: any(e == "image_batch_failed" for e, _ in events))
+    time.sleep(0.2)
+    assert loader.poll() is None  # the block being shown is not failed for it
+    client.release("loop", 0)
+    again = _answer(server)
+    images = _poll(loader, 2)
+    assert (again.block, again.round) == ("loop", 0)
+    assert [type(i) for i in images] == [StimulusImage, StimulusImage]
+    assert [f["ahead"] for e, f in events if e == "image_request"] == [True, False]
+
+
+def test_generator_error_reply_fails_the_round_without_crashing(generator_link):
+    server, loader, client, events = generator_link
+    client.request(ImageRequest(session="s", block="b", round=0, n_images=4), "r0")
+    assert server.poll(5000)
+    identity, _, *_ = server.recv_multipart()
+    server.send_multipart([identity, b"", *encode(ErrorReply(error="busy", detail="GPU"))])
+    (failure,) = _poll(loader, 1)
+    server.send_multipart([identity, b"", b"{not json"])  # unsolicited junk: logged
+    time.sleep(0.3)
     assert isinstance(failure, BatchFailure)
     assert failure.round == 0
     assert "busy" in failure.reason

@@ -24,8 +24,9 @@ def test_round_ready_runs_from_the_presentations_request_to_its_batch():
         # the presentation's request (it names the block), then the worker's own log line
         {"t_wall": 10.0, "event": "image_request", "round": 1, "block": "closed_loop"},
         {"t_wall": 10.01, "event": "image_request", "round": 1, "deadline_s": 10.0},
-        {"t_wall": 10.2, "event": "image_batch", "round": 1, "image_ids": []},
-        {"t_wall": 10.25, "event": "image_batch", "round": 1, "converged": False},
+        # the presentation logs the batch as it receives it, the worker once it is sent
+        {"t_wall": 10.25, "event": "image_batch", "round": 1, "block": "closed_loop"},
+        {"t_wall": 10.3, "event": "image_batch", "round": 1, "image_ids": []},
         # the previous round's last epoch is published after the batch is ready
         {"t_wall": 11.0, "event": "epoch", "trial_id": 7, "latency_ms": 18.0},
     ]

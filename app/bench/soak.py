@@ -118,11 +118,11 @@ def latency_series(events: list[dict[str, Any]]) -> dict[str, list[tuple[float, 
     epochs = [(e["t_wall"], float(e["latency_ms"])) for e in events if e["event"] == "epoch"]
     asked: dict[int, float] = {}
     batch_t: dict[int, float] = {}
-    for e in events:  # the presentation logs both after the worker: the last is its own
+    for e in events:  # the presentation's own (they name the block), not the worker's
         if e["event"] == "image_request" and "round" in e and "block" in e:
             asked.setdefault(e["round"], e["t_wall"])
-        elif e["event"] == "image_batch" and "round" in e:
-            batch_t[e["round"]] = max(batch_t.get(e["round"], 0.0), e["t_wall"])
+        elif e["event"] == "image_batch" and "round" in e and "block" in e:
+            batch_t.setdefault(e["round"], e["t_wall"])  # logged as it is received
     ready = [(batch_t[r], (batch_t[r] - asked[r]) * 1e3) for r in sorted(batch_t) if r in asked]
     return {"epoch_latency_ms": epochs, "round_ready_latency_ms": ready}
 

@@ -34,6 +34,7 @@ class Round:
     trials: list[int] = field(default_factory=list)
     failures: int = 0
     dead: str | None = None
+    reshow: bool = False  # images of the block shown once more (reshow_lost)
 
 
 def images_folder(block: Block, round_: int) -> str:
@@ -94,7 +95,7 @@ def _rounds(
             for ref in folder_plan.draw(block.n_trials, r):
                 runner.loader.submit(ref)
         else:
-            runner.request(plan, r, trials)
+            runner.request(plan, r, trials)  # or released, when it came ahead of the block
         run_round(runner, rnd)
         trials = rnd.trials
         if rnd.dead is not None:
@@ -102,8 +103,9 @@ def _rounds(
                 "round_ended_early", block=block.label, kind=block.kind, round=r, reason=rnd.dead
             )
             return rnd.dead
-        if runner.client is not None and r in runner.client.converged:
-            return f"generator converged: {runner.client.converged[r]}"
+        converged = runner.converged(plan, r)
+        if converged is not None:
+            return f"generator converged: {converged}"
     return "completed"
 
 
@@ -121,7 +123,7 @@ def reshow_lost(runner: Runner, plan: BlockPlan) -> None:
 
     lost = lost_images(runner.images_root.parent, plan.block.label, runner.reshown)
     for r, items in sorted(lost.items()):
-        rnd = Round(plan, r, len(items), None, pylsl.local_clock())
+        rnd = Round(plan, r, len(items), None, pylsl.local_clock(), reshow=True)
         runner.round = rnd
         for tid, ref in items:
             runner.reshown.add(tid)
@@ -170,4 +172,4 @@ def end_round(runner: Runner, rnd: Round) -> None:
         runner.loader.clear()
         runner.stager.clear()
     if runner.client is not None:
-        runner.client.cancel(rnd.index)
+        runner.client.cancel(rnd.plan.block.label, rnd.index)

@@ -2,10 +2,14 @@
 
 The frame loop never decodes: a loader thread reads each file, hashes it and decodes
 it to RGBA pixels (PIL releases the GIL while it inflates), and hands a
-:class:`StimulusImage` to the main thread through a bounded queue. Images received
-over ZeroMQ are first written to the session directory (PNG and a JSON sidecar with
-their provenance), so that every marker names a file that another process can read.
-No PsychoPy here: this module is testable without a window.
+:class:`StimulusImage` to the main thread through a bounded queue. An image received
+over ZeroMQ is made ready from memory while the client's thread writes it to the
+session directory (PNG and a JSON sidecar with its provenance); it reaches the frame
+loop once both are done, so that every marker names a file that another process can
+read. Each image is stamped with the moment it became usable (``t_ready``; the trial
+record's ``image_ready_lsl``). A round asked for ahead of its block is
+held, ready, until the block begins (:meth:`GeneratorClient.release`). No PsychoPy
+here: this module is testable without a window.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pylsl
 import zmq
 from PIL import Image, UnidentifiedImageError
 
@@ -58,11 +64,16 @@ class ImageRef:
 
 @dataclass
 class StimulusImage:
-    """A decoded image, ready for texture upload (RGBA, top row first)."""
+    """A decoded image, ready for texture upload (RGBA, top row first).
+
+    ``t_ready``: when it became usable by the frame loop (decoded, its file stored), on
+    the LSL clock; None for an image not made by the loader.
+    """
 
     ref: ImageRef
     sha256: str
     pixels: np.ndarray = field(repr=False)
+    t_ready: float | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -153,7 +164,11 @@ def read_image(ref: ImageRef, max_size: int = 16384) -> StimulusImage:
         data = ref.path.read_bytes()
     except OSError as err:
         raise ValueError(f"cannot read {ref.path}: {err.strerror}") from None
-    sha = hashlib.sha256(data).hexdigest()
+    return StimulusImage(ref, hashlib.sha256(data).hexdigest(), _decode(data, max_size))
+
+
+def _decode(data: bytes, max_size: int) -> np.ndarray:
+    """RGBA pixels of an encoded image; raises ValueError with the reason."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             if max(im.size) > max_size:  # read from the header: nothing decoded yet
@@ -162,8 +177,74 @@ def read_image(ref: ImageRef, max_size: int = 16384) -> StimulusImage:
             rgba = im.convert("RGBA")
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"not a readable image: {err}") from None
-    pixels = np.ascontiguousarray(np.asarray(rgba, dtype=np.uint8))
-    return StimulusImage(ref, sha, pixels)
+    return np.ascontiguousarray(np.asarray(rgba, dtype=np.uint8))
+
+
+def _rgba(frame: np.ndarray, max_size: int) -> np.ndarray:
+    """RGBA pixels of a received frame: PNG bytes (1-D) or raw (H, W, 3|4) pixels."""
+    if frame.ndim == 1:
+        return _decode(frame.tobytes(), max_size)
+    if max(frame.shape[:2]) > max_size:
+        raise ValueError(f"{frame.shape[1]}x{frame.shape[0]} exceeds {max_size} pixels")
+    if frame.shape[2] == 4:
+        return np.ascontiguousarray(frame, dtype=np.uint8)
+    out = np.empty((*frame.shape[:2], 4), np.uint8)
+    out[..., :3] = frame
+    out[..., 3] = 255
+    return out
+
+
+class Received:
+    """A generated image as the worker sent it: made ready from memory while it is stored.
+
+    The loader makes its pixels from the frame in memory while the client's thread
+    writes the file; :meth:`result` hands the image over only once the file is written,
+    since its onset marker names the file and its hash.
+    """
+
+    def __init__(self, ref: ImageRef, frame: np.ndarray) -> None:
+        self.ref = ref
+        self.frame = frame
+        self._stored = threading.Event()
+        self._sha256: str | None = None
+        self._store_error: str | None = None
+        self._pixels: np.ndarray | None = None
+        self._error: str | None = None
+        self._t_pixels = self._t_stored = 0.0
+
+    def stored(self, sha256: str | None, error: str | None = None) -> None:
+        """The file is written (its hash), or could not be (why); from the storing thread."""
+        self._sha256, self._store_error = sha256, error
+        self._t_stored = pylsl.local_clock()
+        self._stored.set()
+
+    def prepare(self, max_size: int) -> None:
+        """Make the pixels (once); a frame that is not an image is remembered as such."""
+        if self._pixels is not None or self._error is not None:
+            return
+        try:
+            self._pixels = _rgba(self.frame, max_size)
+        except ValueError as err:
+            self._error = str(err)
+        self._t_pixels = pylsl.local_clock()
+
+    def result(self, max_size: int, stop: threading.Event) -> StimulusImage | ImageFailure | None:
+        """The image once its pixels are made and its file stored (None: stopped first)."""
+        self.prepare(max_size)
+        while not self._stored.wait(0.1):
+            if stop.is_set():
+                return None
+        error = self._error or (
+            f"cannot store received image: {self._store_error}" if self._store_error else None
+        )
+        if error is not None or self._sha256 is None or self._pixels is None:
+            return ImageFailure(self.ref, error or "not stored")
+        t_ready = max(self._t_pixels, self._t_stored)  # usable from then on
+        return StimulusImage(self.ref, self._sha256, self._pixels, t_ready)
+
+
+#: What the loader takes: an image file, a received image, or a failure to pass on.
+LoaderJob = ImageRef | Received | ImageFailure | BatchFailure
 
 
 class ImageLoader:
@@ -171,9 +252,7 @@ class ImageLoader:
 
     def __init__(self, lookahead: int = 3, max_size: int = 16384) -> None:
         self.max_size = max_size
-        self._jobs: queue.SimpleQueue[ImageRef | ImageFailure | BatchFailure | None] = (
-            queue.SimpleQueue()
-        )
+        self._jobs: queue.SimpleQueue[LoaderJob | None] = queue.SimpleQueue()
         self.ready: queue.Queue[StimulusImage | ImageFailure | BatchFailure] = queue.Queue(
             lookahead
         )
@@ -181,9 +260,9 @@ class ImageLoader:
         self._thread = threading.Thread(target=self._run, name="image-loader", daemon=True)
         self._thread.start()
 
-    def submit(self, ref: ImageRef) -> None:
+    def submit(self, job: ImageRef | Received) -> None:
         """Queue an image for decoding (thread-safe)."""
-        self._jobs.put(ref)
+        self._jobs.put(job)
 
     def fail(self, failure: ImageFailure | BatchFailure) -> None:
         """Pass a failure through the same ordered queue (thread-safe)."""
@@ -212,8 +291,15 @@ class ImageLoader:
             if isinstance(job, ImageFailure | BatchFailure):
                 self._put(job)
                 continue
+            if isinstance(job, Received):
+                item = job.result(self.max_size, self._stop)
+                if item is None:
+                    return
+                self._put(item)
+                continue
             try:
-                item: StimulusImage | ImageFailure = read_image(job, self.max_size)
+                item = read_image(job, self.max_size)
+                item.t_ready = pylsl.local_clock()
             except ValueError as err:
                 item = ImageFailure(job, str(err))
             self._put(item)
@@ -235,13 +321,32 @@ class ImageLoader:
         self._thread.join(2.0)
 
 
+@dataclass
+class _Asked:
+    """A round asked of the worker: where its images go, and whether they wait for their block."""
+
+    request: ImageRequest
+    folder: str
+    hold: bool = False
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.request.block, self.request.round
+
+
 class GeneratorClient:
     """Asks the generation worker for each round's images and stores what comes back.
 
     A DEALER socket (loopback, or CURVE for a remote GPU server) lives in its own
-    thread. Each received image is written to ``SESSION/images/...`` with a JSON
-    sidecar, then handed to the :class:`ImageLoader`; a failed round reaches the main
-    thread as a :class:`BatchFailure`.
+    thread. A batch is logged as it arrives (``image_batch``, with ``t_received_lsl``);
+    each of its images goes to the :class:`ImageLoader` at once, which makes it ready
+    from memory while this thread writes it to ``SESSION/images/...`` with a JSON
+    sidecar (``image_batch_stored``: how long that took). A failed round reaches the
+    main thread as a :class:`BatchFailure`.
+
+    A round asked for ahead of its block (``hold``: a block's round 0, asked while the
+    block before it runs) is stored and made ready here as it comes and held until
+    :meth:`release` says its block has begun; had it failed, it is asked for again then.
 
     A worker that crashed and was restarted by the supervisor never got the request it
     was working on: when the socket connects again, every round still awaited is asked
@@ -270,9 +375,11 @@ class GeneratorClient:
             secret_key=secret_key,
             server_public_key=server_public_key,
         )
-        self._requests: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
-        self.converged: dict[int, str] = {}  # round -> the generator's stop reason
-        self._pending: dict[int, tuple[ImageRequest, str]] = {}
+        self._commands: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self.converged: dict[tuple[str, int], str] = {}  # (block, round) -> stop reason
+        self._pending: dict[tuple[str, int], _Asked] = {}  # in the order asked
+        self._held: dict[tuple[str, int], list[Received]] = {}  # came ahead of their block
+        self._failed_ahead: dict[tuple[str, int], _Asked] = {}
         self._monitor = self._sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
@@ -282,36 +389,60 @@ class GeneratorClient:
         self._thread = threading.Thread(target=self._run, name="generator-client", daemon=True)
         self._thread.start()
 
-    def request(self, request: ImageRequest, folder: str) -> None:
-        """Ask for a round; its images go to ``SESSION/images/FOLDER`` (thread-safe)."""
-        self._requests.put((request, folder))
+    def request(self, request: ImageRequest, folder: str, *, hold: bool = False) -> None:
+        """Ask for a round; its images go to ``SESSION/images/FOLDER`` (thread-safe).
 
-    def cancel(self, round_: int) -> None:
+        ``hold``: asked ahead of its block; its images wait for :meth:`release`.
+        """
+        self._commands.put(("ask", _Asked(request, folder, hold)))
+
+    def release(self, block: str, round_: int) -> None:
+        """A round asked for ahead: its block has begun, its images go to the loader now."""
+        self._commands.put(("release", (block, round_)))
+
+    def cancel(self, block: str, round_: int) -> None:
         """Forget a round asked for; a batch that comes later is logged and dropped."""
-        self._requests.put(("cancel", round_))
+        self._commands.put(("cancel", (block, round_)))
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                try:
-                    item = self._requests.get_nowait()
-                except queue.Empty:
-                    item = ()
-                if item is None:
-                    return
-                if item and item[0] == "cancel":
-                    self._pending.pop(item[1], None)
-                elif item:
-                    req, folder = item
-                    self._pending[req.round] = (req, folder)
-                    self._sock.send_multipart([b"", *encode(req)])
-                    self.on_event("image_request", **req.model_dump(exclude={"type", "v"}))
+                while True:
+                    try:
+                        command = self._commands.get_nowait()
+                    except queue.Empty:
+                        break
+                    if command is None:
+                        return
+                    self._command(*command)
                 self._watch_connection()
                 if self._sock.poll(20):
                     self._receive(self._sock.recv_multipart())
         finally:
             self._monitor.close(0)
             self._sock.close(0)
+
+    def _command(self, kind: str, arg: Any) -> None:
+        if kind == "ask":
+            self._ask(arg)
+        elif kind == "cancel":
+            self._pending.pop(arg, None)
+        elif kind == "release":
+            held = self._held.pop(arg, None)
+            if held is not None:
+                for job in held:
+                    self.loader.submit(job)
+            elif arg in self._pending:  # not come yet: to the loader as it comes
+                self._pending[arg].hold = False
+            elif arg in self._failed_ahead:  # asked ahead in vain: again, now it is needed
+                asked = self._failed_ahead.pop(arg)
+                self._ask(_Asked(asked.request, asked.folder))
+
+    def _ask(self, asked: _Asked) -> None:
+        req = asked.request
+        self._pending[asked.key] = asked
+        self._sock.send_multipart([b"", *encode(req)])
+        self.on_event("image_request", **req.model_dump(exclude={"type", "v"}), ahead=asked.hold)
 
     def _watch_connection(self) -> None:
         """Ask again for every awaited round once a (restarted) worker is connected."""
@@ -322,80 +453,120 @@ class GeneratorClient:
             if event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 continue
             if self._was_connected and self._pending:
-                for req, _ in self._pending.values():
-                    self._sock.send_multipart([b"", *encode(req)])
+                for asked in self._pending.values():
+                    self._sock.send_multipart([b"", *encode(asked.request)])
                 self._repeats += len(self._pending)
-                self.on_event("image_request_resent", rounds=sorted(self._pending))
+                self.on_event("image_request_resent", rounds=sorted(k[1] for k in self._pending))
             self._was_connected = True
 
     def _receive(self, frames: list[bytes]) -> None:
+        t_received = pylsl.local_clock()
         if frames and frames[0] == b"":
             frames = frames[1:]
         try:
             msg, arrays = decode(frames)
         except MessageError as err:
-            self._fail(None, f"unusable reply: {err}")
+            self._fail(f"unusable reply: {err}")
             return
         if isinstance(msg, ErrorReply) and msg.error == "busy" and self._repeats:
             self._repeats -= 1
             self.on_event("image_request_repeat_busy", detail=msg.detail)
             return  # a repeat of a request the worker is already answering
         if isinstance(msg, ErrorReply):
-            self._fail(None, f"generator error: {msg.error} {msg.detail}".strip())
+            self._fail(f"generator error: {msg.error} {msg.detail}".strip())
             return
         if not isinstance(msg, ImageBatch):
-            self._fail(None, f"unexpected reply of type {msg.type!r}")
+            self._fail(f"unexpected reply of type {msg.type!r}")
             return
-        pending = self._pending.pop(msg.round, None)
-        if pending is None:
+        # the worker answers one request at a time: the oldest asked for this round
+        key = next((k for k in self._pending if k[1] == msg.round), None)
+        if key is None:
             self.on_event("image_batch_unrequested", round=msg.round)
             return
-        _, folder = pending
-        out_dir = self.session_dir / "images" / folder
-        for info, arr in zip(msg.images, arrays, strict=True):
-            path = out_dir / f"{info.image_id}.png"
-            try:
-                png = arr.tobytes() if arr.ndim == 1 else _png_bytes(arr)
-                atomic_write_bytes(path, png)
-                atomic_write_json(
-                    path.with_suffix(".json"),
-                    {
-                        "image_id": info.image_id,
-                        "label": info.label,
-                        "round": msg.round,
-                        "sha256": hashlib.sha256(png).hexdigest(),
-                        "provenance": info.provenance,
-                    },
-                )
-            except (OSError, ValueError) as err:
-                ref = ImageRef(path, info.label, msg.round, info.provenance)
-                self.loader.fail(ImageFailure(ref, f"cannot store received image: {err}"))
-                continue
-            self.loader.submit(ImageRef(path, info.label, msg.round, info.provenance))
+        asked = self._pending.pop(key)
         self.on_event(
             "image_batch",
+            block=key[0],
             round=msg.round,
             n_images=len(msg.images),
             deadline_missed=msg.deadline_missed,
             converged=msg.converged,
             stop_reason=msg.stop_reason,
             timing_ms=msg.timing_ms,
+            held=asked.hold,
+            t_received_lsl=t_received,
         )
         if msg.converged:
-            self.converged[msg.round] = msg.stop_reason or "converged"
+            self.converged[key] = msg.stop_reason or "converged"
+        out_dir = self.session_dir / "images" / asked.folder
+        jobs = [
+            Received(
+                ImageRef(out_dir / f"{info.image_id}.png", info.label, msg.round, info.provenance),
+                arr,
+            )
+            for info, arr in zip(msg.images, arrays, strict=True)
+        ]
+        if asked.hold:
+            self._held[key] = jobs
+        else:
+            for job in jobs:  # made ready by the loader while they are stored
+                self.loader.submit(job)
+        t0 = time.perf_counter()
+        failed = sum(
+            not _store(job, info.image_id) for job, info in zip(jobs, msg.images, strict=True)
+        )
+        if asked.hold:
+            for job in jobs:  # ready before its block needs it
+                job.prepare(self.loader.max_size)
+        self.on_event(
+            "image_batch_stored",
+            block=key[0],
+            round=msg.round,
+            store_ms=round((time.perf_counter() - t0) * 1e3, 3),
+            failed=failed,
+        )
 
-    def _fail(self, round_: int | None, reason: str) -> None:
-        rounds = [round_] if round_ is not None else list(self._pending)
-        for r in rounds:
-            self._pending.pop(r, None)
-            self.loader.fail(BatchFailure(r, reason))
+    def _fail(self, reason: str) -> None:
+        """Every awaited round failed; one asked ahead is asked again when its block begins."""
+        rounds = []
+        for key, asked in list(self._pending.items()):
+            del self._pending[key]
+            rounds.append(key[1])
+            if asked.hold:
+                self._failed_ahead[key] = asked
+            else:
+                self.loader.fail(BatchFailure(key[1], reason))
         self.on_event("image_batch_failed", rounds=rounds, reason=reason)
 
     def close(self) -> None:
         """Stop the thread and close the socket."""
         self._stop.set()
-        self._requests.put(None)
+        self._commands.put(None)
         self._thread.join(2.0)
+
+
+def _store(job: Received, image_id: str) -> bool:
+    """Write a received image (PNG) and its sidecar; tell ``job`` how it went."""
+    ref = job.ref
+    try:
+        png = job.frame.tobytes() if job.frame.ndim == 1 else _png_bytes(job.frame)
+        sha = hashlib.sha256(png).hexdigest()
+        atomic_write_bytes(ref.path, png)
+        atomic_write_json(
+            ref.path.with_suffix(".json"),
+            {
+                "image_id": image_id,
+                "label": ref.label,
+                "round": ref.round,
+                "sha256": sha,
+                "provenance": ref.meta,
+            },
+        )
+    except (OSError, ValueError) as err:
+        job.stored(None, str(err))
+        return False
+    job.stored(sha)
+    return True
 
 
 def _png_bytes(pixels: np.ndarray) -> bytes:

@@ -54,7 +54,7 @@ from app.presentation.markers import MarkerStream
 from app.presentation.photodiode import PhotodiodePatch
 from app.presentation.ratings import RatingScreen
 from app.presentation.responses import ResponseBox
-from app.presentation.resume import BlockProgress, read_progress
+from app.presentation.resume import BlockProgress, read_progress, saved_round_images
 from app.presentation.textures import (
     StreamedTexture,
     TextureStager,
@@ -143,7 +143,7 @@ class Runner:
         controls: Controls,
         status: StatusLine,
         clock_offset: float,
-        progress: dict[str, BlockProgress] | None = None,
+        progress: dict[str, BlockProgress | None] | None = None,
         box: ResponseBox | None = None,
     ) -> None:
         from psychopy import visual
@@ -175,6 +175,7 @@ class Runner:
         self.round: Round | None = None
         self.current: dict[str, Any] = {}
         self.requested: set[tuple[str, int]] = set()  # (block, round) asked of the generator
+        self.held: set[tuple[str, int]] = set()  # asked ahead of their block, not released
         self.reshown: set[int] = set()  # trials whose image was shown again
         self.restarts = RestartWatch(store.root)  # a worker being restarted is waited for
         self.n_blocks = 0  # blocks begun (or skipped by a resumed session): folder draw seeds
@@ -318,24 +319,68 @@ class Runner:
 
     # -- session -----------------------------------------------------------------------
     def run(self) -> None:
-        """Instructions, then every block (:func:`app.presentation.block.run_block`)."""
+        """Instructions, then every block (:func:`app.presentation.block.run_block`).
+
+        The first generator block's round 0 is asked for before anything is shown: it is
+        the generator's round 0, random pool images that nothing shown before changes, so
+        it is stored and decoded while the blocks before it run (:meth:`ask_ahead`). A
+        resumed session asks for that of the first generator block it has not ended.
+        """
+        for plan in self.plans:
+            self.progress_of(plan)  # the disk is read now, never from the frame loop
+        first = next(
+            (
+                p
+                for p in self.plans
+                if p.source == "generator" and not getattr(self.progress_of(p), "ended", False)
+            ),
+            None,
+        )
+        if first is not None:
+            self.ask_ahead(first, [])
         self.text_screen(self.pres.instructions, "instructions")
         for plan in self.plans:
-            done = self.progress.get(plan.block.label) if self.progress is not None else None
+            done = self.progress_of(plan)
             if done is not None and done.ended:
                 self.n_blocks += 1  # its folder draws keep their seeds
                 continue
             run_block(self, plan, done)
         self.frame("blank")
 
-    def request(self, plan: BlockPlan, r: int, trials: list[int]) -> None:
-        """Ask the generator for round ``r`` (once), listing the trials it follows."""
+    def progress_of(self, plan: BlockPlan) -> BlockProgress | None:
+        """What a resumed session showed of a block before (None: a fresh block).
+
+        A generator block whose round 0 came ahead of it, before the cut, counts as begun
+        with nothing shown: those images are read back, never asked for again (the
+        worker's generator is past its round 0 by then).
+        """
+        if self.progress is None:
+            return None
+        label = plan.block.label
+        if label not in self.progress:  # looked up once, before the first block
+            folder = self.images_root / images_folder(plan.block, 0)
+            saved = plan.source == "generator" and saved_round_images(folder, 0)
+            self.progress[label] = BlockProgress() if saved else None
+        return self.progress[label]
+
+    def request(self, plan: BlockPlan, r: int, trials: list[int], *, ahead: bool = False) -> None:
+        """Ask the generator for round ``r`` of a generator block (once), after ``trials``.
+
+        ``ahead``: before its block begins; the images are held until it does. When
+        the block asks for a round it was given ahead, that round is released instead.
+        """
         key = (plan.block.label, r)
-        if self.client is None or key in self.requested:
+        if self.client is None or plan.source != "generator":
+            return
+        if key in self.requested:
+            if not ahead and key in self.held:
+                self.held.discard(key)
+                self.client.release(*key)
             return
         self.requested.add(key)
+        if ahead:
+            self.held.add(key)
         block = plan.block
-        folder = images_folder(block, r)
         req = ImageRequest(
             session=self.session,
             block=block.label,
@@ -343,7 +388,39 @@ class Runner:
             n_images=block.n_trials,
             trials=list(trials),
         )
-        self.client.request(req, folder)
+        self.client.request(req, images_folder(block, r), hold=ahead)
+
+    def ask_ahead(self, plan: BlockPlan, trials: list[int]) -> None:
+        """Ask for a generator block's round 0 before the block begins (held until then).
+
+        Not for a block that a resumed session began before (:meth:`progress_of`).
+        """
+        if plan.source == "generator" and self.progress_of(plan) is None:
+            self.request(plan, 0, trials, ahead=True)
+
+    def ask_next(self, rnd: Round, trials: list[int]) -> None:
+        """As the last image of ``rnd`` goes on screen, ask for the round that follows it.
+
+        The block's next round, so that the generator works while that image is shown;
+        or, when the block ends with this round (its last, or the generator converged),
+        the next block's round 0 if that block shows generated images. Nothing after a
+        round of images shown again.
+        """
+        if rnd.reshow:
+            return
+        plan, r = rnd.plan, rnd.index
+        if r + 1 < plan.block.n_rounds and self.converged(plan, r) is None:
+            self.request(plan, r + 1, trials)
+            return
+        k = self.plans.index(plan)
+        if k + 1 < len(self.plans):
+            self.ask_ahead(self.plans[k + 1], trials if plan.source == "generator" else [])
+
+    def converged(self, plan: BlockPlan, r: int) -> str | None:
+        """Why the generator stopped with round ``r`` of this block (None: it did not)."""
+        if self.client is None:
+            return None
+        return self.client.converged.get((plan.block.label, r))
 
     # -- between trials ----------------------------------------------------------------
     def between_trials(self) -> None:

@@ -91,8 +91,8 @@ def run_trial(runner: Runner, rnd: Round) -> bool:
     runner.current["phase"] = "offset"
     rnd.trials.append(tid)
     runner.next_trial += 1
-    if rnd.remaining == 0 and rnd.index + 1 < rnd.plan.block.n_rounds:
-        runner.request(rnd.plan, rnd.index + 1, rnd.trials)  # if not asked for already
+    if rnd.remaining == 0:
+        runner.ask_next(rnd, rnd.trials)  # if not asked for already
     rating = None
     last = stim.on_i
     aborted = None
@@ -166,10 +166,10 @@ def _stimulus(
     image = tex.image
     runner.image.image = tex
     runner.image.size = fit_size(image.size, runner.pres.screen.image_size)
-    if rnd.remaining == 0 and rnd.index + 1 < rnd.plan.block.n_rounds:
+    if rnd.remaining == 0:
         # the round's last image is about to show: ask for the next round now, so the
         # generator works while it is on screen (a non-blocking hand-off to a thread)
-        runner.request(rnd.plan, rnd.index + 1, [*rnd.trials, info["trial"]])
+        runner.ask_next(rnd, [*rnd.trials, info["trial"]])
     onset = runner.markers.on_next_flip(
         "stimulus_onset",
         **info,
@@ -243,6 +243,8 @@ def _log_trial(
         sha256=stim.image.sha256,
         label=stim.image.ref.label,
         stand_in=stim.stand_in,
+        # when the image became usable by the frame loop (decoded, its file stored)
+        image_ready_lsl=stim.image.t_ready if stim.stand_in is None else None,
         late_ms=round(fix.late_ms, 3),
         fixation_frames=fix.frames,
         fixation_ms=round((stim.t_on - timing["t_first"]) * 1e3, 3),

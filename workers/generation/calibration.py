@@ -4,16 +4,23 @@ A reward fitted on the session itself
 (:class:`~workers.generation.personal_fit.SessionFittedReward`: the calibrated decoder,
 the personal estimator) cannot score until it is fitted. Until
 then this gate keeps the calibration block's epochs and ratings for the fit, parks every
-other epoch, fits in a thread of its own as soon as the block is in (or the closed loop
-has begun), and then hands the parked epochs back to be scored. A fit that fails is
-logged and the session goes on; its epochs stay unscored.
+other epoch, fits in a thread of its own as soon as the block is in (or the calibration
+is over without it), and then hands the parked epochs back to be scored. A fit that
+fails is logged and the session goes on; its epochs stay unscored.
+
+The calibration is over when the first epoch of a block after it in the protocol arrives,
+or the first image request that lists trials (a round after round 0). A request for a
+round 0 does not end it: the presentation asks for a block's round 0 ahead of time,
+while the calibration block is still being shown and rated, and a fit then would miss
+its last ratings. The forced fit is for a calibration block whose ratings never all
+come (a replay has none): the loop must not wait for them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 
@@ -41,6 +48,9 @@ class CalibrationGate:
         Scores a parked epoch once the fit is done.
     log
         ``log(event, **fields)`` into the session's events.
+    later_blocks
+        Labels of the protocol's blocks that come after the calibration block: an epoch of
+        one of them says the calibration is over.
     """
 
     def __init__(
@@ -49,15 +59,17 @@ class CalibrationGate:
         n_calibration: int,
         rescore: Rescore,
         log: Log,
+        later_blocks: Collection[str] = (),
     ) -> None:
         self.reward = reward
         self.n_calibration = n_calibration
         self._rescore = rescore
         self._log = log
+        self.later_blocks = frozenset(later_blocks)
         self._lock = threading.Lock()  # parking vs the fit thread's hand-over
         self._parked: list[tuple[EpochMessage, list[np.ndarray]]] = []
         self._fit: threading.Thread | None = None
-        self.loop_started = False  # an image request came: calibration is over
+        self.loop_started = False  # the calibration is over (see the module's docstring)
 
     @property
     def n_parked(self) -> int:
@@ -72,6 +84,8 @@ class CalibrationGate:
 
         A calibration epoch is kept for the fit; any other waits for the fit.
         """
+        if not self.loop_started and msg.marker.get("block") in self.later_blocks:
+            self.loop_started = True  # another block has begun: the calibration is over
         cal = self.reward
         if cal is None or cal.ready:
             return None
@@ -121,7 +135,7 @@ class CalibrationGate:
             self.start_fit()
 
     def maybe_fit(self) -> None:
-        """Fit once the closed loop has begun, if not done yet (called on every loop pass)."""
+        """Fit once the calibration is over, if not done yet (called on every loop pass)."""
         cal = self.reward
         if cal is None or self._fit is not None or not self.loop_started:
             return  # cheapest tests first

@@ -3,9 +3,9 @@
 Two rewards need the session's calibration block before they can score anything; both
 are :class:`SessionFittedReward` objects that the generation worker feeds and fits in a
 thread of its own (``GenerationService``): it keeps the calibration epochs (and, for the
-personal reward, the ratings), fits as soon as the block is in (or at the first
-closed-loop request at the latest), saves the model in ``SESSION/decoder/`` and then
-scores the epochs that waited.
+personal reward, the ratings), fits as soon as the block is in (or once the calibration
+is over without it: :mod:`workers.generation.calibration`), saves the model in
+``SESSION/decoder/`` and then scores the epochs that waited.
 
 **Affective decoder** (the affective mode with ``decoder = "calibration"``,
 :class:`CalibratedDecoderReward`): the worker keeps every epoch whose
@@ -20,7 +20,7 @@ keeps every epoch of a calibration block (the marker's ``block`` is the label of
 of kind ``calibration``) and every valence rating of those trials
 (:class:`~workers.messages.RatingMessage`, published by ``eegs acquire`` beside the
 epochs or sent to the worker's ROUTER; paired by trial id, in either order). When every
-calibration trial has its epoch and its rating (or at the first closed-loop request), it
+calibration trial has its epoch and its rating (or once the calibration is over), it
 fits :func:`models.rewards.personal.fit_personal` with the protocol's
 ``generation.reward`` keys, logs a ``personal_estimator`` record (decodes, cv r, CI, p,
 n trials, fallback), saves ``decoder/personal.safetensors`` + ``decoder/personal.json``

@@ -176,11 +176,18 @@ class GenerationService:
             self.g, reward_fn, self.ledger, image_roots(protocol, store), self._log
         )
         fitted = reward_fn if isinstance(reward_fn, SessionFittedReward) else None
-        # the calibration block's size: the reward is fitted as soon as it is all in
-        n_calibration = sum(
-            b.n_trials * b.n_rounds for b in protocol.presentation.blocks if b.kind == "calibration"
+        # the calibration block's size: the reward is fitted as soon as it is all in; an
+        # epoch of a block after it says the calibration is over
+        blocks = protocol.presentation.blocks
+        n_calibration = sum(b.n_trials * b.n_rounds for b in blocks if b.kind == "calibration")
+        last_cal = max((i for i, b in enumerate(blocks) if b.kind == "calibration"), default=-1)
+        self.calibration = CalibrationGate(
+            fitted,
+            n_calibration,
+            self.score_epoch,
+            self._log,
+            later_blocks=[b.label for b in blocks[last_cal + 1 :]] if last_cal >= 0 else [],
         )
-        self.calibration = CalibrationGate(fitted, n_calibration, self.score_epoch, self._log)
         self.rounds = RoundScheduler(
             self.g,
             self.generator,
@@ -244,8 +251,8 @@ class GenerationService:
         has begun: a first fit on the few rewards scored so far would set the GP's
         hyperparameters for the session. A training-free reward: once as many rewards
         are credited as the calibration block has trials (a restarted worker too), or the
-        closed loop has begun after it; without a calibration block, once round 0's
-        images are all rewarded.
+        calibration is over without them (:mod:`workers.generation.calibration`); without a
+        calibration block, once round 0's images are all rewarded.
         """
         gate = self.calibration
         if gate.reward is not None:
@@ -388,7 +395,7 @@ class GenerationService:
             self._answer(refused)  # logged; a rating is never answered
 
     def maybe_fit_decoder(self) -> None:
-        """Fit the calibration model once the closed loop has begun, if not done yet."""
+        """Fit the calibration model once the calibration is over, if not done yet."""
         self._contained("calibration", self.calibration.maybe_fit)
 
     # -- rounds --------------------------------------------------------------------------
@@ -397,7 +404,8 @@ class GenerationService:
         refused = self.rounds.start(request, envelope)
         if refused is not None:
             return self._answer(refused)
-        self.calibration.loop_started = True
+        if request.trials:  # a round after round 0; round 0 is asked for during calibration
+            self.calibration.loop_started = True
         return None
 
     def poll_job(self, now: float) -> tuple[list[bytes], list[bytes]] | None:
