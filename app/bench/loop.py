@@ -82,6 +82,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="brain_model.realism of the participants; several levels sweep it, the same "
         "participants at each (default: the protocol's)",
     )
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="sweep a protocol key, the same participants at each value: SECTION.KEY "
+        "(generation.gp.noise_min) or a block's key by its kind "
+        "(presentation.blocks.calibration.n_trials); values as JSON (a bare word is text). "
+        "Several --vary (and --realism) sweep every combination, in the order given",
+    )
     p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds after round 0")
     p.add_argument("--first-subject", type=int, default=1000, help="seed of participant 1")
     p.add_argument("--protocol", default=None, metavar="FILE", help="default: pilot.toml")
@@ -111,26 +121,105 @@ def default_rewards(protocol) -> tuple[str, ...]:
 class Variant:
     """One point of a sweep: its name and what it changes in every participant's protocol.
 
-    ``changes`` maps a protocol section to keys merged into it (``None`` clears a key
-    that may be absent); the participant's own settings (subject seed, family) are set
+    ``changes`` maps a key's path (:func:`apply_changes`) to its value (``None`` clears
+    an optional key); the participant's own settings (subject seed, family) are set
     after, so a variant cannot change who the participant is.
     """
 
     name: str
-    changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def realism_variants(levels: list[str]) -> list[Variant]:
     """A sweep of ``brain_model.realism``, each level with its preset's own numbers."""
     from experiment_protocols.brain_model import realism_changes
 
-    return [Variant(level, {"brain_model": realism_changes(level)}) for level in levels]
+    return [
+        Variant(level, {f"brain_model.{k}": v for k, v in realism_changes(level).items()})
+        for level in levels
+    ]
 
 
-def apply_changes(protocol, changes: dict[str, dict[str, Any]]):
-    """``protocol`` with each section's keys replaced by ``changes`` (validated)."""
-    merged = {sec: {**getattr(protocol, sec).model_dump(), **keys} for sec, keys in changes.items()}
-    return protocol.with_overrides(merged)
+def vary_variants(text: str) -> list[Variant]:
+    """``KEY=V1,V2,...`` (``--vary``) as one variant per value, named ``KEY=V``.
+
+    Values are read as JSON (``96``, ``0.01``, ``true``); anything else is text.
+    """
+    import json
+
+    from workers.errors import InputError
+
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key or not items:
+        raise InputError(f"--vary {text!r}: expected KEY=V1,V2,... (e.g. "
+                         "presentation.blocks.calibration.n_trials=48,96,200)")  # fmt: skip
+
+    def value(v: str) -> Any:
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+
+    short = key.removeprefix("presentation.blocks.")
+    return [Variant(f"{short}={v}", {key: value(v)}) for v in items]
+
+
+def combine(axes: list[list[Variant]]) -> list[Variant]:
+    """Every combination of the sweeps' points, the first sweep slowest."""
+    out = [Variant("", {})]
+    for axis in axes:
+        out = [
+            Variant(f"{a.name} {b.name}".strip(), {**a.changes, **b.changes})
+            for a in out
+            for b in axis
+        ]
+    return out
+
+
+def apply_changes(protocol, changes: dict[str, Any]):
+    """``protocol`` with each key of ``changes`` set (validated).
+
+    A key is a dotted path into the protocol: ``section.key``, a nested table's
+    (``generation.gp.noise_min``), or a block's key by the block's kind or position
+    (``presentation.blocks.calibration.n_trials``, ``presentation.blocks.0.n_trials``).
+
+    Raises
+    ------
+    InputError
+        If a path names no key of the protocol (the protocol's own error if a value is
+        not valid there).
+    """
+    from workers.errors import InputError
+
+    data = protocol.model_dump()
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = _child(node, part, path)
+        if not isinstance(node, dict) or last not in node:
+            raise InputError(f"--vary {path}: the protocol has no such key")
+        node[last] = value
+    return protocol.with_overrides({sec: data[sec] for sec in {p.split(".")[0] for p in changes}})
+
+
+def _child(node: Any, part: str, path: str) -> Any:
+    """One step of :func:`apply_changes`'s path: a table's key, a list's index or kind."""
+    from workers.errors import InputError
+
+    if isinstance(node, dict) and part in node:
+        return node[part]
+    if isinstance(node, list):
+        if part.isdigit() and int(part) < len(node):
+            return node[int(part)]
+        hits = [x for x in node if isinstance(x, dict) and x.get("kind") == part]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise InputError(f"--vary {path}: {len(hits)} blocks of kind {part!r}; use its index")
+    raise InputError(f"--vary {path}: the protocol has no {part!r} there")
 
 
 # -- one participant (runs in a Dask worker) --------------------------------------------------
@@ -160,9 +249,9 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
         protocol = apply_changes(subject_protocol(base, subject), spec["changes"])
         # every GP fit runs its iterations: the live worker's wall-time cap guards the
         # participant's wait, and here would make the figures depend on the machine's load
-        gp = {**protocol.generation.gp.model_dump(), "refit_budget_s": _FIT_BUDGET_S}
         protocol = apply_changes(
-            protocol, {"brain_model": {"family": family}, "generation": {"gp": gp}}
+            protocol,
+            {"brain_model.family": family, "generation.gp.refit_budget_s": _FIT_BUDGET_S},
         )
         rec = Recorder(protocol)
         calib, _ = normative_sets(Path(tmp), calibration_trials(protocol), 0, subject)
@@ -278,8 +367,28 @@ def summarise(
                 fam: stats([r[reward].get("cv_r") for r in results if r["family"] == fam])["mean"]
                 for fam in decodes
             }
+            out[f"{reward}_gain_a_by_verdict"] = by_verdict(results, reward, list(decodes))
     if subject in rewards:
         out["goals"] = _goals(by_reward, families, subject)
+    return out
+
+
+def by_verdict(results: list[dict[str, Any]], reward: str, families: list[str]) -> dict:
+    """Gain (a) of ``reward`` per family, apart for the participants who decoded and the rest.
+
+    What a session that does not decode gains by running on the fallback anyway: the
+    figure that decides whether it should rather stop and say so.
+    """
+    out = {}
+    for fam in families:
+        rows = [r for r in results if r["family"] == fam and "decodes" in r.get(reward, {})]
+        out[fam] = {}
+        for verdict, want in (("decoded", True), ("not_decoded", False)):
+            gains = [
+                r["by_reward"][reward]["gain_a"] for r in rows if bool(r[reward]["decodes"]) == want
+            ]
+            st = stats(gains)
+            out[fam][verdict] = {"n": st["n"], "gain_a_mean": st["mean"], "gain_a_ci95": st["ci95"]}
     return out
 
 
@@ -474,8 +583,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.participants < 1:
         raise InputError("--participants must be at least 1")
     variants = _variants(args, protocol)
-    n_rounds, per_round = closed_loop_shape(protocol)
-    rounds = args.rounds if args.rounds is not None else n_rounds - 1
+    shapes = {}  # each variant's closed loop (a sweep may change it); a bad key fails here
+    for v in variants:
+        n_rounds, per_round = closed_loop_shape(apply_changes(protocol, v.changes))
+        shapes[v.name] = (args.rounds if args.rounds is not None else n_rounds - 1, per_round)
+    rounds, per_round = shapes[variants[0].name]
     specs = [
         {
             "subject": args.first_subject + i,
@@ -483,8 +595,8 @@ def run(args: argparse.Namespace) -> dict:
             "variant": v.name,
             "changes": v.changes,
             "rewards": rewards,
-            "rounds": rounds,
-            "round0": per_round,
+            "rounds": shapes[v.name][0],
+            "round0": shapes[v.name][1],
             "protocol": protocol_file,
             "oracle_noise": args.oracle_noise,
         }
@@ -529,8 +641,12 @@ def run(args: argparse.Namespace) -> dict:
     path = args.plot or (Path(args.out).with_suffix(".png") if args.out else Path("bench-loop.png"))
     if len(variants) > 1:  # the sweep: every point's figures and the curve
         out["sweep"] = {
-            "of": "brain_model.realism",
+            "of": list(dict.fromkeys(k for v in variants for k in v.changes)),
             "variants": [v.name for v in variants],
+            "shape": {
+                name: {"rounds_after_round0": r, "images_per_round": n}
+                for name, (r, n) in shapes.items()
+            },  # fmt: skip
             "figures_at_top": variants[0].name,
             "by_variant": summaries,
             "curve": sweep_curve(summaries, rewards, families, subject),
@@ -549,15 +665,25 @@ def first_level(results: list[dict[str, Any]]) -> str | None:
 
 
 def _variants(args: argparse.Namespace, protocol) -> list[Variant]:
-    """The sweep ``--realism`` asks for (in the presets' order), or the protocol as it is."""
+    """The sweep ``--realism`` and ``--vary`` ask for, or the protocol as it is.
+
+    Realism levels run in the presets' order (from the most single-trial signal to the
+    least), each ``--vary``'s values in the order given.
+    """
     from experiment_protocols.brain_model import REALISM_LEVELS
     from workers.errors import InputError
 
-    if not args.realism:
+    axes = []
+    if args.realism:
+        levels = [lv.strip() for lv in args.realism.split(",") if lv.strip()]
+        bad = [lv for lv in levels if lv not in REALISM_LEVELS]
+        if bad or not levels:
+            raise InputError(
+                f"--realism {args.realism!r}: expected some of {tuple(REALISM_LEVELS)}"
+            )
+        order = list(REALISM_LEVELS)
+        axes.append(realism_variants(sorted(dict.fromkeys(levels), key=order.index)))
+    axes += [vary_variants(text) for text in args.vary]
+    if not axes:
         return [Variant(protocol.brain_model.realism)]
-    levels = [lv.strip() for lv in args.realism.split(",") if lv.strip()]
-    bad = [lv for lv in levels if lv not in REALISM_LEVELS]
-    if bad or not levels:
-        raise InputError(f"--realism {args.realism!r}: expected some of {tuple(REALISM_LEVELS)}")
-    order = list(REALISM_LEVELS)  # from the most single-trial signal to the least
-    return realism_variants(sorted(dict.fromkeys(levels), key=order.index))
+    return combine(axes)
