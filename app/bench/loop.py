@@ -487,7 +487,7 @@ def plot_sweep(curve: dict[str, Any], path: Path) -> None:
                 err = [[m - c[0] for m, c in zip(ms, ci, strict=True)],
                        [c[1] - m for m, c in zip(ms, ci, strict=True)]]  # fmt: skip
                 ax.errorbar(xs, ms, yerr=err, marker="o", ms=3, capsize=2, label=reward,
-                            lw=2 if reward == rewards[0] else 1)  # fmt: skip
+                            color=f"C{k}", lw=2 if reward == rewards[0] else 1)  # fmt: skip
             names = [
                 p["variant"] for p in next(iter(curve.values())).get(fam, {}).get("points", [])
             ]
