@@ -254,6 +254,7 @@ def plot(real: list[dict[str, Any]], brain: list[dict[str, Any]], span: dict, pa
             ax.errorbar(sizes, ms, yerr=err, marker="o", ms=3, capsize=2, label=fam)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xscale("log")
+        ax.minorticks_off()  # the sizes themselves label the axis
         ax.set_xticks(ns or SIZES, [str(n) for n in ns or SIZES])
         ax.set_title(f"brain model: {level}" if level else "real recordings", fontsize=9)
         ax.set_xlabel("calibration trials", fontsize=8)
