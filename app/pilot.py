@@ -79,6 +79,7 @@ class SessionConfig:
         None  # a generation.reward.mode (modes_without_files()); None: the protocol's
     )
     family: str | None = None  # brain_model.family of the simulated participant
+    realism: str | None = None  # brain_model.realism of the simulated participant
     timeout_s: float = 1800.0
     dashboard: bool = True  # the experimenter's dashboard (app/dashboard), an optional child
     dashboard_port: int | None = None  # None: a free port
@@ -191,6 +192,8 @@ def prepare_protocol(config: SessionConfig, store: SessionStore) -> Protocol:
     bm["subject_seed"] = config.seed
     if config.family is not None:
         bm["family"] = config.family
+    if config.realism is not None:
+        bm = base.brain_model.model_validate(bm).at_realism(config.realism)
     overrides["brain_model"] = bm
     protocol = base.with_overrides(overrides)
     return write_protocol(protocol, store.root / SESSION_PROTOCOL)

@@ -248,7 +248,26 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
             "the brain model's hidden affect of the shown images, read after the session "
             "for evaluation only; the loop never saw it"
         )
+        summary["pilot_note"] = pilot_note(protocol)
     return summary
+
+
+def pilot_note(protocol: Protocol) -> str:
+    """How one pilot's figures relate to a lab session's (README: pilots that predict one)."""
+    from experiment_protocols.brain_model import REALISM_LEVELS
+
+    level = protocol.brain_model.realism
+    blocks = {b.kind: b for b in protocol.presentation.blocks}
+    calib = blocks["calibration"].n_trials if "calibration" in blocks else 0
+    loop = blocks.get("closed_loop")
+    shape = f"{loop.n_rounds} closed-loop rounds of {loop.n_trials} images" if loop else "no loop"
+    return (
+        f"one simulated participant ({protocol.brain_model.family} family) at brain_model."
+        f"realism = {level!r} ({REALISM_LEVELS[level]}), {calib} rated calibration trials "
+        f"and {shape}: its gains are one draw of a population. What a lab session can "
+        "expect (the population's gains per calibration size and realism) is measured by "
+        "`eegs bench loop` (README, 'Pilots that predict a session')."
+    )
 
 
 def export_dataset(session: Path, protocol: Protocol) -> Path:

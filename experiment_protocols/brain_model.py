@@ -8,6 +8,8 @@ literature it follows.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, field_validator, model_validator
 
 from experiment_protocols._section import Section
@@ -37,6 +39,28 @@ register_family("lpp", "late positive potential only, signed valence weight per 
 register_family("mixed", "both, weights per subject")
 register_family("weak", "a weak responder: affective components at 10-20 % gain")
 
+#: The brain model's realism presets (their numbers: models/brain/realism.py), from the
+#: most single-trial signal to the least, each with how much of the hidden affect one
+#: trial of the EEG carries.
+REALISM_LEVELS: dict[str, str] = {
+    "clean": "every image's affect expressed in full on every trial (the model before its "
+    "calibration to real EEG): far easier to decode than a person",
+    "strong": "twice lab's affective signal: a strong responder on a good cap, above the "
+    "real recordings' range",
+    "lab": "single-trial decodability of valence within the range of real recordings (the default)",
+    "faint": "half lab's affective signal: a faint responder or a noisy headset, below "
+    "the real recordings' range",
+}
+
+
+#: The keys that set a realism preset's numbers themselves (None: the preset's).
+REALISM_KEYS = ("affect_gain", "faa_gain")
+
+
+def realism_changes(level: str) -> dict[str, Any]:
+    """The ``[brain_model]`` keys that put a protocol at preset ``level``, its own numbers."""
+    return {"realism": level, **dict.fromkeys(REALISM_KEYS)}
+
 
 class BrainModelSettings(Section):
     """Every parameter of the simulated participant and of its stream."""
@@ -49,6 +73,26 @@ class BrainModelSettings(Section):
         description="Which components carry the subject's affect: a registered family "
         "(SUBJECT_FAMILIES; standard: LPP, frontal slow wave and alpha asymmetry). The "
         "hidden affect (the oracle) is the same in every family.",
+    )
+    realism: str = Field(
+        "lab",
+        description="How much of the hidden affect one trial carries: a preset "
+        "(REALISM_LEVELS; lab: within real recordings' single-trial decodability; clean: the "
+        "uncalibrated model, far easier to read than a person).",
+    )
+    affect_gain: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="Gain on every affective modulation of the ERPs and posterior alpha "
+        "(LPP, EPN, frontal slow wave); None = the realism preset's.",
+    )
+    faa_gain: float | None = Field(
+        None,
+        ge=0,
+        le=10,
+        description="Gain on the frontal alpha asymmetry per unit valence; None = the "
+        "realism preset's.",
     )
     noise_seed: int | None = Field(
         None, description="Seed of the background and trial variability; None = fresh."
@@ -99,6 +143,24 @@ class BrainModelSettings(Section):
         if value not in SUBJECT_FAMILIES:
             raise ValueError(
                 f"unknown subject family {value!r}; expected one of {', '.join(SUBJECT_FAMILIES)}"
+            )
+        return value
+
+    def at_realism(self, level: str) -> dict[str, Any]:
+        """The section (as data) at the realism preset ``level``, with the preset's own numbers.
+
+        The keys that override a preset's numbers (:data:`REALISM_KEYS`) are cleared:
+        naming a level on the command line means that level, not a mix with a file's
+        numbers.
+        """
+        return {**self.model_dump(), **realism_changes(level)}
+
+    @field_validator("realism")
+    @classmethod
+    def _known_realism(cls, value: str) -> str:
+        if value not in REALISM_LEVELS:
+            raise ValueError(
+                f"unknown realism {value!r}; expected one of {', '.join(REALISM_LEVELS)}"
             )
         return value
 

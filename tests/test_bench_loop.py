@@ -8,8 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from app.bench.loop import ON_REQUEST, default_families, default_rewards
+from app.bench.loop import (
+    ON_REQUEST,
+    apply_changes,
+    combine,
+    default_families,
+    default_rewards,
+    vary_variants,
+)
 from experiment_protocols import PROTOCOL_DIR, load_protocol
+from workers.errors import InputError
 
 REWARDS = default_rewards(load_protocol(PROTOCOL_DIR / "pilot.toml"))
 
@@ -69,17 +77,66 @@ def test_no_reward_reads_the_family():
 
 @pytest.mark.timeout(300)
 def test_the_noisy_oracle_without_noise_is_the_oracle(processes, tmp_path):
+    """And a sweep of the realism: the oracle reads no EEG, so its loop is the same at each."""
     out = tmp_path / "loop.json"
     proc = processes.eegs(
         "bench", "loop", "--participants", "1", "--rounds", "2", "--families", "lpp",
         "--rewards", "oracle,noisy_oracle", "--oracle-noise", "0", "--workers", "1",
-        "--out", str(out),
+        "--realism", "faint,clean", "--out", str(out),
     )  # fmt: skip
     _, stderr = proc.communicate(timeout=280)
     assert proc.returncode == 0, stderr[-3000:]
-    (p,) = json.loads(out.read_text())["per_participant"]
-    assert p["by_reward"]["noisy_oracle"] == p["by_reward"]["oracle"]  # the same loop exactly
+    fig = json.loads(out.read_text())
+    clean, faint = fig["per_participant"]  # in the presets' order, not the order asked
+    assert (clean["variant"], faint["variant"]) == ("clean", "faint")
+    assert clean["realism"] == "clean"
+    assert clean["subject"] == faint["subject"]
+    for p in (clean, faint):
+        assert p["by_reward"]["noisy_oracle"] == p["by_reward"]["oracle"]  # the same loop
+    assert clean["by_reward"]["oracle"] == faint["by_reward"]["oracle"]
+    sweep = fig["sweep"]
+    assert sweep["of"] == ["brain_model.realism", "brain_model.affect_gain", "brain_model.faa_gain"]
+    assert sweep["variants"] == ["clean", "faint"]
+    points = sweep["curve"]["oracle"]["lpp"]["points"]
+    assert [p["variant"] for p in points] == ["clean", "faint"]
+    assert (tmp_path / "loop.png").stat().st_size > 5_000
     bad = processes.eegs("bench", "loop", "--oracle-noise", "-1", "--out", str(out))
     _, stderr = bad.communicate(timeout=60)
     assert bad.returncode == 2
     assert "--oracle-noise" in stderr
+
+
+def test_a_sweep_varies_any_protocol_key():
+    """``--vary``: one variant per value, of a table's key or of a block's by its kind."""
+    base = load_protocol(PROTOCOL_DIR / "pilot.toml")
+    calib = vary_variants("presentation.blocks.calibration.n_trials=48, 96,200")
+    assert [v.name for v in calib] == ["calibration.n_trials=48", "calibration.n_trials=96",
+                                       "calibration.n_trials=200"]  # fmt: skip
+    noise = vary_variants("generation.gp.noise_min=0.0001,0.05")
+    both = combine([calib, noise])
+    assert len(both) == 6
+    assert both[1].name == "calibration.n_trials=48 generation.gp.noise_min=0.05"
+    assert both[1].changes == {
+        "presentation.blocks.calibration.n_trials": 48,
+        "generation.gp.noise_min": 0.05,
+    }
+    p = apply_changes(base, both[5].changes)
+    blocks = {b.kind: b for b in p.presentation.blocks}
+    assert blocks["calibration"].n_trials == 200
+    assert blocks["closed_loop"].n_trials == 8  # the rest as it was
+    assert p.generation.gp.noise_min == 0.05
+    assert p.generation.gp.lr == base.generation.gp.lr
+    by_index = apply_changes(base, {"presentation.blocks.1.n_rounds": 9})
+    assert by_index.presentation.blocks[1].n_rounds == 9
+    assert apply_changes(base, {"brain_model.realism": "clean"}).brain_model.realism == "clean"
+    for bad, match in (
+        ("generation.gp.bogus=1", "no such key"),
+        ("presentation.blocks.rest.n_trials=1", "no 'rest'"),
+        ("generation.gp.noise_min", "expected KEY=V1"),
+    ):
+        with pytest.raises(InputError, match=match):
+            apply_changes(
+                base, {k: v for var in vary_variants(bad) for k, v in var.changes.items()}
+            )
+    with pytest.raises(Exception, match="realism"):  # the protocol's own check of a value
+        apply_changes(base, {"brain_model.realism": "bogus"})

@@ -43,7 +43,12 @@ def images() -> list:
 
 
 def model(seed: int, family: str) -> BrainModel:
-    return BrainModel(seed, sfreq=FS, family=family)
+    """The family's subject with its affect in full (``clean``): the mechanisms in the clear.
+
+    At the default realism (``lab``) the same components carry the affect, as faintly
+    as in real EEG (tests/test_brain_realism.py).
+    """
+    return BrainModel(seed, sfreq=FS, family=family, realism="clean")
 
 
 def faa_index(epochs: np.ndarray, names: list[str], tmin: float = -0.2) -> np.ndarray:

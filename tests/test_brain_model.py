@@ -188,7 +188,7 @@ def test_response_scales_with_response_uv(images):
 
 
 def test_lpp_grows_with_arousal():
-    m = BrainModel(5, sfreq=250.0)
+    m = BrainModel(5, sfreq=250.0, realism="clean")  # the affect in full
     imgs = make_images(80, seed=7)
     arousal = np.array([m.affect(im)[1] for im in imgs])
     pz = STANDARD_64.index("Pz")

@@ -332,7 +332,7 @@ def test_asymmetry_reward_tracks_the_brain_models_hidden_valence():
 
     pool = procedural_pool(ProceduralBackend(size=96, fit_samples=256), 80, seed=5)
     images = [pool.image(i) for i in range(len(pool))]
-    brain = BrainModel(subject_seed=11, sfreq=250.0)
+    brain = BrainModel(subject_seed=11, sfreq=250.0, realism="clean")  # the affect in full
     X = brain.simulate_epochs(images, seed=3)
     X -= X[:, :, :50].mean(axis=2, keepdims=True)
     settings = load_protocol(PROTOCOL_DIR / "pilot.toml").generation.reward

@@ -44,6 +44,7 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
     # the affective reward's decoder was fitted on the calibration block's epochs
     assert summary["reward_mode"] == "affective"
     assert summary["oracle_target"] == "valence"
+    assert "realism = 'lab'" in summary["pilot_note"]  # the default: a person's signal
     assert summary["calibration_decoder"]["n_epochs"] >= 7  # 8 shown; the last may be late
     assert (out / "decoder" / "calibration.safetensors").exists()
     assert summary["n_trials"] == 8 + 2 * 8 + 4

@@ -39,6 +39,7 @@ import pylsl
 
 from experiment_protocols.brain_model import BrainModelSettings
 from models.brain.features import ImageError
+from models.brain.realism import Realism, realism
 from models.brain.response import BrainModel, StreamSimulator
 from models.montage import ATM_CHANNELS, STANDARD_64
 from workers import faults
@@ -93,6 +94,14 @@ def channel_list(spec: str) -> list[str]:
     return [ch.strip() for ch in spec.split(",") if ch.strip()]
 
 
+def realism_of(settings: BrainModelSettings) -> Realism:
+    """The realism preset ``settings`` name, with the numbers it sets itself."""
+    return realism(settings.realism).replace(
+        affect_gain=settings.affect_gain,
+        faa_gain=settings.faa_gain,
+    )
+
+
 def build_model(settings: BrainModelSettings) -> BrainModel:
     """The simulated subject described by a protocol's ``[brain_model]`` section."""
     learned = None
@@ -123,6 +132,7 @@ def build_model(settings: BrainModelSettings) -> BrainModel:
             display_jitter_ms=settings.photodiode_jitter_ms,
             learned=learned,
             family=settings.family,
+            realism=realism_of(settings),
         )
     except ValueError as err:
         raise BrainModelError(f"brain_model: {err}") from None

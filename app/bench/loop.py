@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from app.loop_gains import loop_gains
 from experiment_protocols.rewards import modes_without_files
 
 CONTROLS = ("random", "blind", "oracle")
+_FIT_BUDGET_S = 600.0  # the protocol's bound: no fit of the bench is cut short by time
 ON_REQUEST = ("noisy_oracle",)  # diagnostic controls, not in the default run
 GOALS = {"gain_a_min": 0.30, "frac_improved_min": 0.85, "vs_controls": 2.0, "vs_oracle": 0.70}
 
@@ -73,6 +75,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.47,
         help="SD of the noise noisy_oracle adds to the oracle's reward (reward units, 0-1)",
     )
+    p.add_argument(
+        "--realism",
+        default=None,
+        metavar="LEVEL,...",
+        help="brain_model.realism of the participants; several levels sweep it, the same "
+        "participants at each (default: the protocol's)",
+    )
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="sweep a protocol key, the same participants at each value: SECTION.KEY "
+        "(generation.gp.noise_min) or a block's key by its kind "
+        "(presentation.blocks.calibration.n_trials); values as JSON (a bare word is text). "
+        "Several --vary (and --realism) sweep every combination, in the order given",
+    )
     p.add_argument("--rounds", type=int, default=None, help="closed-loop rounds after round 0")
     p.add_argument("--first-subject", type=int, default=1000, help="seed of participant 1")
     p.add_argument("--protocol", default=None, metavar="FILE", help="default: pilot.toml")
@@ -96,6 +115,111 @@ def default_rewards(protocol) -> tuple[str, ...]:
     modes = [protocol.generation.reward.mode]
     modes += [m for m in reward_modes() if settings_class(m).training_free]
     return tuple(dict.fromkeys(modes)) + CONTROLS
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of a sweep: its name and what it changes in every participant's protocol.
+
+    ``changes`` maps a key's path (:func:`apply_changes`) to its value (``None`` clears
+    an optional key); the participant's own settings (subject seed, family) are set
+    after, so a variant cannot change who the participant is.
+    """
+
+    name: str
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+def realism_variants(levels: list[str]) -> list[Variant]:
+    """A sweep of ``brain_model.realism``, each level with its preset's own numbers."""
+    from experiment_protocols.brain_model import realism_changes
+
+    return [
+        Variant(level, {f"brain_model.{k}": v for k, v in realism_changes(level).items()})
+        for level in levels
+    ]
+
+
+def vary_variants(text: str) -> list[Variant]:
+    """``KEY=V1,V2,...`` (``--vary``) as one variant per value, named ``KEY=V``.
+
+    Values are read as JSON (``96``, ``0.01``, ``true``); anything else is text.
+    """
+    import json
+
+    from workers.errors import InputError
+
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    items = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not key or not items:
+        raise InputError(f"--vary {text!r}: expected KEY=V1,V2,... (e.g. "
+                         "presentation.blocks.calibration.n_trials=48,96,200)")  # fmt: skip
+
+    def value(v: str) -> Any:
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+
+    short = key.removeprefix("presentation.blocks.")
+    return [Variant(f"{short}={v}", {key: value(v)}) for v in items]
+
+
+def combine(axes: list[list[Variant]]) -> list[Variant]:
+    """Every combination of the sweeps' points, the first sweep slowest."""
+    out = [Variant("", {})]
+    for axis in axes:
+        out = [
+            Variant(f"{a.name} {b.name}".strip(), {**a.changes, **b.changes})
+            for a in out
+            for b in axis
+        ]
+    return out
+
+
+def apply_changes(protocol, changes: dict[str, Any]):
+    """``protocol`` with each key of ``changes`` set (validated).
+
+    A key is a dotted path into the protocol: ``section.key``, a nested table's
+    (``generation.gp.noise_min``), or a block's key by the block's kind or position
+    (``presentation.blocks.calibration.n_trials``, ``presentation.blocks.0.n_trials``).
+
+    Raises
+    ------
+    InputError
+        If a path names no key of the protocol (the protocol's own error if a value is
+        not valid there).
+    """
+    from workers.errors import InputError
+
+    data = protocol.model_dump()
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = _child(node, part, path)
+        if not isinstance(node, dict) or last not in node:
+            raise InputError(f"--vary {path}: the protocol has no such key")
+        node[last] = value
+    return protocol.with_overrides({sec: data[sec] for sec in {p.split(".")[0] for p in changes}})
+
+
+def _child(node: Any, part: str, path: str) -> Any:
+    """One step of :func:`apply_changes`'s path: a table's key, a list's index or kind."""
+    from workers.errors import InputError
+
+    if isinstance(node, dict) and part in node:
+        return node[part]
+    if isinstance(node, list):
+        if part.isdigit() and int(part) < len(node):
+            return node[int(part)]
+        hits = [x for x in node if isinstance(x, dict) and x.get("kind") == part]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise InputError(f"--vary {path}: {len(hits)} blocks of kind {part!r}; use its index")
+    raise InputError(f"--vary {path}: the protocol has no {part!r} there")
 
 
 # -- one participant (runs in a Dask worker) --------------------------------------------------
@@ -122,12 +246,24 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
     subject, family = spec["subject"], spec["family"]
     with threadpool_limits(1), tempfile.TemporaryDirectory(prefix="eegs-loop-") as tmp:
         base = load_protocol(spec["protocol"])
-        protocol = subject_protocol(base, subject).with_overrides({"brain_model.family": family})
+        protocol = apply_changes(subject_protocol(base, subject), spec["changes"])
+        # every GP fit runs its iterations: the live worker's wall-time cap guards the
+        # participant's wait, and here would make the figures depend on the machine's load
+        protocol = apply_changes(
+            protocol,
+            {"brain_model.family": family, "generation.gp.refit_budget_s": _FIT_BUDGET_S},
+        )
         rec = Recorder(protocol)
         calib, _ = normative_sets(Path(tmp), calibration_trials(protocol), 0, subject)
         X_cal = rec.epochs(calib.images, noise_seed(subject, "calibration"))
         sizes = [spec["round0"]] * (spec["rounds"] + 1)
-        out: dict[str, Any] = {"subject": subject, "family": family, "by_reward": {}}
+        out: dict[str, Any] = {
+            "subject": subject,
+            "family": family,
+            "variant": spec["variant"],
+            "realism": protocol.brain_model.realism,
+            "by_reward": {},
+        }
 
         def hidden(images) -> np.ndarray:
             return np.asarray([rec.brain.affect(im)[0] for im in images])
@@ -227,8 +363,32 @@ def summarise(
         if decodes:
             out[f"{reward}_decodes_share"] = decodes
             out[f"{reward}_estimator_used_share"] = uses  # the rest ran on its fallback
+            out[f"{reward}_cv_r_mean"] = {  # the single-trial signal the fit found
+                fam: stats([r[reward].get("cv_r") for r in results if r["family"] == fam])["mean"]
+                for fam in decodes
+            }
+            out[f"{reward}_gain_a_by_verdict"] = by_verdict(results, reward, list(decodes))
     if subject in rewards:
         out["goals"] = _goals(by_reward, families, subject)
+    return out
+
+
+def by_verdict(results: list[dict[str, Any]], reward: str, families: list[str]) -> dict:
+    """Gain (a) of ``reward`` per family, apart for the participants who decoded and the rest.
+
+    What a session that does not decode gains by running on the fallback anyway: the
+    figure that decides whether it should rather stop and say so.
+    """
+    out = {}
+    for fam in families:
+        rows = [r for r in results if r["family"] == fam and "decodes" in r.get(reward, {})]
+        out[fam] = {}
+        for verdict, want in (("decoded", True), ("not_decoded", False)):
+            gains = [
+                r["by_reward"][reward]["gain_a"] for r in rows if bool(r[reward]["decodes"]) == want
+            ]
+            st = stats(gains)
+            out[fam][verdict] = {"n": st["n"], "gain_a_mean": st["mean"], "gain_a_ci95": st["ci95"]}
     return out
 
 
@@ -261,6 +421,88 @@ def _goals(by_reward: dict, families: list[str], subject: str) -> dict[str, Any]
             and m >= GOALS["vs_oracle"] * oracle,
         }
     return goals
+
+
+def sweep_curve(
+    summaries: dict[str, dict], rewards: list[str], families: list[str], subject: str
+) -> dict[str, Any]:
+    """Per reward and family, the gains at each point of a sweep, in its order.
+
+    ``gains_at``: the points where gain (a)'s 95 % CI lies above 0; ``first_not_gaining``:
+    the first point, in the sweep's order, where it does not (None: it gains at every
+    point). With ``subject``'s fit, its mean out-of-fold r on the calibration block
+    (``cv_r_mean``) beside each point: the single-trial signal the session found.
+    """
+    out: dict[str, Any] = {}
+    for reward in rewards:
+        out[reward] = {}
+        for fam in families:
+            points = []
+            for name, summary in summaries.items():
+                f = summary["by_reward"][reward]["by_family"].get(fam)
+                if f is None:
+                    continue
+                cv = summary.get(f"{subject}_cv_r_mean", {}).get(fam)
+                points.append({"variant": name, **f, f"{subject}_cv_r_mean": cv})
+            gains = [p["gain_a_ci95"] is not None and p["gain_a_ci95"][0] > 0 for p in points]
+            out[reward][fam] = {
+                "points": points,
+                "gains_at": [p["variant"] for p, g in zip(points, gains, strict=True) if g],
+                "first_not_gaining": next(
+                    (p["variant"] for p, g in zip(points, gains, strict=True) if not g), None
+                ),
+            }
+    return out
+
+
+_GAIN_LABELS = {
+    "gain_a": "gain (a): last two rounds\n- round 0",
+    "gain_b": "gain (b): chosen\n- random images",
+}
+
+
+def plot_sweep(curve: dict[str, Any], path: Path) -> None:
+    """Gains (a) and (b) against the sweep's points, one panel per family, a line per reward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rewards = list(curve)
+    families = list(dict.fromkeys(f for r in curve.values() for f in r))
+    fig, axes = plt.subplots(
+        2, len(families), figsize=(3.0 * len(families) + 0.8, 5.6), squeeze=False, sharey="row"
+    )
+    for j, fam in enumerate(families):
+        for i, gain in enumerate(("gain_a", "gain_b")):
+            ax = axes[i][j]
+            for k, reward in enumerate(rewards):
+                points = curve[reward].get(fam, {}).get("points", [])
+                pts = [(x, p) for x, p in enumerate(points) if p[f"{gain}_mean"] is not None]
+                if not pts:
+                    continue
+                xs = [x + (k - (len(rewards) - 1) / 2) * 0.04 for x, _ in pts]
+                ms = [p[f"{gain}_mean"] for _, p in pts]
+                ci = [p[f"{gain}_ci95"] or [m, m] for m, (_, p) in zip(ms, pts, strict=True)]
+                err = [[m - c[0] for m, c in zip(ms, ci, strict=True)],
+                       [c[1] - m for m, c in zip(ms, ci, strict=True)]]  # fmt: skip
+                ax.errorbar(xs, ms, yerr=err, marker="o", ms=3, capsize=2, label=reward,
+                            color=f"C{k}", lw=2 if reward == rewards[0] else 1)  # fmt: skip
+            names = [
+                p["variant"] for p in next(iter(curve.values())).get(fam, {}).get("points", [])
+            ]
+            ax.set_xticks(range(len(names)), names, fontsize=7)
+            ax.axhline(0, color="k", lw=0.6)
+            if i == 0:
+                ax.set_title(fam, fontsize=9)
+                ax.axhline(GOALS["gain_a_min"], color="grey", ls="--", lw=0.6)
+            if j == 0:
+                ax.set_ylabel(_GAIN_LABELS[gain], fontsize=8)
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -340,18 +582,25 @@ def run(args: argparse.Namespace) -> dict:
         raise InputError(f"--oracle-noise must be >= 0, not {args.oracle_noise}")
     if args.participants < 1:
         raise InputError("--participants must be at least 1")
-    n_rounds, per_round = closed_loop_shape(protocol)
-    rounds = args.rounds if args.rounds is not None else n_rounds - 1
+    variants = _variants(args, protocol)
+    shapes = {}  # each variant's closed loop (a sweep may change it); a bad key fails here
+    for v in variants:
+        n_rounds, per_round = closed_loop_shape(apply_changes(protocol, v.changes))
+        shapes[v.name] = (args.rounds if args.rounds is not None else n_rounds - 1, per_round)
+    rounds, per_round = shapes[variants[0].name]
     specs = [
         {
             "subject": args.first_subject + i,
             "family": families[i % len(families)],
+            "variant": v.name,
+            "changes": v.changes,
             "rewards": rewards,
-            "rounds": rounds,
-            "round0": per_round,
+            "rounds": shapes[v.name][0],
+            "round0": shapes[v.name][1],
             "protocol": protocol_file,
             "oracle_noise": args.oracle_noise,
         }
+        for v in variants
         for i in range(args.participants)
     ]
     t0 = time.perf_counter()
@@ -362,27 +611,79 @@ def run(args: argparse.Namespace) -> dict:
         for k, fut in enumerate(as_completed(futures), 1):
             res = fut.result()
             results.append(res)
-            what = f"participants ({res['family']}, subject {res['subject']}, "
+            at = f", {res['variant']}" if len(variants) > 1 else ""
+            what = f"participants ({res['family']}, subject {res['subject']}{at}, "
             what += f"{res['wall_s']:.0f} s)"
             report("loop", k, len(specs), what, t0)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    results.sort(key=lambda r: r["subject"])
-    summary = summarise(results, rewards, families, subject)
+    order = {v.name: k for k, v in enumerate(variants)}
+    results.sort(key=lambda r: (order[r["variant"]], r["subject"]))
+    summaries = {
+        v.name: summarise([r for r in results if r["variant"] == v.name], rewards, families,
+                          subject)
+        for v in variants
+    }  # fmt: skip
+    first = summaries[variants[0].name]
     out = {
         "benchmark": "loop",
         "protocol": protocol_file,
-        "participants": len(results),
+        "participants": args.participants,
+        "realism": first_level(results),
         "rounds_after_round0": rounds,
         "images_per_round": per_round,
         "engine": f"dask: {args.address or f'LocalCluster, {args.workers} worker process(es)'}",
         "wall_s": round(time.perf_counter() - t0, 1),
-        **summary,
-        "per_participant": results,
+        **first,
     }
     path = args.plot or (Path(args.out).with_suffix(".png") if args.out else Path("bench-loop.png"))
-    plot(summary, path)
+    if len(variants) > 1:  # the sweep: every point's figures and the curve
+        out["sweep"] = {
+            "of": list(dict.fromkeys(k for v in variants for k in v.changes)),
+            "variants": [v.name for v in variants],
+            "shape": {
+                name: {"rounds_after_round0": r, "images_per_round": n}
+                for name, (r, n) in shapes.items()
+            },  # fmt: skip
+            "figures_at_top": variants[0].name,
+            "by_variant": summaries,
+            "curve": sweep_curve(summaries, rewards, families, subject),
+        }
+        plot_sweep(out["sweep"]["curve"], path)
+    else:
+        plot(first, path)
     out["plot"] = str(path)
+    out["per_participant"] = results
     return out
+
+
+def first_level(results: list[dict[str, Any]]) -> str | None:
+    """The realism level of the first participant (the figures at the top of the JSON)."""
+    return results[0]["realism"] if results else None
+
+
+def _variants(args: argparse.Namespace, protocol) -> list[Variant]:
+    """The sweep ``--realism`` and ``--vary`` ask for, or the protocol as it is.
+
+    Realism levels run in the presets' order (from the most single-trial signal to the
+    least), each ``--vary``'s values in the order given.
+    """
+    from experiment_protocols.brain_model import REALISM_LEVELS
+    from workers.errors import InputError
+
+    axes = []
+    if args.realism:
+        levels = [lv.strip() for lv in args.realism.split(",") if lv.strip()]
+        bad = [lv for lv in levels if lv not in REALISM_LEVELS]
+        if bad or not levels:
+            raise InputError(
+                f"--realism {args.realism!r}: expected some of {tuple(REALISM_LEVELS)}"
+            )
+        order = list(REALISM_LEVELS)
+        axes.append(realism_variants(sorted(dict.fromkeys(levels), key=order.index)))
+    axes += [vary_variants(text) for text in args.vary]
+    if not axes:
+        return [Variant(protocol.brain_model.realism)]
+    return combine(axes)

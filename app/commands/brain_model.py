@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from app.commands._common import add_protocol_argument, protocol_from_args
-from experiment_protocols.brain_model import SUBJECT_FAMILIES
+from experiment_protocols.brain_model import REALISM_LEVELS, SUBJECT_FAMILIES
 
 NAME = "brain-model"
 HELP = "simulated participant: LSL EEG that reacts to the images shown"
@@ -39,6 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=tuple(SUBJECT_FAMILIES),
         help="which components carry the subject's affect (brain_model.family; the hidden "
         "affect is the same in every family)",
+    )
+    p.add_argument(
+        "--realism",
+        choices=tuple(REALISM_LEVELS),
+        help="how much of the hidden affect one trial carries (brain_model.realism: lab, as "
+        "decodable as real recordings; clean, the uncalibrated model)",
     )
     p.add_argument("--seed", type=int, metavar="N", help="seed of the background noise")
     p.add_argument(
@@ -107,7 +113,12 @@ def _protocol(args: argparse.Namespace):
     overrides = {f"brain_model.{k}": v for k, v in bm.items()}
     overrides.update({"streams.eeg": args.name, "streams.markers": args.markers})
     overrides["presentation.response_stream"] = args.responses
-    return protocol_from_args(args, overrides)
+    protocol = protocol_from_args(args, overrides)
+    if args.realism is not None:
+        protocol = protocol.with_overrides(
+            {"brain_model": protocol.brain_model.at_realism(args.realism)}
+        )
+    return protocol
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from app.commands._common import (
     add_reward_argument,
     dashboard_options,
 )
-from experiment_protocols.brain_model import SUBJECT_FAMILIES
+from experiment_protocols.brain_model import REALISM_LEVELS, SUBJECT_FAMILIES
 
 NAME = "pilot"
 HELP = "full closed-loop pilot against the brain model (CPU)"
@@ -47,6 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the simulated participant's family (brain_model.family; default: the protocol's)",
     )
+    p.add_argument(
+        "--realism",
+        choices=tuple(REALISM_LEVELS),
+        default=None,
+        help="how much of its affect one trial of its EEG carries (brain_model.realism; "
+        "default: the protocol's, lab: as decodable as real recordings; clean: the "
+        "uncalibrated, far easier model)",
+    )
     add_reward_argument(p)
     add_dashboard_arguments(p)
 
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             headless=args.headless,
             reward=args.reward,
             family=args.family,
+            realism=args.realism,
             **dashboard_options(args),
         ),
         stop=STOP.is_set,

@@ -137,6 +137,8 @@ from models.brain.features import (
     load_image,
     standardise,
 )
+from models.brain.realism import Realism
+from models.brain.realism import realism as _realism
 from models.montage import ATM_CHANNELS, STANDARD_64
 
 if TYPE_CHECKING:
@@ -285,6 +287,8 @@ class _Subject:
     alpha_windows: tuple[tuple[float, float], ...] = _ALPHA_WINDOWS
     frontal_alpha_centres: tuple[tuple[float, float, float], ...] = FRONTAL_ALPHA_CENTRES
     frontal_alpha_width: float = FRONTAL_ALPHA_WIDTH
+    # the realism's share of the image-to-image affect the ERPs express (``expressed``)
+    expression: float = 1.0
 
     @classmethod
     def draw(cls, seed: int, alpha_hz: float) -> _Subject:
@@ -322,14 +326,15 @@ class _Subject:
         norm = ((float(v.mean()), float(v.std())), (float(a.mean()), float(a.std())))
         return dataclasses.replace(subject, affect_norm=norm)
 
-    def for_family(self, family: str, seed: int) -> _Subject:
+    def for_family(self, family: str, seed: int, level: Realism = Realism()) -> _Subject:
         """The same person (same hidden affect) whose affect shows in ``family``'s components.
 
         The family (:mod:`models.brain.families`) turns the subject's draws into the
         weights of the valence-carrying components; a family with an individual layout
         also takes the drawn LPP topography and latencies and frontal alpha sources and
-        window. The hidden affect, visual ERPs, latencies and gains of the standard draw
-        stay as they are.
+        window. The realism ``level`` (:mod:`models.brain.realism`) then scales every
+        family's affective modulations alike. The hidden affect, visual ERPs, latencies
+        and gains of the standard draw stay as they are.
         """
         fam = family_class(family)
         draws, layout = self._family_draws(seed)
@@ -337,14 +342,28 @@ class _Subject:
         return dataclasses.replace(
             self,
             family=family,
-            faa=c.faa * c.gain,
+            faa=c.faa * c.gain * level.faa_gain,
             lpp_valence=c.lpp_valence * c.gain,
             frontal_valence=c.frontal_valence,
             lpp_arousal=self.lpp_arousal * c.gain,
             epn_arousal=self.epn_arousal * c.gain,
             erd_arousal=0.35 * c.gain,
+            expression=level.affect_gain,
             **(layout if fam.individual_layout else {}),
         )
+
+    def expressed(self, valence: float, arousal: float) -> tuple[float, float]:
+        """The valence and arousal an image's ERPs and posterior alpha express.
+
+        The hidden affect drawn towards that of the subject's average image (valence 0,
+        arousal ``sigmoid(arousal_bias)``) by the realism's ``affect_gain``
+        (:attr:`expression`): the grand averages keep their size, the differences
+        between images shrink. At 1 (clean) the hidden affect itself.
+        """
+        if self.expression == 1.0:
+            return valence, arousal
+        centre = float(_sigmoid(self.arousal_bias))
+        return self.expression * valence, centre + self.expression * (arousal - centre)
 
     def _family_draws(self, seed: int) -> tuple[FamilyDraws, dict[str, Any]]:
         """What every subject draws for the families, and its individual layout.
@@ -418,7 +437,8 @@ class _Subject:
 
 # -- the response as a function of features -------------------------------------------------
 def _component_gains(raw: np.ndarray, valence: float, arousal: float, s: _Subject) -> np.ndarray:
-    """Gain of each component (and the alpha changes) for one image's raw features."""
+    """Gain of each component for one image's raw features and hidden affect."""
+    valence, arousal = s.expressed(valence, arousal)
     z = standardise(raw)
     contrast = max(raw[_F["contrast"]], 0.0)
     cg = contrast**2 / (contrast**2 + 0.15**2) / (0.2**2 / (0.2**2 + 0.15**2))
@@ -442,10 +462,16 @@ def _component_gains(raw: np.ndarray, valence: float, arousal: float, s: _Subjec
 
 
 def _alpha_changes(valence: float, arousal: float, s: _Subject) -> np.ndarray:
-    """Relative change of (posterior, left frontal, right frontal) alpha amplitude."""
+    """Relative change of (posterior, left frontal, right frontal) alpha amplitude.
+
+    The posterior desynchronisation follows the expressed arousal; the frontal asymmetry
+    follows the hidden valence at its own weight (``faa``, the realism's ``faa_gain``
+    applied).
+    """
+    expressed = s.expressed(valence, arousal)[1]
     return np.array(
         [
-            -(0.25 + s.erd_arousal * arousal) * s.erd,
+            -(0.25 + s.erd_arousal * expressed) * s.erd,
             -0.3 * valence * s.faa,
             0.3 * valence * s.faa,
         ]
@@ -558,6 +584,10 @@ class BrainModel:
         :mod:`models.brain.families` (see the module docstring). The hidden affect is
         the same in every family. With a ``learned`` model only the induced alpha
         changes follow the family.
+    realism : Realism | str
+        How much of the hidden affect a single trial carries: a preset of
+        :mod:`models.brain.realism` by name (``"lab"``, the real recordings' range;
+        ``"clean"``, the model before its calibration) or its own numbers.
     """
 
     def __init__(
@@ -581,6 +611,7 @@ class BrainModel:
         display_jitter_ms: float = 0.0,
         learned: LearnedResponse | None = None,
         family: str = "standard",
+        realism: Realism | str = "lab",
     ) -> None:
         if sfreq <= 0:
             raise ValueError(f"sfreq must be positive, got {sfreq}")
@@ -604,8 +635,9 @@ class BrainModel:
         self.learned = learned
         if learned is not None:
             learned.check_channels(self.ch_names)
+        self.realism = _realism(realism) if isinstance(realism, str) else realism
         standard = _Subject.draw(self.subject_seed, alpha_hz)
-        self._subject = standard.for_family(family, self.subject_seed)
+        self._subject = standard.for_family(family, self.subject_seed, self.realism)
         self.family = self._subject.family
         pos = channel_positions(self.ch_names)
         ref = channel_positions(STANDARD_64)
@@ -697,7 +729,11 @@ class BrainModel:
         return self._subject.affect(self.features(image))
 
     def _parametric(
-        self, raw: np.ndarray, t: np.ndarray, amp: np.ndarray | None, lat: float
+        self,
+        raw: np.ndarray,
+        t: np.ndarray,
+        amp: np.ndarray | None,
+        lat: float,
     ) -> tuple[np.ndarray, np.ndarray]:
         v, a = self._subject.affect(raw)
         gains = _component_gains(raw, v, a, self._subject)
