@@ -53,6 +53,8 @@ def test_a_small_population_gives_every_figure(processes, tmp_path):
         # round 0 is the same random pool sample for every reward of a participant
         assert len({round(r["curve"][0], 4) for r in p["by_reward"].values()}) == 1
     assert set(fig["goals"]) == {"mixed", "lpp"}
+    for g in fig["goals"].values():  # the realistic goal implies its parts
+        assert not g["realistic_goal_met"] or (g["ci_above_0"] and g["ge_2x_best_control"])
     assert (tmp_path / "loop.png").stat().st_size > 5_000
 
 
