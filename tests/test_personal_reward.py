@@ -412,6 +412,7 @@ reward_wait_s = 0.0
 [generation.reward]
 mode = "personal"
 permutations = 100
+when_undecoded = "{when_undecoded}"
 [generation.procedural]
 size = 64
 pool_size = 48
@@ -461,7 +462,11 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
     epochs_endpoint = f"tcp://127.0.0.1:{_free_port()}"
     pub.bind(epochs_endpoint)
     protocol = tmp_path / "protocol.toml"
-    protocol.write_text(_PROTOCOL.format(epochs=epochs_endpoint, n_cal=N_CAL))
+    # the participant who does not decode ends the closed loop: "stop" ends it after the
+    # round in flight; one who decodes goes on whatever the setting
+    protocol.write_text(
+        _PROTOCOL.format(epochs=epochs_endpoint, n_cal=N_CAL, when_undecoded="stop")
+    )
     session = tmp_path / "session"
     endpoint = f"tcp://127.0.0.1:{free_port}"
     procs = Processes()
@@ -527,6 +532,16 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
             ImageRequest(session="s", block="closed_loop", round=0, n_images=4), timeout_s=60
         )
         assert isinstance(batch, ImageBatch)
+        stopped = events_named(session, "loop_stopped")
+        if participant == "decodes":
+            assert not batch.converged
+            assert not stopped
+        else:
+            assert batch.converged
+            assert "not decoded" in batch.stop_reason
+            assert len(batch.images) == 4  # the round in flight is still shown
+            assert stopped
+            assert stopped[0]["round"] == 0
         for j, v in enumerate((-0.9, 0.9)):
             x = synthetic_epoch(v, 900 + j, **kind)
             image = batch.images[j].image_id

@@ -38,6 +38,12 @@ class PersonalSettings(RewardSettings):
         default_factory=AsymmetryIndex,
         description="The index that rewards a participant who does not decode.",
     )
+    when_undecoded: Literal["index", "stop"] = Field(
+        "index",
+        description="A participant who does not decode: 'index' runs the closed loop on the "
+        "fallback index; 'stop' ends each closed-loop block after the round in flight and "
+        "says so (the index reads little of most people's single trials).",
+    )
 
     description: ClassVar[str] = (
         "the participant's own pseudo reward estimator: their valence ratings predicted "

@@ -73,6 +73,9 @@ class RoundScheduler:
     calibrated
         True once the calibration observations are in: the GP's first fit may start
         (before, idle time only embeds and stores the rewards).
+    stop
+        Why the closed loop should end (None: it goes on): a round run after it says so
+        is sent as the block's last (``converged``, its ``stop_reason``).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class RoundScheduler:
         *,
         pending: Callable[[], int] = lambda: 0,
         calibrated: Callable[[], bool] = lambda: True,
+        stop: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.g = settings
         self.generator = generator
@@ -95,6 +99,7 @@ class RoundScheduler:
         self._log = log
         self._pending = pending
         self._calibrated = calibrated
+        self._stop = stop
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
         self.job: Job | None = None
         self.wake: Callable[[], None] | None = None  # wakes the serving loop: a reply is due
@@ -152,6 +157,10 @@ class RoundScheduler:
             self.generator.next_round(on_ready, should_stop, n_images=job.request.n_images)
             job.timing_ms = self.generator.timing.as_ms()
             job.converged = self.generator.converged()
+            reason = self._stop()
+            if reason is not None:
+                job.converged = (True, reason)
+                self._log("loop_stopped", round=job.request.round, reason=reason)
         except Exception as err:  # a backend failure must not kill the service
             logger.exception("round %d failed", job.request.round)
             job.error = f"{type(err).__name__}: {err}"

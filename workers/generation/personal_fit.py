@@ -153,6 +153,10 @@ class SessionFittedReward:
         """Fit, save and switch to the model; returns what the session log keeps."""
         raise NotImplementedError
 
+    def stop_reason(self) -> str | None:
+        """Why the closed loop should not go on with this reward (None: it should)."""
+        return None
+
 
 class CalibratedDecoderReward(SessionFittedReward):
     """Affective reward whose decoder is fitted on the session's labelled epochs.
@@ -493,6 +497,13 @@ class PersonalSessionReward(SessionFittedReward):
             "rating_scale": None if lo is None else [lo, hi],
             "file": str(PERSONAL_FILE),
         }
+
+    def stop_reason(self) -> str | None:
+        """Why, with ``when_undecoded = "stop"``, once the fit finds no decoding."""
+        reward = self.reward
+        if self.settings.when_undecoded != "stop" or reward is None or reward.uses_estimator:
+            return None
+        return f"not decoded ({reward.record.get('reason', 'no verdict')}); when_undecoded = 'stop'"
 
     def __call__(self, epoch: EpochData) -> Reward:
         """The predicted valence in [0, 1], or the asymmetry index (the fallback)."""

@@ -197,6 +197,7 @@ class GenerationService:
             self._log,
             pending=self.ledger.n_pending,
             calibrated=self.calibrated,
+            stop=self.stop_reason,
         )
         self.provenance = ProvenanceWriter(store, self._log)
         self._pending_batch: Batch | None = None
@@ -242,6 +243,11 @@ class GenerationService:
     def _drain(self) -> None:
         """Move new rewards into the generator (background thread only)."""
         self.ledger.drain(self.generator, self.backend.embed)
+
+    def stop_reason(self) -> str | None:
+        """Why the closed loop should end: the session-fitted reward's say (None: go on)."""
+        reward = self.calibration.reward
+        return None if reward is None else reward.stop_reason()
 
     def calibrated(self) -> bool:
         """Whether the calibration observations are in, so the GP's first fit may start.
