@@ -25,8 +25,16 @@ from experiment_protocols import load_protocol
 from models.rewards.personal import fit_personal
 from workers.generation.service import GenerationClient
 from workers.labelled_epochs import RecordingPreprocessing, read_labelled_recording
-from workers.messages import ImageBatch, ImageRequest, StatusReply, StatusRequest
+from workers.messages import (
+    EpochMessage,
+    ImageBatch,
+    ImageRequest,
+    RewardReply,
+    StatusReply,
+    StatusRequest,
+)
 from workers.muse_csv import read_muse_csv
+from workers.session_store import SessionStore
 
 RUN = SHARED / "data/real/eeg-notebooks-n170/subject2/session1/data_2018-04-15-21.18.48.csv"
 START, DURATION = 30.0, 60.0  # about 95 trials; this minute decodes offline (r 0.34)
@@ -103,12 +111,25 @@ def test_a_replayed_real_recording_calibrates_as_the_offline_bench(
     assert replay.wait(DURATION + 90) == 0, replay.stderr.read()
     wait_until(lambda: events_named(session, "calibration_epoch"), timeout=10)
     time.sleep(2.0)  # the last window closes and its epoch reaches the worker
-    # the closed loop begins: the worker fits on the calibration block it has
+    # the closed loop begins: its round 0, asked ahead, does not end the calibration
     batch, _ = client.request(
         ImageRequest(session=session.name, block="closed_loop", round=0, n_images=4),
         timeout_s=60,
     )
     assert isinstance(batch, ImageBatch)
+    # the loop's first epoch (a stored one again, as the loop's first trial) ends the
+    # calibration: the worker fits, then rewards it
+    last = SessionStore(session).epochs()[-1]
+    loop_trial = last.trial_id + 1000
+    marker = {"event": "stimulus_onset", "trial": loop_trial, "block": "closed_loop",
+              "image": f"/x/{batch.images[0].image_id}.png"}  # fmt: skip
+    first = EpochMessage.of(
+        last.data, session=session.name, trial_id=loop_trial, marker=marker,
+        ch_names=list(last.meta["ch_names"]), sfreq=float(last.meta["sfreq"]),
+        tmin=float(last.meta["tmin"]),
+    )  # fmt: skip
+    reply, _ = client.request(first, (last.data,), timeout_s=60)
+    assert isinstance(reply, RewardReply), reply
     record = wait_for_event(session, "personal_estimator", timeout=60)
     elapsed = time.monotonic() - t0
     os.kill(acquire.pid, signal.SIGTERM)

@@ -249,7 +249,7 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
     subject, family = spec["subject"], spec["family"]
     with threadpool_limits(1), tempfile.TemporaryDirectory(prefix="eegs-loop-") as tmp:
         base = load_protocol(spec["protocol"])
-        protocol = apply_changes(subject_protocol(base, subject), spec["changes"])
+        protocol = apply_changes(subject_protocol(base, subject), spec.get("changes", {}))
         # every GP fit runs its iterations: the live worker's wall-time cap guards the
         # participant's wait, and here would make the figures depend on the machine's load
         protocol = apply_changes(
@@ -263,7 +263,7 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {
             "subject": subject,
             "family": family,
-            "variant": spec["variant"],
+            "variant": spec.get("variant", ""),
             "realism": protocol.brain_model.realism,
             "by_reward": {},
         }
