@@ -540,7 +540,7 @@ class PersonalReward(RewardMode):
         estimator: PersonalEstimator | None,
         fallback: RewardFunction,
         *,
-        fallback_name: str = "asymmetry",
+        fallback_name: str = AsymmetryReward.mode,
         reason: str = "",
         n_trials: int | None = None,
         record: dict[str, Any] | None = None,
@@ -589,7 +589,7 @@ class PersonalReward(RewardMode):
                 )
         self.record: dict[str, Any] = {
             "decodes": decodes,
-            "reward": "personal" if uses else fallback_name,
+            "reward": self.mode if uses else fallback_name,
             "fallback": None if uses else fallback_name,
             "fallback_r": None if fallback_r is None else round(float(fallback_r), 4),
             "fallback_p": None if fallback_p is None else round(float(fallback_p), 4),
@@ -619,7 +619,7 @@ class PersonalReward(RewardMode):
     @property
     def uses_estimator(self) -> bool:
         """Whether the estimator (not the fallback index) gives the reward."""
-        return self.record.get("reward", "personal" if self.decodes else None) == "personal"
+        return self.record.get("reward", self.mode if self.decodes else None) == self.mode
 
     def __call__(self, epoch: EpochData) -> Reward:
         """The reward of one epoch."""
@@ -640,7 +640,11 @@ class PersonalReward(RewardMode):
 
     @classmethod
     def load(
-        cls, path: str | Path, fallback: RewardFunction, *, fallback_name: str = "asymmetry"
+        cls,
+        path: str | Path,
+        fallback: RewardFunction,
+        *,
+        fallback_name: str = AsymmetryReward.mode,
     ) -> PersonalReward:
         """What :meth:`save` wrote, with ``fallback`` (not saved: it is the protocol's)."""
         path = Path(path)
@@ -658,7 +662,7 @@ def personal_reward(
     fallback: RewardFunction,
     seed: int = 0,
     *,
-    fallback_name: str = "asymmetry",
+    fallback_name: str = AsymmetryReward.mode,
     **fit: Any,
 ) -> PersonalReward:
     """:func:`fit_personal`, with the fallback when it cannot fit or does not decode."""

@@ -161,7 +161,7 @@ class BandPower(FeatureMap):
 class AsymmetryIndex(FeatureMap):
     """The training-free asymmetry index (log alpha power, right minus left)."""
 
-    name = "asymmetry"
+    name = AsymmetryReward.mode
 
     def __init__(self, geo: Geometry, index: AsymmetryReward) -> None:
         if not index.reads(list(geo.ch_names)):
@@ -185,7 +185,7 @@ def build_maps(
     skipped: dict[str, str] = {}
     makers = [("erp", lambda: ErpWindows(geo, spec)), ("spectral", lambda: BandPower(geo, spec))]
     if index is not None:
-        makers.append(("asymmetry", lambda: AsymmetryIndex(geo, index)))
+        makers.append((AsymmetryIndex.name, lambda: AsymmetryIndex(geo, index)))
     for name, make in makers:
         try:
             maps.append(make())
