@@ -57,8 +57,8 @@ P_RULES = {
 }
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Declare the options."""
+def add_real_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare ``--real`` and ``--label-ratings`` (this bench's and ``eegs bench realism``'s)."""
     p.add_argument(
         "--real",
         default=str(DEFAULT_REAL),
@@ -72,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="LABEL=R,...",
         help="the rating each event label of --real stands for",
     )
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the options."""
+    add_real_arguments(p)
     p.add_argument("--families", default=",".join(FAMILIES), help="brain-model families ('')")
     p.add_argument("--first-subject", type=int, default=1000, help="subject seed of family 1")
     p.add_argument("--sim-trials", type=int, default=480, help="trials per simulated participant")
@@ -118,21 +123,27 @@ def label_ratings(text: str) -> dict[str, float]:
 
 
 # -- participants --------------------------------------------------------------------------------
+def real_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One participant per sub-folder of ``--real`` (the folder itself if it has none)."""
+    from workers.errors import InputError
+
+    if not args.real:
+        return []
+    root = Path(args.real)
+    if not root.is_dir():
+        raise InputError(f"--real {root}: no such folder")
+    ratings = label_ratings(args.label_ratings)
+    return [{"kind": "recording", "path": str(sub), "dataset": root.name,
+             "participant": sub.name, "ratings": ratings}
+            for sub in sorted(p for p in root.iterdir() if p.is_dir()) or [root]]  # fmt: skip
+
+
 def participant_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """What each participant is (loaded or simulated in the process that runs it)."""
     from workers.errors import InputError
     from workers.labelled_epochs import epochs_file_participant
 
-    specs: list[dict[str, Any]] = []
-    if args.real:
-        root = Path(args.real)
-        if not root.is_dir():
-            raise InputError(f"--real {root}: no such folder")
-        subs = sorted(p for p in root.iterdir() if p.is_dir())
-        ratings = label_ratings(args.label_ratings)
-        for sub in subs or [root]:
-            specs.append({"kind": "recording", "path": str(sub), "dataset": root.name,
-                          "participant": sub.name, "ratings": ratings})  # fmt: skip
+    specs = real_specs(args)
     if args.epochs and not args.rating_column:
         raise InputError("--epochs needs --rating-column NAME (the metadata column of ratings)")
     for path in args.epochs:

@@ -38,7 +38,7 @@ import numpy as np
 
 from app.bench._progress import report
 from app.bench._stats import stats
-from app.bench.estimator import DEFAULT_REAL, FAMILIES, label_ratings, summarise
+from app.bench.estimator import FAMILIES, add_real_arguments, real_specs, summarise
 
 ANCHOR_NAMES = ("lda", "xdawn_ts", "faa")
 SIZES = (48, 96, 200, 400)
@@ -50,19 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the options."""
     from experiment_protocols.brain_model import REALISM_LEVELS
 
-    p.add_argument(
-        "--real",
-        default=str(DEFAULT_REAL),
-        metavar="DIR",
-        help="folder of real recordings, one participant per sub-folder ('' for none; "
-        "default: the shipped eeg-notebooks faces/houses)",
-    )
-    p.add_argument(
-        "--label-ratings",
-        default="face=7,house=3",
-        metavar="LABEL=R,...",
-        help="the rating each event label of --real stands for",
-    )
+    add_real_arguments(p)
     p.add_argument(
         "--realism",
         default=",".join(REALISM_LEVELS),
@@ -292,15 +280,7 @@ def _jobs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
     if bad:
         raise InputError(f"unknown realism or family {bad}: levels {tuple(REALISM_LEVELS)}, "
                          f"families {FAMILIES}")  # fmt: skip
-    specs: list[dict[str, Any]] = []
-    if args.real:
-        root = Path(args.real)
-        if not root.is_dir():
-            raise InputError(f"--real {root}: no such folder")
-        ratings = label_ratings(args.label_ratings)
-        for sub in sorted(p for p in root.iterdir() if p.is_dir()) or [root]:
-            specs.append({"kind": "recording", "path": str(sub), "dataset": root.name,
-                          "participant": sub.name, "ratings": ratings})  # fmt: skip
+    specs = real_specs(args)
     for level in levels:
         for k, fam in enumerate(families):
             for i in range(args.subjects):
