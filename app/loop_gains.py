@@ -32,6 +32,17 @@ def loop_gains(valence: np.ndarray, rounds: np.ndarray, kinds: Sequence[str]) ->
         gain_b = round(float(valence[chosen].mean() - valence[beside].mean()), 4)
     return {
         "curve": [round(v, 4) for v in curve],
-        "gain_a": round(float(np.mean(curve[-2:]) - curve[0]), 4),
+        "gain_a": gain_a_at(curve, len(curve) - 1),
         "gain_b": gain_b,
     }
+
+
+def gain_a_at(curve: Sequence[float], rounds: int) -> float:
+    """Gain (a) of the same session had it stopped after ``rounds`` closed-loop rounds.
+
+    Rounds are cheap next to the calibration: one long run read at several lengths tells a
+    lab how many rounds its protocol needs, without a run per length.
+    """
+    if not 1 <= rounds < len(curve):
+        raise ValueError(f"rounds must be 1..{len(curve) - 1} for a curve of {len(curve)}")
+    return round(float(np.mean(curve[: rounds + 1][-2:]) - curve[0]), 4)

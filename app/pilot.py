@@ -98,6 +98,9 @@ def normative_valence(image) -> float:
     return float(hsv[..., 2].mean() + hsv[..., 1].mean())
 
 
+_RENDER_CHUNK = 64  # procedural renders held in float at once (~100 MB)
+
+
 def make_labelled_sets(folder: Path, n_per_class: dict[str, int], seed: int) -> dict[str, Path]:
     """Write procedural image sets, one subfolder per label, for each block name.
 
@@ -116,8 +119,13 @@ def make_labelled_sets(folder: Path, n_per_class: dict[str, int], seed: int) -> 
         seeds = rng.integers(0, 2**31 - 1, n_draw)
         from PIL import Image
 
-        rgb = renderer.render(params, [int(s) for s in seeds])
-        images = [Image.fromarray((a * 255 + 0.5).astype(np.uint8)) for a in rgb]
+        images = [  # in chunks: 200 calibration trials draw 800 renders, GBs at once
+            Image.fromarray((a * 255 + 0.5).astype(np.uint8))
+            for i in range(0, n_draw, _RENDER_CHUNK)
+            for a in renderer.render(
+                params[i : i + _RENDER_CHUNK], [int(s) for s in seeds[i : i + _RENDER_CHUNK]]
+            )  # fmt: skip
+        ]
         order = np.argsort([normative_valence(im) for im in images])
         for label, idx in (("sadness", order[:n]), ("amusement", order[-n:])):
             sub = folder / block / label
@@ -241,17 +249,21 @@ class Progress:
         self.stream.flush()
 
 
-def _wait_event(store: SessionStore, sup: Supervisor, name: str, timeout: float) -> None:
-    """Wait for a new event ``name`` (a resumed session has old ones too)."""
-    tail = EventTail(store.root / EVENTS_FILE)
-    tail.new()  # what is there already does not count
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_events(tail: EventTail, sup: Supervisor, timeouts: dict[str, float]) -> None:
+    """Wait for each event named in ``timeouts`` (seconds from now) to come after ``tail``.
+
+    The tail is opened before the processes start, so that an event logged while another
+    is awaited still counts, and a resumed session's old ones do not.
+    """
+    t0, pending = time.monotonic(), dict(timeouts)
+    while pending:
         sup.check()
-        if any(e["event"] == name for e in tail.new()):
-            return
+        for e in tail.new():
+            pending.pop(e["event"], None)
+        late = [name for name, s in pending.items() if time.monotonic() - t0 > s]
+        if late:
+            raise TimeoutError(f"no '{late[0]}' within {pending[late[0]]:.0f} s")
         time.sleep(0.1)
-    raise TimeoutError(f"no '{name}' within {timeout:.0f} s")
 
 
 def run_session(config: SessionConfig, stop=lambda: False) -> dict[str, Any]:
@@ -389,13 +401,17 @@ def _supervise(
                 ],
                 expected_exit=True,
             )
+        ready = EventTail(store.root / EVENTS_FILE)
+        ready.new()  # a resumed session's old events do not count
         sup.start(
             "acquire",
             ["acquire", "--protocol", ppath, "--session", str(store.root)],
             restarts=MAX_RESTARTS,
             ready_event=READY_EVENTS["acquire"],
         )
-        _wait_event(store, sup, "acquisition_ready", 120)
+        # the worker loads its models while the acquisition connects: neither needs the
+        # other to start (ZeroMQ connects before the bind), and the participant waits less
+        timeouts = {READY_EVENTS["acquire"]: 120.0}
         if config.worker is None:
             sup.start(
                 "worker",
@@ -403,7 +419,8 @@ def _supervise(
                 restarts=MAX_RESTARTS,
                 ready_event=READY_EVENTS["worker"],
             )
-            _wait_event(store, sup, "generation_ready", 300)
+            timeouts[READY_EVENTS["worker"]] = 300.0
+        _wait_events(ready, sup, timeouts)
         present = ["present", "--protocol", ppath, "--session", str(store.root)]
         if protocol.recording.enabled:
             present += ["--wait-recording", "30"]

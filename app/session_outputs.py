@@ -254,19 +254,27 @@ def build_summary(session: Path, protocol: Protocol, pilot: bool) -> dict[str, A
 
 def pilot_note(protocol: Protocol) -> str:
     """How one pilot's figures relate to a lab session's (README: pilots that predict one)."""
+    from experiment_protocols import PROTOCOL_DIR, load_protocol
     from experiment_protocols.brain_model import REALISM_LEVELS
+    from experiment_protocols.participant_time import participant_minutes
 
     level = protocol.brain_model.realism
     blocks = {b.kind: b for b in protocol.presentation.blocks}
     calib = blocks["calibration"].n_trials if "calibration" in blocks else 0
     loop = blocks.get("closed_loop")
     shape = f"{loop.n_rounds} closed-loop rounds of {loop.n_trials} images" if loop else "no loop"
+    lab = load_protocol(PROTOCOL_DIR / "default.toml")
+    lab_blocks = {b.kind: b for b in lab.presentation.blocks}
     return (
         f"one simulated participant ({protocol.brain_model.family} family) at brain_model."
         f"realism = {level!r} ({REALISM_LEVELS[level]}), {calib} rated calibration trials "
-        f"and {shape}: its gains are one draw of a population. What a lab session can "
-        "expect (the population's gains per calibration size and realism) is measured by "
-        "`eegs bench loop` (README, 'Pilots that predict a session')."
+        f"and {shape} (about {participant_minutes(protocol):.0f} min of a person's time): "
+        "its gains are one draw of a population. The lab protocol (default.toml: "
+        f"{lab_blocks['calibration'].n_trials} rated calibration trials, "
+        f"{lab_blocks['closed_loop'].n_rounds} rounds, about "
+        f"{participant_minutes(lab):.0f} min) and what a lab session can expect from it (the "
+        "population's gains by session length, calibration size and realism) are measured "
+        "by `eegs bench loop` (README, 'Pilots that predict a session')."
     )
 
 

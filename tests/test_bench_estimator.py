@@ -117,3 +117,26 @@ def test_bench_estimator_on_an_epochs_file(tmp_path):
     bad = run_eegs("bench", "estimator", "--real", "", "--families", "", "--epochs", str(path))
     assert bad.returncode == 2
     assert "--rating-column" in bad.stderr
+
+
+def test_the_false_positive_rate_is_judged_per_size_over_every_participant():
+    from app.bench.estimator import fpr_by_size, goals
+
+    def row(participant: str, n: int, fpr: float, draws: int = 20) -> dict:
+        return {"dataset": "real", "participant": participant, "n_trials": n,
+                "estimator": "personal", "r_mean": 0.1, "false_positive_rate": fpr,
+                "n_null_draws": draws}  # fmt: skip
+
+    # 2 of 20 in one cell is no evidence of a rate over 7 %; 2 + 1 + 0 of 60 is 5 %
+    rows = [row("a", 48, 0.1), row("b", 48, 0.05), row("c", 48, 0.0), row("a", 96, 0.15)]
+    by_size = fpr_by_size(rows)
+    assert by_size["48"]["decoded"] == 3
+    assert by_size["48"]["null_draws"] == 60
+    assert by_size["48"]["rate"] == 0.05
+    assert by_size["48"]["goal_met"] is True
+    assert by_size["48"]["ci95"][0] < 0.05 < by_size["48"]["ci95"][1]
+    assert by_size["96"]["goal_met"] is False  # 3 of 20
+    g = goals(rows, None)
+    assert g["fpr_goal_met_everywhere"] is False
+    assert g["fpr_goal_met_every_size"] is False
+    assert goals(rows[:3], None)["fpr_goal_met_every_size"] is True

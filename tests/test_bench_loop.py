@@ -56,6 +56,14 @@ def test_a_small_population_gives_every_figure(processes, tmp_path):
     for g in fig["goals"].values():  # the realistic goal implies its parts
         assert not g["realistic_goal_met"] or (g["ci_above_0"] and g["ge_2x_best_control"])
     assert (tmp_path / "loop.png").stat().st_size > 5_000
+    # the session's length: the same gains read after each count of rounds, at their cost
+    lpp = fig["by_reward"]["personal"]["by_family"]["lpp"]
+    assert list(lpp["gain_a_by_rounds"]) == ["1", "2"]
+    assert lpp["gain_a_by_rounds"]["2"]["mean"] == pytest.approx(lpp["gain_a_mean"], abs=2e-4)
+    minutes = fig["participant_minutes_by_rounds"]
+    assert list(minutes) == ["1", "2"]
+    assert 0 < minutes["1"] < minutes["2"]
+    assert fig["plot_by_rounds"] is None  # two rounds: no curve to draw
 
 
 def test_no_reward_reads_the_family():

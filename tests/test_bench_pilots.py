@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-from conftest import run_eegs
-from helpers import short_pilot_protocol
 
 from app.bench.pilots import summarise
 from app.loop_gains import loop_gains
-from workers.session_store import read_events
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -72,28 +67,4 @@ def test_the_participant_never_waits_in_any_pilot_or_the_goal_is_missed():
     assert failed["goals"]["round_ready_p95_le_100_ms_in_every_pilot"] is False
 
 
-def test_bench_pilots_runs_a_real_pilot_and_reports_its_summary_gains(tmp_path):
-    out = tmp_path / "pilots"
-    res = run_eegs(
-        "bench", "pilots", "--seeds", "1", "--first-seed", "5", "--rounds", "2",
-        "--no-dashboard", "--protocol", str(short_pilot_protocol(tmp_path)),
-        "--dir", str(out), timeout=540,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    figures = json.loads(res.stdout[res.stdout.index("{\n") :])
-    assert figures["n"] == 1
-    row = figures["per_seed"][0]
-    summary = json.loads((out / "seed-5" / "summary.json").read_text())
-    gains = summary["oracle_valence_gains"]
-    # the summary's gains are the loop bench's, over the oracle's valence by round
-    assert gains["curve"] == pytest.approx(summary["oracle_valence_by_round"], abs=1e-4)
-    curve = gains["curve"]
-    assert gains["gain_a"] == pytest.approx(np.mean(curve[-2:]) - curve[0], abs=1e-3)
-    assert gains["gain_b"] is not None  # the pilot shows random images beside chosen ones
-    assert (row["gain_a"], row["gain_b"]) == (gains["gain_a"], gains["gain_b"])
-    late = [e for e in read_events(out / "seed-5" / "events.jsonl") if e["event"] == "image_late"]
-    assert row["image_late"] == summary["image_late"] == len(late)
-    assert row["round_ready_p95_ms"] == summary["round_ready_latency_ms"]["p95"]
-    assert figures["gain_a_mean"] == row["gain_a"]
-    assert figures["gain_b_positive"] in ("0 of 1", "1 of 1")
-    assert 0 < row["minutes"] < 9
+# the bench's real pilot: tests/test_pilot.py::test_pilot_two_rounds_end_to_end

@@ -1,4 +1,4 @@
-"""The closed loop end to end: `eegs pilot` and `eegs run` as a person would start them."""
+"""The closed loop end to end: `eegs pilot` (by `eegs bench pilots`) and `eegs run`, as started."""
 
 from __future__ import annotations
 
@@ -18,23 +18,18 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def test_pilot_two_rounds_end_to_end(tmp_path):
-    out = tmp_path / "session"
+    """A real pilot, started by `eegs bench pilots` (its command line), and the bench's row of it.
+
+    One pilot serves both: the session's every output, and the bench's summary of its gains.
+    """
+    pilots = tmp_path / "pilots"
     res = run_eegs(
-        "pilot",
-        "--out",
-        str(out),
-        "--rounds",
-        "2",
-        "--seed",
-        "3",
-        "--headless",
-        "--reward",
-        "affective",
-        "--protocol",
-        str(short_pilot_protocol(tmp_path)),
-        timeout=840,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+        "bench", "pilots", "--seeds", "1", "--first-seed", "3", "--rounds", "2",
+        "--reward", "affective", "--protocol", str(short_pilot_protocol(tmp_path)),
+        "--dir", str(pilots), timeout=840,
+    )  # fmt: skip
+    out = pilots / "seed-3"
+    _bench_row_is_the_sessions(res, out)
     info = json.loads((out / "session.json").read_text())
     assert info["status"] == "completed"
     summary = json.loads((out / "summary.json").read_text())
@@ -45,6 +40,7 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
     assert summary["reward_mode"] == "affective"
     assert summary["oracle_target"] == "valence"
     assert "realism = 'lab'" in summary["pilot_note"]  # the default: a person's signal
+    assert "min of a person's time" in summary["pilot_note"]  # and the lab protocol's
     assert summary["calibration_decoder"]["n_epochs"] >= 7  # 8 shown; the last may be late
     assert (out / "decoder" / "calibration.safetensors").exists()
     assert summary["n_trials"] == 8 + 2 * 8 + 4
@@ -91,6 +87,29 @@ def test_pilot_two_rounds_end_to_end(tmp_path):
         )
     (ready,) = (e for e in events if e["event"] == "presentation_ready")
     assert ready["realtime"] is (os.geteuid() == 0)  # root may take SCHED_RR
+
+
+def _bench_row_is_the_sessions(res, out) -> None:
+    """`eegs bench pilots`' figures are the pilot's own summary, read by the loop bench's rule."""
+    assert res.returncode == 0, res.stderr[-3000:]
+    figures = json.loads(res.stdout[res.stdout.index("{\n") :])
+    assert figures["n"] == 1
+    row = figures["per_seed"][0]
+    assert "error" not in row, (out.parent / f"{out.name}.log").read_text()[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    gains = summary["oracle_valence_gains"]
+    # the summary's gains are the loop bench's, over the oracle's valence by round
+    assert gains["curve"] == pytest.approx(summary["oracle_valence_by_round"], abs=1e-4)
+    curve = gains["curve"]
+    assert gains["gain_a"] == pytest.approx(np.mean(curve[-2:]) - curve[0], abs=1e-3)
+    assert gains["gain_b"] is not None  # the pilot shows random images beside chosen ones
+    assert (row["gain_a"], row["gain_b"]) == (gains["gain_a"], gains["gain_b"])
+    late = [e for e in SessionStore(out).events() if e["event"] == "image_late"]
+    assert row["image_late"] == summary["image_late"] == len(late)
+    assert row["round_ready_p95_ms"] == summary["round_ready_latency_ms"]["p95"]
+    assert figures["gain_a_mean"] == row["gain_a"]
+    assert figures["gain_b_positive"] in ("0 of 1", "1 of 1")
+    assert 0 < row["minutes"] < 9
 
 
 @pytest.mark.skipif(not EEGLAB_SET.exists(), reason="../shared data not present")

@@ -44,10 +44,12 @@ import numpy as np
 
 from app.bench._progress import report
 from app.bench._stats import stats
-from app.loop_gains import loop_gains
+from app.loop_gains import gain_a_at, loop_gains
 from experiment_protocols.rewards import modes_without_files
 
 CONTROLS = ("random", "blind", "oracle")
+#: session lengths (closed-loop rounds) the gains are also read at, from one longer run
+ROUND_COUNTS = (1, 2, 3, 5, 10, 15, 20, 30, 40, 50, 60, 80, 100)
 _FIT_BUDGET_S = 600.0  # the protocol's bound: no fit of the bench is cut short by time
 ON_REQUEST = ("noisy_oracle",)  # diagnostic controls, not in the default run
 GOALS = {"gain_a_min": 0.30, "frac_improved_min": 0.85, "vs_controls": 2.0, "vs_oracle": 0.70}
@@ -351,6 +353,7 @@ def summarise(
                 "gain_b_mean": sb["mean"],
                 "gain_b_ci95": sb["ci95"],
                 "frac_improved": sa["share_gt_0"],
+                "gain_a_by_rounds": _by_rounds([row["curve"] for row in rows]),
             }
         by_reward[reward] = {"by_family": fams}
     out: dict[str, Any] = {"by_reward": by_reward}
@@ -373,6 +376,20 @@ def summarise(
             out[f"{reward}_gain_a_by_verdict"] = by_verdict(results, reward, list(decodes))
     if subject in rewards:
         out["goals"] = _goals(by_reward, families, subject)
+    return out
+
+
+def round_counts(rounds: int) -> list[int]:
+    """The session lengths (closed-loop rounds after round 0) a run of ``rounds`` is read at."""
+    return [n for n in ROUND_COUNTS if n < rounds] + [rounds]
+
+
+def _by_rounds(curves: list[list[float]]) -> dict[str, dict[str, Any]]:
+    """Gain (a) had every session stopped after n rounds, for each n of :func:`round_counts`."""
+    out = {}
+    for n in round_counts(min(len(c) for c in curves) - 1):
+        st = stats([gain_a_at(c, n) for c in curves])
+        out[str(n)] = {"mean": st["mean"], "ci95": st["ci95"], "share_gt_0": st["share_gt_0"]}
     return out
 
 
@@ -429,7 +446,34 @@ def _goals(by_reward: dict, families: list[str], subject: str) -> dict[str, Any]
             and goals[fam]["ci_above_0"]
             and goals[fam]["ge_2x_best_control"]
         )
+        goals[fam]["realistic_goal_first_met_at_rounds"] = _first_rounds_meeting(
+            by_reward, fam, subject
+        )
     return goals
+
+
+def _first_rounds_meeting(by_reward: dict, fam: str, subject: str) -> int | None:
+    """The fewest closed-loop rounds at which ``subject`` meets the realistic goal (None: never).
+
+    The same rule as ``realistic_goal_met``, with the controls read at the same length.
+    """
+    for n, fig in by_reward[subject]["by_family"][fam]["gain_a_by_rounds"].items():
+        controls = [
+            by_reward[c]["by_family"][fam]["gain_a_by_rounds"][n]["mean"]
+            for c in ("random", "blind")
+            if c in by_reward and fam in by_reward[c]["by_family"]
+        ]
+        m, ci = fig["mean"], fig["ci95"]
+        if (
+            m is not None
+            and ci is not None
+            and m >= REALISTIC_GAIN_A_MIN
+            and ci[0] > 0
+            and controls
+            and m >= GOALS["vs_controls"] * max(max(controls), 0.0)
+        ):
+            return int(n)
+    return None
 
 
 def sweep_curve(
@@ -549,6 +593,44 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_by_rounds(summary: dict, path: Path) -> None:
+    """Gain (a) against the session's length in rounds, a panel per family, a line per reward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_reward = summary["by_reward"]
+    families = sorted({f for r in by_reward.values() for f in r["by_family"]})
+    fig, axes = plt.subplots(
+        1, len(families), figsize=(3.0 * len(families) + 0.8, 3.2), squeeze=False, sharey=True
+    )
+    for j, fam in enumerate(families):
+        ax = axes[0][j]
+        for k, (reward, fig_r) in enumerate(by_reward.items()):
+            pts = fig_r["by_family"].get(fam, {}).get("gain_a_by_rounds", {})
+            pts = {int(n): v for n, v in pts.items() if v["mean"] is not None}
+            if not pts:
+                continue
+            xs = sorted(pts)
+            ax.plot(xs, [pts[n]["mean"] for n in xs], marker="o", ms=3, color=f"C{k}",
+                    label=reward, lw=2 if k == 0 else 1)  # fmt: skip
+            band = [(n, pts[n]["ci95"]) for n in xs if pts[n]["ci95"]]
+            if band:
+                ax.fill_between([n for n, _ in band], [c[0] for _, c in band],
+                                [c[1] for _, c in band], color=f"C{k}", alpha=0.12)  # fmt: skip
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axhline(REALISTIC_GAIN_A_MIN, color="grey", ls="--", lw=0.6)
+        ax.set_title(fam, fontsize=9)
+        ax.set_xlabel("closed-loop rounds", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("gain (a) had the session\nstopped there", fontsize=8)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _client(args):
     from dask.distributed import Client, LocalCluster
 
@@ -571,6 +653,7 @@ def run(args: argparse.Namespace) -> dict:
     from app.evaluation.table1 import closed_loop_shape
     from experiment_protocols import load_protocol
     from experiment_protocols.brain_model import SUBJECT_FAMILIES
+    from experiment_protocols.participant_time import participant_minutes
     from workers.errors import InputError
 
     protocol_file = args.protocol or str(
@@ -643,6 +726,9 @@ def run(args: argparse.Namespace) -> dict:
         "realism": first_level(results),
         "rounds_after_round0": rounds,
         "images_per_round": per_round,
+        "participant_minutes_by_rounds": {  # what each session length costs the participant
+            str(n): participant_minutes(protocol, n) for n in round_counts(rounds)
+        },
         "engine": f"dask: {args.address or f'LocalCluster, {args.workers} worker process(es)'}",
         "wall_s": round(time.perf_counter() - t0, 1),
         **first,
@@ -664,6 +750,10 @@ def run(args: argparse.Namespace) -> dict:
     else:
         plot(first, path)
     out["plot"] = str(path)
+    out["plot_by_rounds"] = None
+    if rounds >= 3:  # the session's length as a lever: the gains against it
+        out["plot_by_rounds"] = str(path.with_name(path.stem + "-rounds.png"))
+        plot_by_rounds(first, Path(out["plot_by_rounds"]))
     out["per_participant"] = results
     return out
 

@@ -31,6 +31,7 @@ from typing import Any
 from app.bench._closed_loop import kill_session
 from app.bench._progress import report
 from app.bench._stats import stats
+from app.reward_option import add_reward_argument
 from experiment_protocols.brain_model import SUBJECT_FAMILIES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="brain_model.family (default: the protocol's)",
     )
+    add_reward_argument(p)
     p.add_argument("--no-dashboard", action="store_true", help="pilots without the dashboard")
     p.add_argument("--dir", type=Path, default=None, help="keep the sessions here")
 
@@ -63,6 +65,8 @@ def _pilot_argv(args: argparse.Namespace, seed: int, out: Path) -> list[str]:
         argv += ["--rounds", str(args.rounds)]
     if args.family is not None:
         argv += ["--family", args.family]
+    if args.reward is not None:
+        argv += ["--reward", args.reward]
     if args.no_dashboard:
         argv += ["--no-dashboard"]
     return argv

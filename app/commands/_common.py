@@ -19,21 +19,6 @@ def add_protocol_argument(parser: argparse.ArgumentParser, default: str = "defau
     )
 
 
-def add_reward_argument(parser: argparse.ArgumentParser) -> None:
-    """``--reward MODE``: which reward drives the closed loop (default: the protocol's)."""
-    from experiment_protocols.rewards import modes_without_files, settings_class
-
-    modes = modes_without_files()
-    parser.add_argument(
-        "--reward",
-        choices=modes,
-        default=None,
-        help="reward of the loop: "
-        + "; ".join(f"{m} ({settings_class(m).description})" for m in modes)
-        + "; default: the protocol's (eegs pilot: pilot.toml's)",
-    )
-
-
 def add_classifiers_argument(parser: argparse.ArgumentParser) -> None:
     """``--classifiers LIST``: the decoders to cross-validate."""
     parser.add_argument(

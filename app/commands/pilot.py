@@ -14,9 +14,9 @@ from pathlib import Path
 from app.commands._common import (
     add_dashboard_arguments,
     add_protocol_argument,
-    add_reward_argument,
     dashboard_options,
 )
+from app.reward_option import add_reward_argument
 from experiment_protocols.brain_model import REALISM_LEVELS, SUBJECT_FAMILIES
 
 NAME = "pilot"

@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.commands._common import (
-    add_classifiers_argument,
-    add_protocol_argument,
-    add_reward_argument,
-)
+from app.commands._common import add_classifiers_argument, add_protocol_argument
+from app.reward_option import add_reward_argument
 
 NAME = "reproduce-table1"
 HELP = "the poster's Table 1 on the brain model: baseline vs EEGS-generated set"
