@@ -64,6 +64,9 @@ def test_a_small_population_gives_every_figure(processes, tmp_path):
     assert list(minutes) == ["1", "2"]
     assert 0 < minutes["1"] < minutes["2"]
     assert fig["plot_by_rounds"] is None  # two rounds: no curve to draw
+    # every participant was kept as it came, before the summary
+    kept = [json.loads(line) for line in (tmp_path / "loop.participants.jsonl").open()]
+    assert sorted(kept, key=lambda r: r["subject"]) == fig["per_participant"]
 
 
 def test_no_reward_reads_the_family():

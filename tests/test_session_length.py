@@ -82,3 +82,14 @@ def test_the_fewest_rounds_that_meet_the_realistic_goal():
     flat = [_participant(s, rise_from=30, slope=0.03) for s in range(6)]
     fig = summarise(flat, ["personal", "random", "blind"], ["lpp"], "personal")
     assert fig["goals"]["lpp"]["realistic_goal_first_met_at_rounds"] is None
+
+
+def test_a_control_that_ran_out_of_pool_images_is_read_where_it_ran():
+    """Random search stops when the pool has no unseen image left; the goal reads it up to there."""
+    rows = [_participant(s, rise_from=8, slope=0.03) for s in range(6)]
+    for r in rows:
+        short = r["by_reward"]["random"]["curve"][:11]  # 10 rounds, then no pool image left
+        r["by_reward"]["random"] = {"curve": short, "gain_a": gain_a_at(short, 10), "gain_b": None}
+    fig = summarise(rows, ["personal", "random", "blind"], ["lpp"], "personal")
+    assert list(fig["by_reward"]["random"]["by_family"]["lpp"]["gain_a_by_rounds"])[-1] == "10"
+    assert fig["goals"]["lpp"]["realistic_goal_first_met_at_rounds"] == 15

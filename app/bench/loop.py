@@ -34,6 +34,7 @@ or a lab's scheduler with ``--address``.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -458,11 +459,12 @@ def _first_rounds_meeting(by_reward: dict, fam: str, subject: str) -> int | None
     The same rule as ``realistic_goal_met``, with the controls read at the same length.
     """
     for n, fig in by_reward[subject]["by_family"][fam]["gain_a_by_rounds"].items():
-        controls = [
-            by_reward[c]["by_family"][fam]["gain_a_by_rounds"][n]["mean"]
+        controls = [  # a control read at a length it did not reach (pool used up) does not count
+            by_reward[c]["by_family"][fam]["gain_a_by_rounds"].get(n, {}).get("mean")
             for c in ("random", "blind")
             if c in by_reward and fam in by_reward[c]["by_family"]
         ]
+        controls = [c for c in controls if c is not None]
         m, ci = fig["mean"], fig["ci95"]
         if (
             m is not None
@@ -698,16 +700,25 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     client, cluster = _client(args)
     results = []
+    # each participant's figures as they come, one JSON line each: an hour of runs is never
+    # lost to a failure after it (--out's name with .participants.jsonl)
+    kept = Path(args.out).with_suffix(".participants.jsonl") if args.out else None
+    sink = kept.open("w") if kept else None
     try:
         futures = [client.submit(run_participant, s, pure=False) for s in specs]
         for k, fut in enumerate(as_completed(futures), 1):
             res = fut.result()
             results.append(res)
+            if sink is not None:
+                sink.write(json.dumps(res) + "\n")
+                sink.flush()
             at = f", {res['variant']}" if len(variants) > 1 else ""
             what = f"participants ({res['family']}, subject {res['subject']}{at}, "
             what += f"{res['wall_s']:.0f} s)"
             report("loop", k, len(specs), what, t0)
     finally:
+        if sink is not None:
+            sink.close()
         client.close()
         if cluster is not None:
             cluster.close()
