@@ -43,6 +43,6 @@ def gain_a_at(curve: Sequence[float], rounds: int) -> float:
     Rounds are cheap next to the calibration: one long run read at several lengths tells a
     lab how many rounds its protocol needs, without a run per length.
     """
-    if not 1 <= rounds < len(curve):
-        raise ValueError(f"rounds must be 1..{len(curve) - 1} for a curve of {len(curve)}")
+    if not 0 <= rounds < len(curve):  # 0: round 0 alone, nothing gained yet
+        raise ValueError(f"rounds must be 0..{len(curve) - 1} for a curve of {len(curve)}")
     return round(float(np.mean(curve[: rounds + 1][-2:]) - curve[0]), 4)

@@ -22,8 +22,10 @@ def test_gain_a_at_the_full_length_is_the_sessions_gain():
     c = g["curve"]
     assert gain_a_at(c, 3) == pytest.approx((c[2] + c[3]) / 2 - c[0], abs=1e-4)
     assert gain_a_at(c, 1) == pytest.approx((c[1] - c[0]) / 2, abs=1e-4)  # rounds 0 and 1
-    for bad in (0, 6):
-        with pytest.raises(ValueError, match="rounds must be 1..5"):
+    assert gain_a_at(c, 0) == 0.0  # a session of round 0 alone (a one-round pilot)
+    assert loop_gains(valence[:8], rounds[:8], ["initial"] * 8)["gain_a"] == 0.0
+    for bad in (-1, 6):
+        with pytest.raises(ValueError, match="rounds must be 0..5"):
             gain_a_at(c, bad)
     assert round_counts(12) == [1, 2, 3, 5, 10, 12]
     assert round_counts(2) == [1, 2]
