@@ -441,16 +441,23 @@ def _goals(by_reward: dict, families: list[str], subject: str) -> dict[str, Any]
             and m is not None
             and m >= GOALS["vs_oracle"] * oracle,
         }
-        goals[fam]["realistic_goal_met"] = bool(
-            m is not None
-            and m >= REALISTIC_GAIN_A_MIN
-            and goals[fam]["ci_above_0"]
-            and goals[fam]["ge_2x_best_control"]
-        )
+        goals[fam]["realistic_goal_met"] = _meets_realistic_goal(m, lo, controls)
         goals[fam]["realistic_goal_first_met_at_rounds"] = _first_rounds_meeting(
             by_reward, fam, subject
         )
     return goals
+
+
+def _meets_realistic_goal(m: float | None, lo: float | None, controls: list[float]) -> bool:
+    """Gain (a) ``m`` >= +0.15, its CI's low end ``lo`` above 0, >= 2x the better control."""
+    return bool(
+        m is not None
+        and lo is not None
+        and m >= REALISTIC_GAIN_A_MIN
+        and lo > 0
+        and controls
+        and m >= GOALS["vs_controls"] * max(max(controls), 0.0)
+    )
 
 
 def _first_rounds_meeting(by_reward: dict, fam: str, subject: str) -> int | None:
@@ -465,15 +472,7 @@ def _first_rounds_meeting(by_reward: dict, fam: str, subject: str) -> int | None
             if c in by_reward and fam in by_reward[c]["by_family"]
         ]
         controls = [c for c in controls if c is not None]
-        m, ci = fig["mean"], fig["ci95"]
-        if (
-            m is not None
-            and ci is not None
-            and m >= REALISTIC_GAIN_A_MIN
-            and ci[0] > 0
-            and controls
-            and m >= GOALS["vs_controls"] * max(max(controls), 0.0)
-        ):
+        if _meets_realistic_goal(fig["mean"], (fig["ci95"] or [None])[0], controls):
             return int(n)
     return None
 
