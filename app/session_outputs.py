@@ -289,23 +289,28 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
     decoder probabilities, round, parents and self-report ratings are kept beside it
     (``valence_rating`` / ``arousal_rating``: the participant's answers where the image
     was rated, else null; ``ratings``: the whole answer, with reaction times and input).
+    An image shown several times (a block's ``presentations``) goes in once, with the
+    mean of its trials' rewards (``trial_rewards``, ``trials``); the rest is its first
+    trial's.
     """
     trials, _ = collect_trials(session)
-    rated = [
-        t
-        for t in trials
-        if t.block == "closed_loop" and t.reward is not None and not t.bad and t.image.exists()
-    ]
+    by_image: dict[Path, list[Trial]] = {}
+    for t in trials:
+        if t.block == "closed_loop" and t.reward is not None and not t.bad and t.image.exists():
+            by_image.setdefault(t.image, []).append(t)
+    reward = {image: float(np.mean([t.reward for t in ts])) for image, ts in by_image.items()}
     mode = protocol.generation.reward.mode
     target = protocol.generation.reward.chases
     out = session / DATASET_DIR
     if out.exists():
         shutil.rmtree(out)
     out.mkdir()
-    median = float(np.median([t.reward for t in rated])) if rated else 0.0
+    median = float(np.median(list(reward.values()))) if reward else 0.0
     lines = []
-    for t in sorted(rated, key=lambda t: -t.reward):
-        label = f"{'high' if t.reward >= median else 'low'}_{target}"
+    for image in sorted(by_image, key=lambda image: -reward[image]):
+        shown = by_image[image]
+        t = shown[0]
+        label = f"{'high' if reward[image] >= median else 'low'}_{target}"
         dest = out / label / f"trial-{t.trial:05d}{t.image.suffix}"
         dest.parent.mkdir(exist_ok=True)
         shutil.copy2(t.image, dest)
@@ -313,7 +318,9 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
             {
                 "file_name": str(dest.relative_to(out)),
                 "label": label,
-                "reward": t.reward,
+                "reward": reward[image],
+                "trial_rewards": [s.reward for s in shown],
+                "trials": [s.trial for s in shown],
                 "reward_mode": mode,
                 "decoder_probabilities": t.reward_details.get("proba"),
                 "reward_details": t.reward_details,

@@ -34,7 +34,7 @@ def participant_minutes(protocol: Protocol, closed_loop_rounds: int | None = Non
         rounds = block.n_rounds
         if block.kind == "closed_loop" and closed_loop_rounds is not None:
             rounds = closed_loop_rounds + 1
-        n = block.n_trials * rounds
+        n = block.trials_per_round * rounds
         rated = block.kind in pres.ratings.blocks
         seconds += n * (trial_s + (rating_s if rated else 0.0))
         trials += n

@@ -33,11 +33,32 @@ class Block(Section):
         description="Image folder (one subfolder per class label, or flat); relative "
         "paths are relative to the protocol file; '' = the --images folder.",
     )
+    presentations: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="Generator blocks: each image of a round is shown this many times, in "
+        "shuffled passes; the worker averages its rewards into one observation.",
+    )
+
+    @model_validator(mode="after")
+    def _check_presentations(self) -> Block:
+        if self.presentations > 1 and self.source != "generator":
+            raise ValueError(
+                f"presentations = {self.presentations} needs source = 'generator' (a folder "
+                "block draws new images; repeat an image by listing it again)"
+            )
+        return self
 
     @property
     def label(self) -> str:
         """Name used in markers and logs."""
         return self.name or self.kind
+
+    @property
+    def trials_per_round(self) -> int:
+        """Trials a round shows: each of its ``n_trials`` images ``presentations`` times."""
+        return self.n_trials * self.presentations
 
 
 class Timing(Section):

@@ -132,9 +132,12 @@ class HeuristicGenerator:
         self.gp = GPSurrogate(lr=gp_settings.lr, noise_min=gp_settings.noise_min)
         self.ids: list[str] = []
         self.embeddings: list[np.ndarray] = []
-        self.rewards: list[float] = []
+        self.rewards: list[float] = []  # per image: the mean of its rewards
+        self.n_rewards: list[int] = []  # per image: the rewards averaged
+        self._index: dict[str, int] = {}  # image id -> its observation
         self.issued: set[str] = set()
         self._in_gp = 0
+        self._changed = False  # an observation the GP holds has a new mean
         #: Adam iterations a cut-short first fit still owes (run by :meth:`refit`).
         self.fit_iters_owed = 0
         self.round = 0
@@ -143,10 +146,23 @@ class HeuristicGenerator:
 
     # -- observations ----------------------------------------------------------------
     def observe(self, image_id: str, embedding: np.ndarray, reward: float) -> None:
-        """Record the reward of a shown image."""
+        """Record the reward of a shown image.
+
+        An image shown again (``presentations`` > 1, a reshown trial) stays one
+        observation holding the mean of its rewards: the GP sees each image once, with
+        its noise averaged down, and no image can be drawn as both parents of a pair.
+        """
+        k = self._index.get(image_id)
+        if k is not None:
+            self.n_rewards[k] += 1
+            self.rewards[k] += (float(reward) - self.rewards[k]) / self.n_rewards[k]
+            self._changed = self._changed or k < self._in_gp
+            return
+        self._index[image_id] = len(self.ids)
         self.ids.append(image_id)
         self.embeddings.append(np.asarray(embedding, dtype=np.float64).reshape(-1))
         self.rewards.append(float(reward))
+        self.n_rewards.append(1)
 
     def mark_issued(self, pool_ids: list[str]) -> None:
         """Pool images already handed out, never to be explored again."""
@@ -202,8 +218,9 @@ class HeuristicGenerator:
             # cut short to make way (not by its budget): the rest is owed to idle time
             owed = self.gp_settings.fit_iters - iters if should_stop() else 0
             self.fit_iters_owed = max(0, owed)
-        elif n > self.gp_settings.max_points and n > self._in_gp:
-            keep = self.gp_indices()  # the window moved: one factorisation of the kept set
+        elif (n > self.gp_settings.max_points and n > self._in_gp) or self._changed:
+            # the window moved, or an image's mean changed: one factorisation of the kept set
+            keep = self.gp_indices()
             self.gp.replace(
                 np.stack([self.embeddings[i] for i in keep]),
                 self._gp_targets([self.rewards[i] for i in keep]),
@@ -214,6 +231,7 @@ class HeuristicGenerator:
                 self._gp_targets(self.rewards[self._in_gp :]),
             )
         self._in_gp = n
+        self._changed = False
         self.timing.gp_update += time.perf_counter() - t0
         return iters
 

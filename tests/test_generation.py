@@ -451,3 +451,22 @@ def test_spread_like_keeps_the_ranks_and_takes_the_reference_mean_and_sd():
     assert out.std() == pytest.approx(reference.std())
     flat = _spread_like(np.full(4, 0.3), reference)
     np.testing.assert_allclose(flat, reference.mean())
+
+
+def test_an_image_shown_again_stays_one_observation_holding_its_mean(backend, settings):
+    gp_settings = settings.gp.model_copy(update={"fit_iters": 5})
+    pool = procedural_pool(backend, 8, seed=5)
+    gen = HeuristicGenerator(settings.heuristic, gp_settings, backend, pool, seed=5)
+    for i, r in enumerate([0.2, 0.5, 0.8]):
+        gen.observe(f"o{i}", pool.embeddings[i], r)
+    gen.update_surrogate()
+    assert gen.gp.n == 3
+    before = gen.gp.mean(pool.embeddings[:1])
+    gen.observe("o0", pool.embeddings[0], 0.6)  # its second presentation
+    gen.observe("o0", pool.embeddings[0], 0.7)
+    assert (gen.ids, gen.n_rewards) == (["o0", "o1", "o2"], [3, 1, 1])
+    assert gen.rewards[0] == pytest.approx(0.5)
+    gen.update_surrogate()
+    assert gen.gp.n == 3
+    np.testing.assert_allclose(gen.gp.y, -np.asarray([0.5, 0.5, 0.8]))  # negate_reward
+    assert not np.allclose(gen.gp.mean(pool.embeddings[:1]), before)  # the posterior moved

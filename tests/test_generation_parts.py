@@ -206,6 +206,23 @@ def test_the_ledger_drains_into_the_generator_and_embeds_image_files(
     assert ledger.n_pending() == 0
 
 
+def test_the_ledger_averages_an_image_shown_twice_into_one_observation(protocol, backend, pool):
+    g = protocol.generation
+    generator = HeuristicGenerator(g.heuristic, g.gp, backend, pool, 0)
+    ledger = RewardLedger(_Events())
+    embedding = _issue(ledger, "twice")
+    ledger.credit(1, "twice", embedding, None, 0.2)
+    ledger.credit(2, "once", _issue(ledger, "once"), None, 0.9)
+    ledger.drain(generator, backend.embed)
+    ledger.credit(3, "twice", embedding, None, 0.6)  # its second presentation, a drain later
+    ledger.drain(generator, backend.embed)
+    assert ledger.trial_rewards == {1: 0.2, 2: 0.9, 3: 0.6}  # every trial kept
+    assert sorted(zip(generator.ids, generator.rewards, generator.n_rewards, strict=True)) == [
+        ("once", 0.9, 1),
+        ("twice", pytest.approx(0.4), 2),
+    ]
+
+
 # -- calibration ------------------------------------------------------------------------------
 class _ThresholdReward(SessionFittedReward):
     """A session-fitted reward small enough to read: the fit is the mean of the kept epochs."""

@@ -366,6 +366,59 @@ def test_generator_images_over_zeromq_with_pool_stand_ins(
     _assert_markers_on_flips(reader, session)
 
 
+def test_generated_images_are_shown_presentations_times_in_passes(
+    processes, xvfb, tmp_path, stream_name, free_port
+):
+    """presentations = 2: each image of a round twice, never twice in a row; one request."""
+    rng = np.random.default_rng(4)
+    requests: list[ImageRequest] = []
+    stop = threading.Event()
+
+    def generator() -> None:
+        sock = zmq.Context.instance().socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"tcp://127.0.0.1:{free_port}")
+        while not stop.is_set():
+            if not sock.poll(50):
+                continue
+            req, _ = decode(sock.recv_multipart())
+            requests.append(req)
+            images = [
+                (ImageInfo(image_id=f"r{req.round}-{i}"), _png(rng, 64))
+                for i in range(req.n_images)
+            ]
+            sock.send_multipart(encode_image_batch(req.session, req.round, images))
+        sock.close()
+
+    thread = threading.Thread(target=generator, daemon=True)
+    thread.start()
+    blocks = '[[presentation.blocks]]\nkind = "closed_loop"\nn_trials = 3\nn_rounds = 2\n'
+    blocks += 'source = "generator"\npresentations = 2\n'
+    protocol = _protocol(tmp_path, stream_name, blocks=blocks, port=free_port)
+    session = tmp_path / "session"
+    proc = _present(processes, xvfb, protocol, session)
+    reader = MarkerReader(stream_name)
+    try:
+        out = _finish(proc)
+    finally:
+        stop.set()
+        thread.join(2)
+        reader.close()
+    assert "presentation completed: 12 trials" in out
+    assert [(r.round, r.n_images) for r in requests] == [(0, 3), (1, 3)]
+    onsets = reader.events("stimulus_onset")
+    assert requests[1].trials == [m["trial"] for m in onsets if m["round"] == 0]
+    for r in range(2):
+        names = [Path(m["image"]).name for m in onsets if m["round"] == r]
+        assert sorted(names) == sorted([f"r{r}-{i}.png" for i in range(3)] * 2)
+        assert all(a != b for a, b in zip(names, names[1:], strict=False))
+    # stored once each, whatever the presentations
+    assert len(list((session / "images" / "round-00").glob("*.png"))) == 3
+    (start,) = reader.events("block_start")
+    assert (start["n_trials"], start["presentations"]) == (3, 2)
+    _assert_markers_on_flips(reader, session)
+
+
 def test_sigterm_mid_run_leaves_a_readable_aborted_session(
     processes, xvfb, tmp_path, stream_name, image_folder
 ):

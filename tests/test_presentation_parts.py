@@ -25,6 +25,7 @@ from app.presentation.images import (
     StimulusImage,
     fit_size,
     list_images,
+    presentation_order,
 )
 from experiment_protocols import ProtocolError, load_protocol
 from workers.messages import ErrorReply, ImageInfo, ImageRequest, decode, encode, encode_image_batch
@@ -247,6 +248,40 @@ def test_a_round_asked_ahead_is_stored_and_held_ready_until_its_block_begins(gen
     assert [(b["block"], b["held"]) for b in batches] == [("loop", True), ("other", False)]
     asked = [f for e, f in events if e == "image_request"]
     assert [a["ahead"] for a in asked] == [True, False]
+
+
+@pytest.mark.parametrize("n, k", [(1, 3), (2, 2), (5, 4), (8, 1)])
+def test_presentation_order_shows_each_image_k_times_never_twice_in_a_row(n, k):
+    for seed in range(20):
+        order = presentation_order(n, k, (seed, 7))
+        assert sorted(order) == sorted(list(range(n)) * k)
+        if n > 1:
+            assert all(a != b for a, b in zip(order, order[1:], strict=False))
+        assert order == presentation_order(n, k, (seed, 7))  # a resumed session's order
+    assert presentation_order(n, 1, 0) == list(range(n))  # once: the worker's order
+    assert len({tuple(presentation_order(5, 3, s)) for s in range(10)}) > 1
+
+
+def test_a_round_shown_twice_goes_to_the_loader_in_passes_and_is_stored_once(generator_link):
+    server, loader, client, events = generator_link
+    req = ImageRequest(session="s", block="loop", round=1, n_images=3)
+    client.request(req, "r1", presentations=2, order_seed=(0, 1))
+    _answer(server, n=3)
+    images = _poll(loader, 6)
+    names = [i.ref.path.name for i in images]
+    assert names == [f"loop-1-{i}.png" for i in presentation_order(3, 2, (0, 1))]
+    assert sorted(p.name for p in (client.session_dir / "images" / "r1").glob("*.png")) == [
+        "loop-1-0.png", "loop-1-1.png", "loop-1-2.png",
+    ]  # fmt: skip
+
+
+def test_presentations_are_refused_on_a_folder_block(tmp_path):
+    path = _write(
+        tmp_path,
+        '[[presentation.blocks]]\nkind = "calibration"\nn_trials = 4\npresentations = 2\n',
+    )
+    with pytest.raises(ProtocolError, match=r"presentation\.blocks\.0.*needs source = 'generator'"):
+        load_protocol(path)
 
 
 def test_a_round_released_before_it_comes_goes_to_the_loader_as_it_comes(generator_link):

@@ -47,6 +47,12 @@ def test_participant_minutes_follow_the_protocols_trials():
     assert saved == pytest.approx(rated * 2 * RATING_S_PER_SCALE / 60, abs=0.1)
     # the lab protocol's own session fits the hour it is meant for
     assert participant_minutes(p) <= 60
+    # each image shown twice: every closed-loop trial counts twice
+    twice = p.model_copy(deep=True)
+    next(b for b in twice.presentation.blocks if b.kind == "closed_loop").presentations = 2
+    more = participant_minutes(twice, 20) - participant_minutes(p, 20)
+    shown = 21 * per_round  # round 0 and 20 rounds, once more
+    assert more == pytest.approx((shown * trial_s + shown / 40 * 45.0) / 60, abs=0.8)
 
 
 def _participant(subject: int, rise_from: int, slope: float) -> dict:

@@ -737,7 +737,8 @@ def run(args: argparse.Namespace) -> dict:
         "rounds_after_round0": rounds,
         "images_per_round": per_round,
         "participant_minutes_by_rounds": {  # what each session length costs the participant
-            str(n): participant_minutes(protocol, n) for n in round_counts(rounds)
+            str(n): participant_minutes(apply_changes(protocol, variants[0].changes), n)
+            for n in round_counts(rounds)
         },
         "engine": f"dask: {args.address or f'LocalCluster, {args.workers} worker process(es)'}",
         "wall_s": round(time.perf_counter() - t0, 1),

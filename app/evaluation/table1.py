@@ -137,6 +137,13 @@ def closed_loop_shape(protocol: Protocol) -> tuple[int, int]:
     return protocol.generation.heuristic.max_rounds + 1, protocol.generation.heuristic.n_children
 
 
+def closed_loop_presentations(protocol: Protocol) -> int:
+    """Times the closed-loop block shows each of its images (1 without such a block)."""
+    return next(
+        (b.presentations for b in protocol.presentation.blocks if b.kind == "closed_loop"), 1
+    )
+
+
 def calibration_trials(protocol: Protocol) -> int:
     """Trials of the calibration block (for the affective reward's decoder)."""
     return next((b.n_trials for b in protocol.presentation.blocks if b.kind == "calibration"), 24)
@@ -305,10 +312,14 @@ def run_loop(
     live worker credits the calibration block's epochs (LPP reward). ``score(images)``
     (the benchmark's controls: a blind or an oracle reward) replaces the EEG and
     ``reward_fn``: no epochs are simulated. ``backend`` and ``pool`` (default: built from
-    the protocol) let several loops of one subject share the costly build.
+    the protocol) let several loops of one subject share the costly build. Each image is
+    shown the closed-loop block's ``presentations`` times, in the session's order
+    (:func:`~app.presentation.images.presentation_order`); its reward and epoch are the
+    means over them.
     """
     from PIL import Image
 
+    from app.presentation.images import presentation_order
     from models.heuristic import HeuristicGenerator
     from models.rewards.base import EpochData, as_reward
     from workers.generation.setup import build_backend, build_pool
@@ -324,24 +335,31 @@ def run_loop(
             value = as_reward(reward_fn(EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin)))
             gen.observe(path.stem, e, value.value)
         gen.refit()
+    k = closed_loop_presentations(protocol)
     images, rewards, rounds, kinds, epochs, seeds = [], [], [], [], [], []
     for r, n in enumerate(sizes):
         checkpoint()
         batch = gen.next_round(n_images=n)
         seed = noise_seed(subject, "loop", r)
+        order = np.asarray(presentation_order(len(batch), k, (g.seed, r)), dtype=int)
+        shown = [batch[i].image for i in order]  # each image k times, as the session shows it
         if score is None:
-            X = rec.epochs([c.image for c in batch], seed)
+            X = rec.epochs(shown, seed)
             values = [
                 as_reward(reward_fn(EpochData(x, rec.brain.ch_names, rec.sfreq, rec.tmin))).value
                 for x in X
             ]
-            epochs.append(rec.decoder_view(X))
+            # an image's EEG: its presentations' epochs averaged
+            X_mean = np.stack([X[order == j].mean(axis=0) for j in range(len(batch))])
+            epochs.append(rec.decoder_view(X_mean))
         else:
-            values = [float(v) for v in score([c.image for c in batch])]
-        for j, (c, value) in enumerate(zip(batch, values, strict=True)):
-            gen.observe(f"r{r:02d}-{j}", c.embedding, value)
+            values = [float(v) for v in score(shown)]
+        for j, value in zip(order, values, strict=True):
+            gen.observe(f"r{r:02d}-{j}", batch[j].embedding, value)  # kept as each image's mean
+        values = np.asarray(values)
+        for j, c in enumerate(batch):
             images.append(c.image)
-            rewards.append(value)
+            rewards.append(float(values[order == j].mean()))
             rounds.append(r)
             kinds.append(c.kind)
         seeds.append(seed)

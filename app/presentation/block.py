@@ -8,6 +8,7 @@ image whose trial lost its epoch (``presentation.reshow_lost_trials``).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,12 +52,13 @@ def run_block(runner: Runner, plan: BlockPlan, done: BlockProgress | None = None
     """
     block = plan.block
     info = {"block": block.label, "kind": block.kind}
-    first = done.start_round(block.n_trials) if done is not None else 0
+    first = done.start_round(block.trials_per_round) if done is not None else 0
     runner.markers.on_next_flip(
         "block_start",
         **info,
         n_rounds=block.n_rounds,
         n_trials=block.n_trials,
+        presentations=block.presentations,
         source=plan.source,
         resumed_at_round=first if done is not None else None,
     )
@@ -87,7 +89,7 @@ def _rounds(
     block = plan.block
     trials: list[int] = done.trials.get(first - 1, []) if done is not None else []
     for r in range(first, block.n_rounds):
-        rnd = Round(plan, r, block.n_trials, folder_plan, pylsl.local_clock())
+        rnd = Round(plan, r, block.trials_per_round, folder_plan, pylsl.local_clock())
         runner.round = rnd
         if done is not None and r == first:
             resume_round(runner, rnd, done, first)
@@ -135,22 +137,23 @@ def reshow_lost(runner: Runner, plan: BlockPlan) -> None:
 
 def resume_round(runner: Runner, rnd: Round, done: BlockProgress, first: int) -> None:
     """Queue the images of a resumed block's first round that were never shown."""
-    plan, n = rnd.plan, rnd.plan.block.n_trials
-    shown = set(done.shown.get(first, []))
+    plan, block = rnd.plan, rnd.plan.block
+    shown = Counter(done.shown.get(first, []))
     rnd.trials = list(done.trials.get(first, []))
     if rnd.folder_plan is not None:
         for r in range(first):  # the same draws as the first run
-            rnd.folder_plan.draw(n, r)
-        refs = rnd.folder_plan.draw(n, first)
+            rnd.folder_plan.draw(block.n_trials, r)
+        refs = rnd.folder_plan.draw(block.n_trials, first)
     else:
-        refs = saved_round_images(runner.images_root / images_folder(plan.block, first), first)
-    left = [ref for ref in refs if str(ref.path) not in shown]
-    rnd.remaining = n - len(shown)
+        refs = saved_round_images(runner.images_root / images_folder(block, first), first)
+    # each image the times it is still owed, in passes (repeats kept apart)
+    left = [ref for j in range(block.presentations) for ref in refs if shown[str(ref.path)] <= j]
+    rnd.remaining = block.trials_per_round - shown.total()
     runner.log(
         "round_resumed",
-        block=plan.block.label,
+        block=block.label,
         round=first,
-        shown_before=len(shown),
+        shown_before=shown.total(),
         images_left=len(left),
     )
     if rnd.folder_plan is None and not left:

@@ -321,13 +321,39 @@ class ImageLoader:
         self._thread.join(2.0)
 
 
+def presentation_order(n: int, presentations: int, seed: int | tuple[int, ...]) -> list[int]:
+    """Indices of a round's ``n`` images in showing order, each ``presentations`` times.
+
+    One image shown once keeps the worker's order. Repeats come in shuffled passes, so
+    that an image's presentations spread over the round (its reward averages over the
+    participant's drift) and never follow each other across a pass's boundary.
+    """
+    if presentations == 1:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    for _ in range(presentations):
+        p = rng.permutation(n).tolist()
+        if order and n > 1 and p[0] == order[-1]:
+            j = int(rng.integers(1, n))
+            p[0], p[j] = p[j], p[0]
+        order += p
+    return order
+
+
 @dataclass
 class _Asked:
-    """A round asked of the worker: where its images go, and whether they wait for their block."""
+    """A round asked of the worker: where its images go, and whether they wait for their block.
+
+    ``presentations``: times each image is shown (:func:`presentation_order`, seeded by
+    ``order_seed``).
+    """
 
     request: ImageRequest
     folder: str
     hold: bool = False
+    presentations: int = 1
+    order_seed: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:
@@ -389,12 +415,22 @@ class GeneratorClient:
         self._thread = threading.Thread(target=self._run, name="generator-client", daemon=True)
         self._thread.start()
 
-    def request(self, request: ImageRequest, folder: str, *, hold: bool = False) -> None:
+    def request(
+        self,
+        request: ImageRequest,
+        folder: str,
+        *,
+        hold: bool = False,
+        presentations: int = 1,
+        order_seed: tuple[int, ...] = (),
+    ) -> None:
         """Ask for a round; its images go to ``SESSION/images/FOLDER`` (thread-safe).
 
         ``hold``: asked ahead of its block; its images wait for :meth:`release`.
+        ``presentations``: each image goes to the loader that many times
+        (:func:`presentation_order` with ``order_seed``).
         """
-        self._commands.put(("ask", _Asked(request, folder, hold)))
+        self._commands.put(("ask", _Asked(request, folder, hold, presentations, order_seed)))
 
     def release(self, block: str, round_: int) -> None:
         """A round asked for ahead: its block has begun, its images go to the loader now."""
@@ -436,7 +472,9 @@ class GeneratorClient:
                 self._pending[arg].hold = False
             elif arg in self._failed_ahead:  # asked ahead in vain: again, now it is needed
                 asked = self._failed_ahead.pop(arg)
-                self._ask(_Asked(asked.request, asked.folder))
+                self._ask(
+                    _Asked(asked.request, asked.folder, False, asked.presentations, asked.order_seed)
+                )
 
     def _ask(self, asked: _Asked) -> None:
         req = asked.request
@@ -506,10 +544,13 @@ class GeneratorClient:
             )
             for info, arr in zip(msg.images, arrays, strict=True)
         ]
+        shown = [
+            jobs[i] for i in presentation_order(len(jobs), asked.presentations, asked.order_seed)
+        ]
         if asked.hold:
-            self._held[key] = jobs
+            self._held[key] = shown
         else:
-            for job in jobs:  # made ready by the loader while they are stored
+            for job in shown:  # made ready by the loader while they are stored
                 self.loader.submit(job)
         t0 = time.perf_counter()
         failed = sum(

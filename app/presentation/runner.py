@@ -18,6 +18,7 @@ import gc
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +170,7 @@ class Runner:
         self.rng = np.random.default_rng(pres.seed)
         self.next_trial = _next_trial_id(store)
         self.trials_done = 0
-        self.total_trials = sum(p.block.n_trials * p.block.n_rounds for p in plans)
+        self.total_trials = sum(p.block.trials_per_round * p.block.n_rounds for p in plans)
         self.progress = progress
         self.images_root = store.root.resolve() / "images"
         self.round: Round | None = None
@@ -388,7 +389,13 @@ class Runner:
             n_images=block.n_trials,
             trials=list(trials),
         )
-        self.client.request(req, images_folder(block, r), hold=ahead)
+        self.client.request(
+            req,
+            images_folder(block, r),
+            hold=ahead,
+            presentations=block.presentations,
+            order_seed=(self.pres.seed, zlib.crc32(block.label.encode()), r),
+        )
 
     def ask_ahead(self, plan: BlockPlan, trials: list[int]) -> None:
         """Ask for a generator block's round 0 before the block begins (held until then).
