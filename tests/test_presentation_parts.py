@@ -250,7 +250,7 @@ def test_a_round_asked_ahead_is_stored_and_held_ready_until_its_block_begins(gen
     assert [a["ahead"] for a in asked] == [True, False]
 
 
-@pytest.mark.parametrize("n, k", [(1, 3), (2, 2), (5, 4), (8, 1)])
+@pytest.mark.parametrize(("n", "k"), [(1, 3), (2, 2), (5, 4), (8, 1)])
 def test_presentation_order_shows_each_image_k_times_never_twice_in_a_row(n, k):
     for seed in range(20):
         order = presentation_order(n, k, (seed, 7))

@@ -73,7 +73,8 @@ def test_the_offline_loop_shows_each_image_k_times_and_keeps_their_mean():
 
     loop = run_loop(protocol, rec, reward_fn, [4, 4], 3, progress=False)
     assert len(returned) == 2 * 4 * 3  # every presentation has its own epoch and reward
-    assert loop.rewards.shape == (8,) and loop.epochs.shape[0] == 8  # one per image
+    assert loop.rewards.shape == (8,)
+    assert loop.epochs.shape[0] == 8
     for r in range(2):
         order = np.asarray(presentation_order(4, 3, (protocol.generation.seed, r)))
         values = np.asarray(returned[12 * r : 12 * (r + 1)])

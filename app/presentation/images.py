@@ -14,6 +14,7 @@ here: this module is testable without a window.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -472,9 +473,7 @@ class GeneratorClient:
                 self._pending[arg].hold = False
             elif arg in self._failed_ahead:  # asked ahead in vain: again, now it is needed
                 asked = self._failed_ahead.pop(arg)
-                self._ask(
-                    _Asked(asked.request, asked.folder, False, asked.presentations, asked.order_seed)
-                )
+                self._ask(dataclasses.replace(asked, hold=False))
 
     def _ask(self, asked: _Asked) -> None:
         req = asked.request
