@@ -114,6 +114,11 @@ def test_bench_estimator_on_an_epochs_file(tmp_path):
     assert data["p_rules"]["anchors"].startswith("analytic")
     assert "epochs-file/lab/36" in data["goals"]["per_participant_size"]
     assert (tmp_path / "bench.png").stat().st_size > 1000
+    # the participant was kept as it finished, before the summary
+    (kept,) = [json.loads(x) for x in (tmp_path / "bench.participants.jsonl").open()]
+    assert kept["participant"] == "lab"
+    cells = {(r["n_trials"], r["estimator"]) for r in kept["rows"]}
+    assert cells == {(r["n_trials"], r["estimator"]) for r in rows}
     bad = run_eegs("bench", "estimator", "--real", "", "--families", "", "--epochs", str(path))
     assert bad.returncode == 2
     assert "--rating-column" in bad.stderr

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from app.bench._kept import KeptParticipants
 from app.bench._progress import report
 from app.bench._stats import stats
 from experiment_protocols.brain_model import SUBJECT_FAMILIES
@@ -472,13 +473,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for s in specs
     ]  # fmt: skip
     done: list[dict[str, Any]] = []
-    if args.workers > 1:
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            futures = [pool.submit(run_participant, j) for j in jobs]
-            for fut in as_completed(futures):
-                done.append(fut.result())
-    else:
-        done = [run_participant(j) for j in jobs]
+    with KeptParticipants(args.out) as kept:
+        if args.workers > 1:
+            with ProcessPoolExecutor(max_workers=args.workers) as pool:
+                futures = [pool.submit(run_participant, j) for j in jobs]
+                for fut in as_completed(futures):
+                    done.append(fut.result())
+                    kept.add(done[-1])
+        else:
+            for j in jobs:
+                done.append(run_participant(j))
+                kept.add(done[-1])
     order = {(s["dataset"], s["participant"]): i for i, s in enumerate(specs)}
     done.sort(key=lambda p: order.get((p["dataset"], p["participant"]), 0))
     results = [row for p in done for row in summarise(p)]

@@ -34,7 +34,6 @@ or a lab's scheduler with ``--address``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from app.bench._kept import KeptParticipants
 from app.bench._progress import report
 from app.bench._stats import stats
 from app.loop_gains import gain_a_at, loop_gains
@@ -699,25 +699,18 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     client, cluster = _client(args)
     results = []
-    # each participant's figures as they come, one JSON line each: an hour of runs is never
-    # lost to a failure after it (--out's name with .participants.jsonl)
-    kept = Path(args.out).with_suffix(".participants.jsonl") if args.out else None
-    sink = kept.open("w") if kept else None
     try:
-        futures = [client.submit(run_participant, s, pure=False) for s in specs]
-        for k, fut in enumerate(as_completed(futures), 1):
-            res = fut.result()
-            results.append(res)
-            if sink is not None:
-                sink.write(json.dumps(res) + "\n")
-                sink.flush()
-            at = f", {res['variant']}" if len(variants) > 1 else ""
-            what = f"participants ({res['family']}, subject {res['subject']}{at}, "
-            what += f"{res['wall_s']:.0f} s)"
-            report("loop", k, len(specs), what, t0)
+        with KeptParticipants(args.out) as kept:
+            futures = [client.submit(run_participant, s, pure=False) for s in specs]
+            for k, fut in enumerate(as_completed(futures), 1):
+                res = fut.result()
+                results.append(res)
+                kept.add(res)
+                at = f", {res['variant']}" if len(variants) > 1 else ""
+                what = f"participants ({res['family']}, subject {res['subject']}{at}, "
+                what += f"{res['wall_s']:.0f} s)"
+                report("loop", k, len(specs), what, t0)
     finally:
-        if sink is not None:
-            sink.close()
         client.close()
         if cluster is not None:
             cluster.close()
