@@ -162,7 +162,7 @@ class GPSurrogate:
             ).to(_DTYPE)
             self._model = _ExactGP(X, ys, likelihood, dim).to(_DTYPE)
             self._model.covar_module.base_kernel.lengthscale = _median_distance(self.X)
-            self._model.likelihood.noise = 0.1
+            self._model.likelihood.noise = max(0.1, 2.0 * self.noise_min)  # inside its bound
         else:
             self._model.set_train_data(X, ys, strict=False)
         model = self._model

@@ -52,6 +52,14 @@ def test_fit_predicts_held_out_points():
     assert r > 0.8
 
 
+@pytest.mark.parametrize("noise_min", [0.05, 0.5, 2.0])
+def test_a_noise_floor_above_the_first_guess_is_kept(noise_min):
+    X, y = _data(40, 4, seed=5)
+    gp = GPSurrogate(noise_min=noise_min).fit(X, y, iters=20)
+    assert gp.hyperparameters.noise >= noise_min
+    assert np.isfinite(gp.mean(X)).all()
+
+
 def test_fit_budget_is_bounded_and_warm_started():
     X, y = _data(30, 5)
     gp = GPSurrogate().fit(X, y, iters=7)
