@@ -18,7 +18,7 @@ import numpy as np
 from app.loop_gains import loop_gains
 from app.report import write_report
 from app.restarts import summarize_losses
-from app.session_trials import Trial, collect_trials
+from app.session_trials import Trial, by_image, collect_trials, mean_reward
 from experiment_protocols import Protocol
 from workers.session_store import SessionStore, atomic_write_json
 
@@ -138,16 +138,16 @@ def semantic_similarity(session: Path, loop: list[Trial]) -> dict[str, Any] | No
     from safetensors.numpy import load_file
 
     rows = []
-    for t in loop:
-        rel = t.provenance.get("embedding")
+    for shown in by_image(loop).values():
+        rel = shown[0].provenance.get("embedding")
         path = session / rel if isinstance(rel, str) else None
-        if t.reward is None or path is None or not path.is_file():
+        if path is None or not path.is_file():
             continue
         try:
             e = load_file(str(path))["embedding"].astype(np.float64)
         except (OSError, KeyError, ValueError):
             continue
-        rows.append((t.reward, e / max(np.linalg.norm(e), 1e-12)))
+        rows.append((mean_reward(shown), e / max(np.linalg.norm(e), 1e-12)))
     if len(rows) < 8:
         return None
     rewards = np.asarray([r for r, _ in rows])
@@ -294,11 +294,10 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
     trial's.
     """
     trials, _ = collect_trials(session)
-    by_image: dict[Path, list[Trial]] = {}
-    for t in trials:
-        if t.block == "closed_loop" and t.reward is not None and not t.bad and t.image.exists():
-            by_image.setdefault(t.image, []).append(t)
-    reward = {image: float(np.mean([t.reward for t in ts])) for image, ts in by_image.items()}
+    shown = by_image(
+        [t for t in trials if t.block == "closed_loop" and not t.bad and t.image.exists()]
+    )
+    reward = {image: mean_reward(ts) for image, ts in shown.items()}
     mode = protocol.generation.reward.mode
     target = protocol.generation.reward.chases
     out = session / DATASET_DIR
@@ -307,9 +306,8 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
     out.mkdir()
     median = float(np.median(list(reward.values()))) if reward else 0.0
     lines = []
-    for image in sorted(by_image, key=lambda image: -reward[image]):
-        shown = by_image[image]
-        t = shown[0]
+    for image in sorted(shown, key=lambda image: -reward[image]):
+        t = shown[image][0]
         label = f"{'high' if reward[image] >= median else 'low'}_{target}"
         dest = out / label / f"trial-{t.trial:05d}{t.image.suffix}"
         dest.parent.mkdir(exist_ok=True)
@@ -319,8 +317,8 @@ def export_dataset(session: Path, protocol: Protocol) -> Path:
                 "file_name": str(dest.relative_to(out)),
                 "label": label,
                 "reward": reward[image],
-                "trial_rewards": [s.reward for s in shown],
-                "trials": [s.trial for s in shown],
+                "trial_rewards": [s.reward for s in shown[image]],
+                "trials": [s.trial for s in shown[image]],
                 "reward_mode": mode,
                 "decoder_probabilities": t.reward_details.get("proba"),
                 "reward_details": t.reward_details,

@@ -72,3 +72,21 @@ def collect_trials(session: Path) -> tuple[list[Trial], list[dict[str, Any]]]:
             provenance = (read_sidecar(sidecar) or {}).get("provenance")
             t.provenance = provenance if isinstance(provenance, dict) else {}
     return sorted(trials.values(), key=lambda t: t.trial), events
+
+
+def by_image(trials: list[Trial]) -> dict[Path, list[Trial]]:
+    """Rewarded trials grouped by the image they showed, in the order first shown.
+
+    An image shown several times (a block's ``presentations``, a reshown trial) is one
+    image of the dataset and of the figures, with the mean of its trials' rewards.
+    """
+    out: dict[Path, list[Trial]] = {}
+    for t in trials:
+        if t.reward is not None:
+            out.setdefault(t.image, []).append(t)
+    return out
+
+
+def mean_reward(trials: list[Trial]) -> float:
+    """The mean reward of one image's trials (:func:`by_image`)."""
+    return float(np.mean([t.reward for t in trials]))
