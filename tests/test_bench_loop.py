@@ -22,12 +22,22 @@ from workers.errors import InputError
 REWARDS = default_rewards(load_protocol(PROTOCOL_DIR / "pilot.toml"))
 
 
+@pytest.fixture
+def small_pool(tmp_path):
+    """The pilot protocol with a small procedural pool and embedding fit (most of the build)."""
+    path = tmp_path / "pilot-small.toml"
+    text = (PROTOCOL_DIR / "pilot.toml").read_text()
+    path.write_text(text + "\n[generation.procedural]\npool_size = 64\nfit_samples = 256\n")
+    return str(path)
+
+
 @pytest.mark.timeout(600)
-def test_a_small_population_gives_every_figure(processes, tmp_path):
+def test_a_small_population_gives_every_figure(processes, tmp_path, small_pool):
     out = tmp_path / "loop.json"
     proc = processes.eegs(
         "bench", "loop", "--participants", "2", "--rounds", "2", "--families", "mixed,lpp",
         "--rewards", ",".join(REWARDS + ON_REQUEST), "--workers", "2", "--out", str(out),
+        "--protocol", small_pool,
     )  # fmt: skip
     stdout, stderr = proc.communicate(timeout=560)
     assert proc.returncode == 0, stderr[-3000:]
@@ -89,13 +99,13 @@ def test_no_reward_reads_the_family():
 
 
 @pytest.mark.timeout(300)
-def test_the_noisy_oracle_without_noise_is_the_oracle(processes, tmp_path):
+def test_the_noisy_oracle_without_noise_is_the_oracle(processes, tmp_path, small_pool):
     """And a sweep of the realism: the oracle reads no EEG, so its loop is the same at each."""
     out = tmp_path / "loop.json"
     proc = processes.eegs(
         "bench", "loop", "--participants", "1", "--rounds", "2", "--families", "lpp",
         "--rewards", "oracle,noisy_oracle", "--oracle-noise", "0", "--workers", "1",
-        "--realism", "faint,clean", "--out", str(out),
+        "--realism", "faint,clean", "--out", str(out), "--protocol", small_pool,
     )  # fmt: skip
     _, stderr = proc.communicate(timeout=280)
     assert proc.returncode == 0, stderr[-3000:]
