@@ -7,6 +7,7 @@ typed through the X server's XTEST extension, as a keyboard would.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -17,6 +18,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +163,36 @@ def _finish(proc, timeout=90.0) -> str:
     return out
 
 
+@contextlib.contextmanager
+def _generator(port: int, answer: Callable[[ImageRequest], list]) -> Iterator[list[ImageRequest]]:
+    """A REP socket where the worker would be, answering each request with ``answer(req)``.
+
+    Yields the requests as they come; the thread stops and joins on leaving.
+    """
+    requests: list[ImageRequest] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        sock = zmq.Context.instance().socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(f"tcp://127.0.0.1:{port}")
+        while not stop.is_set():
+            if not sock.poll(50):
+                continue
+            req, _ = decode(sock.recv_multipart())
+            requests.append(req)
+            sock.send_multipart(encode_image_batch(req.session, req.round, answer(req)))
+        sock.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield requests
+    finally:
+        stop.set()
+        thread.join(2)
+
+
 def _events(session: Path, name: str) -> list[dict]:
     return [e for e in read_events(session / "events.jsonl") if e["event"] == name]
 
@@ -299,50 +331,34 @@ def test_generator_images_over_zeromq_with_pool_stand_ins(
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "p0.png").write_bytes(_png(rng))
-    requests: list[ImageRequest] = []
-    stop = threading.Event()
 
-    def generator() -> None:
-        sock = zmq.Context.instance().socket(zmq.REP)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(f"tcp://127.0.0.1:{free_port}")
-        while not stop.is_set():
-            if not sock.poll(50):
-                continue
-            req, _ = decode(sock.recv_multipart())
-            requests.append(req)
-            if req.round == 1:
-                time.sleep(1.0)  # generation takes a while: the pool fills in
-            images = [
-                (
-                    ImageInfo(
-                        image_id=f"r{req.round}-{i}", label="amusement", provenance={"seed": i}
-                    ),
-                    _png(rng, 256),
-                )
-                for i in range(req.n_images)
-            ]
-            if req.round == 0:
-                images[1] = (ImageInfo(image_id="r0-broken"), b"garbage")
-            sock.send_multipart(encode_image_batch(req.session, req.round, images))
-        sock.close()
+    def answer(req: ImageRequest) -> list:
+        if req.round == 1:
+            time.sleep(1.0)  # generation takes a while: the pool fills in
+        images = [
+            (
+                ImageInfo(image_id=f"r{req.round}-{i}", label="amusement", provenance={"seed": i}),
+                _png(rng, 256),
+            )
+            for i in range(req.n_images)
+        ]
+        if req.round == 0:
+            images[1] = (ImageInfo(image_id="r0-broken"), b"garbage")
+        return images
 
-    thread = threading.Thread(target=generator, daemon=True)
-    thread.start()
     blocks = '[[presentation.blocks]]\nkind = "closed_loop"\nn_trials = 3\nn_rounds = 2\n'
     blocks += 'source = "generator"\n'
     protocol = _protocol(
         tmp_path, stream_name, blocks=blocks, policy="pool", pool=str(pool), port=free_port
     )
     session = tmp_path / "session"
-    proc = _present(processes, xvfb, protocol, session)
-    reader = MarkerReader(stream_name)
-    try:
-        _finish(proc)
-    finally:
-        stop.set()
-        thread.join(2)
-        reader.close()
+    with _generator(free_port, answer) as requests:
+        proc = _present(processes, xvfb, protocol, session)
+        reader = MarkerReader(stream_name)
+        try:
+            _finish(proc)
+        finally:
+            reader.close()
     assert [(r.round, r.n_images) for r in requests] == [(0, 3), (1, 3)]
     onsets = reader.events("stimulus_onset")
     assert requests[1].trials == [m["trial"] for m in onsets if m["round"] == 0]
@@ -371,39 +387,23 @@ def test_generated_images_are_shown_presentations_times_in_passes(
 ):
     """presentations = 2: each image of a round twice, never twice in a row; one request."""
     rng = np.random.default_rng(4)
-    requests: list[ImageRequest] = []
-    stop = threading.Event()
 
-    def generator() -> None:
-        sock = zmq.Context.instance().socket(zmq.REP)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(f"tcp://127.0.0.1:{free_port}")
-        while not stop.is_set():
-            if not sock.poll(50):
-                continue
-            req, _ = decode(sock.recv_multipart())
-            requests.append(req)
-            images = [
-                (ImageInfo(image_id=f"r{req.round}-{i}"), _png(rng, 64))
-                for i in range(req.n_images)
-            ]
-            sock.send_multipart(encode_image_batch(req.session, req.round, images))
-        sock.close()
+    def answer(req: ImageRequest) -> list:
+        return [
+            (ImageInfo(image_id=f"r{req.round}-{i}"), _png(rng, 64)) for i in range(req.n_images)
+        ]
 
-    thread = threading.Thread(target=generator, daemon=True)
-    thread.start()
     blocks = '[[presentation.blocks]]\nkind = "closed_loop"\nn_trials = 3\nn_rounds = 2\n'
     blocks += 'source = "generator"\npresentations = 2\n'
     protocol = _protocol(tmp_path, stream_name, blocks=blocks, port=free_port)
     session = tmp_path / "session"
-    proc = _present(processes, xvfb, protocol, session)
-    reader = MarkerReader(stream_name)
-    try:
-        out = _finish(proc)
-    finally:
-        stop.set()
-        thread.join(2)
-        reader.close()
+    with _generator(free_port, answer) as requests:
+        proc = _present(processes, xvfb, protocol, session)
+        reader = MarkerReader(stream_name)
+        try:
+            out = _finish(proc)
+        finally:
+            reader.close()
     assert "presentation completed: 12 trials" in out
     assert [(r.round, r.n_images) for r in requests] == [(0, 3), (1, 3)]
     onsets = reader.events("stimulus_onset")
