@@ -14,7 +14,7 @@ from helpers import events_named, wait_until
 
 from experiment_protocols import ProtocolError, load_protocol
 from models.rewards.asymmetry import AsymmetryReward
-from models.rewards.base import EpochData
+from models.rewards.base import EpochData, RewardError
 from models.rewards.personal import (
     PersonalEstimator,
     PersonalReward,
@@ -96,9 +96,10 @@ def test_estimator_recovers_a_known_mapping():
     assert cv["n_trials"] == 48
     assert cv["folds"] == 5
     assert cv["n_permutations"] == 200
-    # per channel 19 ERP windows (0.05-1.0 s) and 3 bands, and the asymmetry index
-    assert cv["n_features"] == len(CH) * (19 + 3) + 1
-    assert set(cv["candidates"]) == {"erp", "spectral", "asymmetry"}
+    # 19 ERP windows (0.05-1.0 s) of the evoked component and per channel, 3 bands per
+    # channel, and the asymmetry index
+    assert cv["n_features"] == 19 + len(CH) * (19 + 3) + 1
+    assert set(cv["candidates"]) == {"evoked", "erp", "spectral", "asymmetry"}
     # held-out epochs of the same participant: the reward follows their hidden valence
     test, valence, _ = dataset(40, seed=2)
     rewards = [est(e) for e in test]
@@ -135,7 +136,8 @@ def test_fallback_is_the_asymmetry_index():
         list(zip(CH[0:10:2], CH[1:10:2], strict=True)), (8, 13), (0.3, 1.0), 0.5
     )
     epochs, _, ratings = dataset(48, seed=7)
-    chance = personal_reward(epochs, np.random.default_rng(0).permutation(ratings), SCALE, fallback)
+    # a fixed shuffle (shuffle 0 decodes by chance, p 0.03: about one in 20 does)
+    chance = personal_reward(epochs, np.random.default_rng(1).permutation(ratings), SCALE, fallback)
     assert not chance.decodes
     assert chance.record["fallback"] == "asymmetry"
     assert chance.record["reward"] == "asymmetry"
@@ -175,7 +177,7 @@ def test_the_index_is_a_candidate_inside_the_permutation_test():
     assert rec["candidates"]["asymmetry"] > rec["candidates"]["erp"]
     assert -1 <= rec["fallback_r"] <= 1
     assert 0 < rec["fallback_p"] <= 1
-    assert "each candidate alone: erp r = " in rec["reason"]
+    assert "each candidate alone: evoked r = " in rec["reason"]
     # a record saved by a session (the index chosen there) is kept as it was
     saved = {**rec, "reward": "asymmetry", "fallback": "asymmetry"}
     again = PersonalReward(real.estimator, fallback, record=saved)
@@ -207,10 +209,10 @@ def test_the_fast_cross_validation_is_scikit_learns():
     data = np.stack([e.data for e in epochs]).astype(np.float64)
     geo = Geometry(tuple(CH), SFREQ, TMIN, N_TIMES)
     maps, skipped = build_maps(geo, FeatureSpec(), index_from_settings(DEFAULT_INDEX))
-    assert [m.name for m in maps] == ["erp", "spectral", "asymmetry"]
+    assert [m.name for m in maps] == ["evoked", "erp", "spectral", "asymmetry"]
     assert skipped == {}
-    blocks = [m.transform(data, epochs) for m in maps]
-    for F in blocks[:2]:  # the Gram-matrix Ledoit-Wolf is scikit-learn's
+    blocks = [m.fit(data).transform(data, epochs) for m in maps]
+    for F in blocks[:3]:  # the Gram-matrix Ledoit-Wolf is scikit-learn's
         Z = F - F.mean(0)
         assert ledoit_wolf_shrinkage(Z @ Z.T, Z.shape[1]) == pytest.approx(
             sklearn_lw(Z, assume_centered=True), rel=1e-9
@@ -221,13 +223,16 @@ def test_the_fast_cross_validation_is_scikit_learns():
         assert (folds[row] == folds).all()
     Y = np.column_stack([ratings, ratings[order].T])
     flags = [m.standardise for m in maps]
-    fast = out_of_fold(fold_paths(list(zip(blocks, flags, strict=True)), folds), Y)
+    default = [m.reads_erp for m in maps]
+    assert default == [True, True, False, False]
+    fast = out_of_fold(fold_paths(list(zip(blocks, flags, strict=True)), folds), Y, default=default)
     edges = np.cumsum([0] + [F.shape[1] for F in blocks])
     spans = [(m.name, slice(a, b), m.standardise)
              for m, a, b in zip(maps, edges[:-1], edges[1:], strict=True)]  # fmt: skip
     F_all = np.concatenate(blocks, axis=1)
     for j in range(Y.shape[1]):
-        slow = cross_val_predict(candidate_model(spans), F_all, Y[:, j], cv=PredefinedSplit(folds))
+        model = candidate_model(spans, default=default)
+        slow = cross_val_predict(model, F_all, Y[:, j], cv=PredefinedSplit(folds))
         np.testing.assert_allclose(fast[:, j], slow, rtol=0, atol=1e-3)
     est = fit_personal(epochs, ratings, SCALE, seed=3, permutations=10)
     np.testing.assert_allclose(est.out_of_fold(epochs), fast[:, 0], atol=1e-9)
@@ -246,7 +251,8 @@ def test_feature_maps_read_any_montage():
     epochs, valence, _ = dataset(60, seed=12, effect=2.0)
     data = np.stack([e.data for e in epochs]).astype(np.float64)
     maps, _ = build_maps(Geometry(tuple(CH), SFREQ, TMIN, N_TIMES), FeatureSpec(), index)
-    erp, spectral, asym = (m.transform(data, epochs) for m in maps)
+    assert [m.name for m in maps] == ["evoked", "erp", "spectral", "asymmetry"]
+    erp, spectral, asym = (m.transform(data, epochs) for m in maps[1:])
     assert erp.shape == (60, len(CH) * 19)
     # the parietal bump (0.5 s) is in Pz's window means around 0.5 s, not before 0.2 s
     pz = CH.index("Pz") * 19
@@ -255,18 +261,31 @@ def test_feature_maps_read_any_montage():
     alpha = spectral.reshape(60, len(CH), 3)[..., 1]
     assert np.corrcoef(alpha[:, 1] - alpha[:, 0], valence)[0, 1] > 0.5  # F4 - F3
     assert np.corrcoef(asym[:, 0], valence)[0, 1] > 0.5  # right minus left
+    # the evoked component, learnt without ratings: a parietal response on every trial
+    # whose size follows valence is read in one component's window means
+    t = TMIN + np.arange(N_TIMES) / SFREQ
+    evoked = data.copy()
+    evoked[:, PARIETAL] += 4.0 * np.exp(-0.5 * ((t - 0.5) / 0.1) ** 2)
+    with pytest.raises(RewardError, match="not fitted"):
+        maps[0].transform(evoked, epochs)
+    component = maps[0].fit(evoked).transform(evoked, epochs)
+    assert maps[0].learnt.shape == (1, len(CH))
+    assert component.shape == (60, 19)
+    assert abs(np.corrcoef(component[:, 9], valence)[0, 1]) > 0.5  # 0.50-0.55 s
+    assert abs(np.corrcoef(component[:, 0], valence)[0, 1]) < 0.3  # 0.05-0.10 s
     # a Muse headband (TP9 AF7 AF8 TP10): its own pair AF7/AF8; no pair at all: no index
     muse = ("TP9", "AF7", "AF8", "TP10")
     maps, skipped = build_maps(Geometry(muse, 256.0, -0.2, 308), FeatureSpec(), index)
-    assert [m.name for m in maps] == ["erp", "spectral", "asymmetry"]
-    assert maps[2].index.reads(list(muse)) == ["AF7", "AF8"]
+    assert [m.name for m in maps] == ["evoked", "erp", "spectral", "asymmetry"]
+    assert maps[3].index.reads(list(muse)) == ["AF7", "AF8"]
     maps, skipped = build_maps(Geometry(("Cz", "Pz"), 256.0, -0.2, 308), FeatureSpec(), index)
-    assert [m.name for m in maps] == ["erp", "spectral"]
+    assert [m.name for m in maps] == ["evoked", "erp", "spectral"]
     assert "homologous" in skipped["asymmetry"]
-    # epochs too short for band power: the ERP alone
+    # one channel, too short for band power: the ERP alone
     maps, skipped = build_maps(Geometry(("Cz",), 100.0, -0.1, 40), FeatureSpec(), None)
     assert [m.name for m in maps] == ["erp"]
     assert "band power" in skipped["spectral"]
+    assert "one channel" in skipped["evoked"]
 
 
 def test_save_load_round_trip_without_pickle(tmp_path):
@@ -282,7 +301,7 @@ def test_save_load_round_trip_without_pickle(tmp_path):
     assert meta["cv"] == est.cv
     raw = path.read_bytes()  # safetensors: 8-byte header length, a JSON header, raw arrays
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
-    assert set(header) >= {"erp.mean", "erp.scale", "erp.coef", "asymmetry.coef"}
+    assert set(header) >= {"erp.mean", "erp.scale", "erp.coef", "asymmetry.coef", "evoked.learnt"}
     assert not raw.startswith(b"\x80")  # no pickle protocol marker
     back = PersonalEstimator.load(path)
     test, _, _ = dataset(5, seed=9)

@@ -18,10 +18,12 @@ mean over the candidates that show signal (:class:`GatedMean`).
   shrinkage over-weighed noisy directions of 64 channels and lost 0.12-0.14 at 200-400
   trials to the leave-one-out penalty.
 - The combination (:class:`GatedMean`): the mean of the predictions of the candidates
-  whose leave-one-out error shows signal by the same test; when none does, the first
-  candidate (the ERP's) alone. The plain mean of all lost 0.1-0.2 of r where a single
-  map carries the valence (the others' noise diluted it); a gate at one standard error
-  or an all-candidate fallback let maps without signal in by chance at 48-96 trials.
+  whose leave-one-out error shows signal by the same test; when none does, the mean of
+  the ``default`` candidates (the two readings of the evoked response: its strongest
+  component and every channel's window means). The plain mean of all lost 0.1-0.2 of
+  r where a single map carries the valence (the others' noise diluted it); a gate at
+  one standard error or an all-candidate fallback let maps without signal in by chance
+  at 48-96 trials.
 
 The permutation test repeats all of it on each shuffle. For a fixed penalty each
 candidate's prediction is linear in the ratings: test = training mean + S (ratings -
@@ -145,16 +147,22 @@ class EvidenceRidge(RegressorMixin, BaseEstimator):
 
 
 class GatedMean(RegressorMixin, BaseEstimator):
-    """The mean of the candidates whose ridge shows signal; the first alone when none does."""
+    """The mean of the candidates whose ridge shows signal; of the ``default`` when none does.
 
-    def __init__(self, estimators: Sequence[tuple[str, object]]) -> None:
+    ``default``: a flag per candidate (None: the first alone).
+    """
+
+    def __init__(
+        self, estimators: Sequence[tuple[str, object]], default: Sequence[bool] | None = None
+    ) -> None:
         self.estimators = estimators
+        self.default = default
 
     def fit(self, X, y):
         """Fit every candidate, then weigh those with signal equally."""
         self.estimators_ = [clone(est).fit(X, y) for _, est in self.estimators]
         signal = np.asarray([est[-1].signal_ for est in self.estimators_], dtype=float)
-        self.weights_ = gate_weights(signal[:, None])[:, 0]
+        self.weights_ = gate_weights(signal[:, None], self.default)[:, 0]
         return self
 
     def predict(self, X):
@@ -164,17 +172,31 @@ class GatedMean(RegressorMixin, BaseEstimator):
         )
 
 
-def gate_weights(signal: np.ndarray) -> np.ndarray:
-    """(candidates, P) weights: equal over those with signal, else the first one alone."""
+def default_flags(default: Sequence[bool] | None, n: int) -> np.ndarray:
+    """The candidates used when none shows signal, as 0/1 (None: the first alone)."""
+    flags = np.zeros(n) if default is None else np.array(default, dtype=np.float64)
+    if default is None or not flags.any():
+        flags[0] = 1.0
+    return flags
+
+
+def gate_weights(signal: np.ndarray, default: Sequence[bool] | None = None) -> np.ndarray:
+    """(candidates, P) weights: equal over those with signal, else over the default ones."""
     w = np.array(signal, dtype=np.float64)
-    w[0, w.sum(0) == 0] = 1.0
+    none = w.sum(0) == 0
+    w[:, none] = default_flags(default, len(w))[:, None]
     return w / w.sum(0)
 
 
-def candidate_model(blocks: Sequence[tuple[str, slice, bool]], min_t: float = MIN_T):
+def candidate_model(
+    blocks: Sequence[tuple[str, slice, bool]],
+    min_t: float = MIN_T,
+    default: Sequence[bool] | None = None,
+):
     """The scikit-learn model: per block (name, its columns, standardise), then the gate.
 
-    Blocks are column ranges of the stacked features of all maps.
+    Blocks are column ranges of the stacked features of all maps; ``default`` flags the
+    candidates used when none shows signal.
     """
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import make_pipeline
@@ -191,7 +213,8 @@ def candidate_model(blocks: Sequence[tuple[str, slice, bool]], min_t: float = MI
                 ),
             )
             for name, cols, std in blocks
-        ]
+        ],
+        default,
     )
 
 
@@ -276,9 +299,16 @@ def fold_paths(blocks: Sequence[tuple[np.ndarray, bool]], folds: np.ndarray) -> 
 
 
 def out_of_fold(
-    folds: Sequence[Fold], Y: np.ndarray, candidate: int | None = None, min_t: float = MIN_T
+    folds: Sequence[Fold],
+    Y: np.ndarray,
+    candidate: int | None = None,
+    min_t: float = MIN_T,
+    default: Sequence[bool] | None = None,
 ) -> np.ndarray:
-    """Out-of-fold predictions of every column of ``Y`` (n, P): the gate, or one candidate."""
+    """Out-of-fold predictions of every column of ``Y`` (n, P): the gate, or one candidate.
+
+    ``default`` as :class:`GatedMean`'s.
+    """
     out = np.empty(Y.shape, dtype=np.float64)
     for fold in folds:
         Yt = Y[fold.train]
@@ -286,7 +316,7 @@ def out_of_fold(
             out[fold.test] = evaluate(fold.paths[candidate], Yt, min_t)[0]
             continue
         preds, signal = zip(*(evaluate(p, Yt, min_t) for p in fold.paths), strict=True)
-        w = gate_weights(np.asarray(signal, dtype=np.float64))
+        w = gate_weights(np.asarray(signal, dtype=np.float64), default)
         out[fold.test] = np.einsum("cp,ctp->tp", w, np.asarray(preds))
     return out
 

@@ -1,11 +1,18 @@
-"""The personal estimator's feature maps: fixed functions of one epoch, never of the ratings.
+"""The personal estimator's feature maps: functions of the epochs, never of the ratings.
 
-Each map reads every epoch the same way whatever the ratings (nothing here is fitted),
-so each candidate model of :mod:`models.rewards.personal` stays linear in the ratings
-and its permutation test can run hundreds of shufflings at once. What a map reads is
-found in the epochs themselves (their channel names, rate and window), so the same maps
-serve a 4-channel headset and a 64-channel cap:
+Each map reads every epoch the same way whatever the ratings (what one learns, it
+learns from the calibration epochs alone), so each candidate model of
+:mod:`models.rewards.personal` stays linear in the ratings and its permutation test can
+run hundreds of shufflings at once, and a shuffle of the ratings leaves every map as it
+was. What a map reads is found in the epochs themselves (their channel names, rate and
+window), so the same maps serve a 4-channel headset and a 64-channel cap:
 
+- ``evoked`` (:class:`EvokedComponent`): the window means of one spatial component,
+  the one whose evoked response is strongest against the trials' total variance:
+  xDAWN with a single class (Rivet et al. 2009, IEEE TBME 56:2035; pyRiemann's
+  ``Xdawn``), fitted on every calibration epoch without their ratings. Where valence
+  moves a component of the evoked response (an LPP, an N170) that is spread over many
+  channels, one component holds it with a few features instead of the channels' noise;
 - ``erp`` (:class:`ErpWindows`): baseline-corrected mean amplitude per channel in
   consecutive 50 ms windows from 0.05 s to the end of the epoch: the features of the
   shrinkage-LDA ERP decoder (Blankertz et al. 2011), over the whole post-stimulus epoch
@@ -34,6 +41,10 @@ BANDS_HZ: tuple[tuple[str, float, float], ...] = (
     ("alpha", 8.0, 13.0),
     ("beta", 13.0, 30.0),
 )
+
+
+#: The evoked component's ridge on the trials' covariance, relative to its mean eigenvalue.
+RIDGE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -84,10 +95,21 @@ class Geometry:
 
 
 class FeatureMap:
-    """Epochs (n, channels, times) µV -> features (n, d); ``standardise`` its columns."""
+    """Epochs (n, channels, times) µV -> features (n, d); ``standardise`` its columns.
+
+    ``reads_erp``: the map reads the evoked response; where no candidate shows signal,
+    the estimate is the mean of these maps' candidates. ``learnt`` is what :meth:`fit`
+    learnt from the epochs (None for a fixed map): saved with the estimator.
+    """
 
     name = ""
     standardise = True
+    reads_erp = False
+    learnt: np.ndarray | None = None
+
+    def fit(self, data: np.ndarray) -> FeatureMap:
+        """Learn from the calibration epochs (n, channels, times), never their ratings."""
+        return self
 
     def transform(self, data: np.ndarray, epochs: Sequence[EpochData]) -> np.ndarray:
         """Features of every epoch (``data`` stacked from ``epochs``)."""
@@ -99,6 +121,7 @@ class ErpWindows(FeatureMap):
 
     name = "erp"
     standardise = False  # amplitudes are commensurate; the shrinkage sees their scale
+    reads_erp = True
 
     def __init__(self, geo: Geometry, spec: FeatureSpec) -> None:
         edges = np.arange(spec.erp_start_s, geo.t_end + 1e-9, spec.erp_bin_s)
@@ -114,13 +137,55 @@ class ErpWindows(FeatureMap):
             )
         self.base = geo.sample(0.0) if geo.sample(0.0) > 0 else 0
 
+    def baselined(self, data: np.ndarray) -> np.ndarray:
+        """The epochs less their pre-stimulus mean (as they are when none is recorded)."""
+        return data - data[..., : self.base].mean(-1, keepdims=True) if self.base else data
+
     def transform(self, data: np.ndarray, epochs: Sequence[EpochData]) -> np.ndarray:
         """(n, channels x windows), channel-major."""
-        x = data
-        if self.base:
-            x = x - x[..., : self.base].mean(-1, keepdims=True)
+        x = self.baselined(data)
         means = np.stack([x[..., a:b].mean(-1) for a, b in self.spans], axis=-1)
         return means.reshape(len(x), -1)
+
+
+class EvokedComponent(FeatureMap):
+    """Window means (µV, as :class:`ErpWindows`) of the strongest evoked component."""
+
+    name = "evoked"
+    standardise = False
+    reads_erp = True
+
+    def __init__(self, geo: Geometry, spec: FeatureSpec, learnt: np.ndarray | None = None) -> None:
+        if len(geo.ch_names) < 2:
+            raise RewardError("one channel: no spatial component to find")
+        self.windows = ErpWindows(Geometry(("component",), geo.sfreq, geo.tmin, geo.n_times), spec)
+        self.post = slice(max(geo.sample(0.0), 0), geo.n_times)
+        self.n_channels = len(geo.ch_names)
+        if learnt is not None and np.asarray(learnt).shape != (1, self.n_channels):
+            raise RewardError(
+                f"the evoked component's filter has shape {np.asarray(learnt).shape}, "
+                f"not (1, {self.n_channels})"
+            )
+        self.learnt = None if learnt is None else np.asarray(learnt, dtype=np.float64)
+
+    def fit(self, data: np.ndarray) -> EvokedComponent:
+        """The single-class xDAWN filter of the baseline-corrected post-stimulus epochs."""
+        from pyriemann.spatialfilters import Xdawn
+
+        x = self.windows.baselined(np.asarray(data, dtype=np.float64))[..., self.post]
+        total = np.einsum("nct,ndt->cd", x, x) / (x.shape[0] * x.shape[2])
+        # a common-average reference leaves the channels' covariance singular
+        total += RIDGE * np.trace(total) / len(total) * np.eye(len(total))
+        xdawn = Xdawn(nfilter=1, estimator="scm", baseline_cov=total)
+        xdawn.fit(x, np.zeros(len(x), dtype=int))
+        self.learnt = np.asarray(xdawn.filters_[:1], dtype=np.float64)
+        return self
+
+    def transform(self, data: np.ndarray, epochs: Sequence[EpochData]) -> np.ndarray:
+        """(n, windows)."""
+        if self.learnt is None:
+            raise RewardError("the evoked component was not fitted on calibration epochs")
+        return self.windows.transform(np.einsum("kc,nct->nkt", self.learnt, data), epochs)
 
 
 class BandPower(FeatureMap):
@@ -178,12 +243,24 @@ class AsymmetryIndex(FeatureMap):
 
 
 def build_maps(
-    geo: Geometry, spec: FeatureSpec, index: AsymmetryReward | None
+    geo: Geometry,
+    spec: FeatureSpec,
+    index: AsymmetryReward | None,
+    learnt: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[FeatureMap], dict[str, str]]:
-    """Every map these epochs can feed, and why each other one cannot."""
+    """Every map these epochs can feed, and why each other one cannot.
+
+    ``learnt``: what each learning map learnt (a saved estimator's); without it, call
+    each map's ``fit`` on the calibration epochs.
+    """
+    learnt = learnt or {}
     maps: list[FeatureMap] = []
     skipped: dict[str, str] = {}
-    makers = [("erp", lambda: ErpWindows(geo, spec)), ("spectral", lambda: BandPower(geo, spec))]
+    makers = [
+        ("evoked", lambda: EvokedComponent(geo, spec, learnt.get("evoked"))),
+        ("erp", lambda: ErpWindows(geo, spec)),
+        ("spectral", lambda: BandPower(geo, spec)),
+    ]
     if index is not None:
         makers.append((AsymmetryIndex.name, lambda: AsymmetryIndex(geo, index)))
     for name, make in makers:
