@@ -11,6 +11,7 @@ import pytest
 from app.bench.loop import (
     ON_REQUEST,
     apply_changes,
+    by_verdict,
     combine,
     default_families,
     default_rewards,
@@ -77,6 +78,30 @@ def test_a_small_population_gives_every_figure(processes, tmp_path, small_pool):
     # every participant was kept as it came, before the summary
     kept = [json.loads(line) for line in (tmp_path / "loop.participants.jsonl").open()]
     assert sorted(kept, key=lambda r: r["subject"]) == fig["per_participant"]
+
+
+def test_gains_are_split_by_what_read_the_calibration():
+    def row(fam, gain, decodes, r, p, reads=None):
+        rec = {"decodes": decodes, "fallback_r": r, "fallback_p": p, "p_threshold": 0.05}
+        if reads:
+            rec["reads"] = reads
+        return {"family": fam, "personal": rec, "by_reward": {"personal": {"gain_a": gain}}}
+
+    rows = [row("lpp", 0.4, True, 0.0, 0.5), row("lpp", 0.1, False, 0.3, 0.01),
+            row("lpp", -0.2, False, 0.3, 0.2), row("mixed", 0.3, False, 0.2, 0.02),
+            row("mixed", 0.0, False, None, None),
+            row("mixed", 0.5, False, 0.0, 1.0, reads="index"),  # as the session recorded
+            {"family": "lpp", "personal": {}, "by_reward": {"personal": {"gain_a": 9.0}}},
+            ]  # fmt: skip
+    out = by_verdict(rows, "personal", ["lpp", "mixed"])
+    assert out["lpp"]["estimator"]["n"] == 1
+    assert out["lpp"]["estimator"]["gain_a_mean"] == 0.4
+    assert out["lpp"]["index"]["gain_a_mean"] == 0.1
+    assert out["lpp"]["neither"]["gain_a_mean"] == -0.2
+    assert out["mixed"]["index"]["n"] == 2
+    assert out["mixed"]["neither"]["n"] == 1
+    assert [out["all"][v]["n"] for v in ("estimator", "index", "neither")] == [1, 3, 2]
+    assert out["all"]["index"]["share_gt_0"] == 1.0
 
 
 def test_no_reward_reads_the_family():

@@ -131,6 +131,17 @@ def test_shuffled_ratings_report_chance(seed):
     assert est.cv["r_ci95"][0] < 0 < est.cv["r_ci95"][1]
 
 
+def test_the_calibration_verdict_says_what_reads_the_ratings():
+    from models.rewards.personal import calibration_verdict
+
+    assert calibration_verdict(True, None, None) == "estimator"
+    assert calibration_verdict(False, 0.2, 0.01) == "index"
+    assert calibration_verdict(False, 0.2, 0.2) == "neither"
+    assert calibration_verdict(False, -0.2, 0.01) == "neither"  # reads them, backwards
+    assert calibration_verdict(False, None, None) == "neither"  # the index could not read
+    assert calibration_verdict(False, 0.2, 0.08, p_threshold=0.1) == "index"
+
+
 def test_fallback_is_the_asymmetry_index():
     fallback = AsymmetryReward(
         list(zip(CH[0:10:2], CH[1:10:2], strict=True)), (8, 13), (0.3, 1.0), 0.5
@@ -142,6 +153,8 @@ def test_fallback_is_the_asymmetry_index():
     assert chance.record["fallback"] == "asymmetry"
     assert chance.record["reward"] == "asymmetry"
     assert "does not decode" in chance.record["reason"]
+    assert chance.record["reads"] == "neither"  # nor does the index read shuffled ratings
+    assert "expect the closed loop to move little" in chance.record["reason"]
     out = chance(epochs[0])
     assert out.value == pytest.approx(fallback(epochs[0]).value)
     assert out.details["fallback"] == "asymmetry"
@@ -159,6 +172,7 @@ def test_fallback_is_the_asymmetry_index():
     assert ok.record["fallback_r"] < ok.record["cv_r"]
     assert ok.record["fallback"] is None
     assert ok.record["reward"] == "personal"
+    assert ok.record["reads"] == "estimator"
     assert ok(epochs[0]).details["out_of_fold"]
 
 
@@ -472,6 +486,26 @@ def _start_worker(procs: Processes, protocol: Path, session: Path, endpoint: str
     return client
 
 
+def test_when_undecoded_decides_which_sessions_stop(tmp_path):
+    settings = load_protocol().generation.reward
+    fit = PersonalSessionReward(settings, ["calibration"], tmp_path)
+    assert fit.stop_reason() is None  # not fitted yet
+    cases = [("index", "neither", False), ("stop", "index", True), ("stop", "neither", True),
+             ("index_or_stop", "index", False), ("index_or_stop", "neither", True),
+             ("index_or_stop", "estimator", False), ("stop", "estimator", False)]  # fmt: skip
+    for mode, reads, stops in cases:
+        fit.settings = settings.model_copy(update={"when_undecoded": mode})
+        decodes = reads == "estimator"
+        record = {"decodes": decodes, "reads": reads, "reason": "why",
+                  "reward": "personal" if decodes else "asymmetry"}  # fmt: skip
+        fit.reward = PersonalReward(None, fit.fallback, record=record)
+        reason = fit.stop_reason()
+        assert (reason is not None) == stops, (mode, reads)
+        if stops:
+            assert f"when_undecoded = '{mode}'" in reason
+            assert "(why)" in reason
+
+
 @pytest.mark.parametrize("participant", ["decodes", "random_ratings"])
 def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, participant):
     from app.session_outputs import build_summary
@@ -481,11 +515,11 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
     epochs_endpoint = f"tcp://127.0.0.1:{_free_port()}"
     pub.bind(epochs_endpoint)
     protocol = tmp_path / "protocol.toml"
-    # the participant who does not decode ends the closed loop: "stop" ends it after the
-    # round in flight; one who decodes goes on whatever the setting
-    protocol.write_text(
-        _PROTOCOL.format(epochs=epochs_endpoint, n_cal=N_CAL, when_undecoded="stop")
-    )
+    # the participant who does not decode ends the closed loop: "index_or_stop" ends it
+    # after the round in flight when the index does not read the ratings either; one who
+    # decodes goes on whatever the setting
+    mode = "stop" if participant == "decodes" else "index_or_stop"
+    protocol.write_text(_PROTOCOL.format(epochs=epochs_endpoint, n_cal=N_CAL, when_undecoded=mode))
     session = tmp_path / "session"
     endpoint = f"tcp://127.0.0.1:{free_port}"
     procs = Processes()
@@ -556,8 +590,9 @@ def test_worker_fits_the_personal_estimator_then_rewards(tmp_path, free_port, pa
             assert not batch.converged
             assert not stopped
         else:
+            assert record["reads"] == "neither"
             assert batch.converged
-            assert "not decoded" in batch.stop_reason
+            assert "neither decodes nor the index reads" in batch.stop_reason
             assert len(batch.images) == 4  # the round in flight is still shown
             assert stopped
             assert stopped[0]["round"] == 0

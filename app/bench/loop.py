@@ -395,21 +395,28 @@ def _by_rounds(curves: list[list[float]]) -> dict[str, dict[str, Any]]:
 
 
 def by_verdict(results: list[dict[str, Any]], reward: str, families: list[str]) -> dict:
-    """Gain (a) of ``reward`` per family, apart for the participants who decoded and the rest.
+    """Gain (a) of ``reward`` per family and over all, by what read the calibration ratings.
 
-    What a session that does not decode gains by running on the fallback anyway: the
-    figure that decides whether it should rather stop and say so.
+    :func:`~models.rewards.personal.calibration_verdict`: the estimator (decoded), the
+    index alone, or neither. What a session whose calibration reads nothing gains by
+    running on the fallback anyway: the figure that decides whether it should rather stop
+    and say so.
     """
+    from models.rewards.personal import record_verdict
+
     out = {}
-    for fam in families:
-        rows = [r for r in results if r["family"] == fam and "decodes" in r.get(reward, {})]
+    for fam in [*families, "all"]:
+        rows = [
+            r for r in results if fam in ("all", r["family"]) and "decodes" in r.get(reward, {})
+        ]
         out[fam] = {}
-        for verdict, want in (("decoded", True), ("not_decoded", False)):
+        for name in ("estimator", "index", "neither"):
             gains = [
-                r["by_reward"][reward]["gain_a"] for r in rows if bool(r[reward]["decodes"]) == want
+                r["by_reward"][reward]["gain_a"] for r in rows if record_verdict(r[reward]) == name
             ]
             st = stats(gains)
-            out[fam][verdict] = {"n": st["n"], "gain_a_mean": st["mean"], "gain_a_ci95": st["ci95"]}
+            out[fam][name] = {"n": st["n"], "gain_a_mean": st["mean"], "gain_a_ci95": st["ci95"],
+                              "share_gt_0": st["share_gt_0"]}  # fmt: skip
     return out
 
 

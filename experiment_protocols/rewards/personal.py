@@ -38,11 +38,13 @@ class PersonalSettings(RewardSettings):
         default_factory=AsymmetryIndex,
         description="The index that rewards a participant who does not decode.",
     )
-    when_undecoded: Literal["index", "stop"] = Field(
+    when_undecoded: Literal["index", "stop", "index_or_stop"] = Field(
         "index",
         description="A participant who does not decode: 'index' runs the closed loop on the "
         "fallback index; 'stop' ends each closed-loop block after the round in flight and "
-        "says so (the index reads little of most people's single trials).",
+        "says so (the index reads little of most people's single trials); 'index_or_stop' "
+        "runs on the index where it alone follows the calibration ratings (permutation p "
+        "below p_threshold) and stops where neither it nor the estimator does.",
     )
 
     description: ClassVar[str] = (

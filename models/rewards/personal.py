@@ -607,8 +607,16 @@ class PersonalReward(RewardMode):
                     f"{cv['p_value']:.3f} (needs r > 0 and p < {cv['p_threshold']:g}){parts}"
                     f"{index}"
                 )
+        reads = calibration_verdict(decodes, fallback_r, fallback_p, cv.get("p_threshold"))
+        if reads == "neither" and estimator is not None:
+            reason += (
+                f"; neither the estimator nor the {fallback_name} index reads this "
+                "participant's ratings: expect the closed loop to move little (README, "
+                "'What a session's calibration tells')"
+            )
         self.record: dict[str, Any] = {
             "decodes": decodes,
+            "reads": reads,
             "reward": self.mode if uses else fallback_name,
             "fallback": None if uses else fallback_name,
             "fallback_r": None if fallback_r is None else round(float(fallback_r), 4),
@@ -704,6 +712,36 @@ def personal_reward(
     return PersonalReward(
         est, fallback, fallback_name=fallback_name, fallback_r=r_fb, fallback_p=p_fb
     )
+
+
+def calibration_verdict(
+    decodes: bool,
+    index_r: float | None,
+    index_p: float | None,
+    p_threshold: float | None = None,
+) -> str:
+    """What reads the participant's calibration ratings: the estimator, the index, neither.
+
+    ``estimator``: the participant decodes; ``index``: not, but the training-free index
+    alone follows the ratings (r > 0 and its permutation p below the threshold, reported
+    beside the estimator's test, never used to choose); ``neither``. On the brain model
+    the loop gains where one of the two reads the ratings and little where neither does
+    (``eegs bench loop``'s ``personal_gain_a_by_verdict``).
+    """
+    if decodes:
+        return "estimator"
+    threshold = 0.05 if p_threshold is None else float(p_threshold)
+    if index_r is not None and index_p is not None and index_r > 0 and index_p < threshold:
+        return "index"
+    return "neither"
+
+
+def record_verdict(record: dict[str, Any]) -> str:
+    """:func:`calibration_verdict` of a ``personal_estimator`` record (old ones lack ``reads``)."""
+    return record.get("reads") or calibration_verdict(
+        bool(record.get("decodes")), record.get("fallback_r"), record.get("fallback_p"),
+        record.get("p_threshold"),
+    )  # fmt: skip
 
 
 def index_agreement(

@@ -499,11 +499,17 @@ class PersonalSessionReward(SessionFittedReward):
         }
 
     def stop_reason(self) -> str | None:
-        """Why, with ``when_undecoded = "stop"``, once the fit finds no decoding."""
-        reward = self.reward
-        if self.settings.when_undecoded != "stop" or reward is None or reward.uses_estimator:
+        """Why, with ``when_undecoded`` "stop" or "index_or_stop", the loop should end."""
+        from models.rewards.personal import record_verdict
+
+        reward, mode = self.reward, self.settings.when_undecoded
+        if mode == "index" or reward is None or reward.uses_estimator:
             return None
-        return f"not decoded ({reward.record.get('reason', 'no verdict')}); when_undecoded = 'stop'"
+        if mode == "index_or_stop" and record_verdict(reward.record) != "neither":
+            return None
+        what = "neither decodes nor the index reads the ratings" if mode == "index_or_stop" else (
+            "not decoded")  # fmt: skip
+        return f"{what} ({reward.record.get('reason', 'no verdict')}); when_undecoded = '{mode}'"
 
     def __call__(self, epoch: EpochData) -> Reward:
         """The predicted valence in [0, 1], or the asymmetry index (the fallback)."""
