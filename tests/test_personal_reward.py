@@ -236,12 +236,13 @@ def test_the_fast_cross_validation_is_scikit_learns():
     for row in order:  # a shuffle moves ratings within folds only
         assert (folds[row] == folds).all()
     Y = np.column_stack([ratings, ratings[order].T])
-    flags = [m.standardise for m in maps]
     default = [m.reads_erp for m in maps]
     assert default == [True, True, False, False]
-    fast = out_of_fold(fold_paths(list(zip(blocks, flags, strict=True)), folds), Y, default=default)
+    assert [m.sign for m in maps] == [None, None, None, 1.0]  # the index's known direction
+    signed = [(F, m.standardise, m.sign) for F, m in zip(blocks, maps, strict=True)]
+    fast = out_of_fold(fold_paths(signed, folds), Y, default=default)
     edges = np.cumsum([0] + [F.shape[1] for F in blocks])
-    spans = [(m.name, slice(a, b), m.standardise)
+    spans = [(m.name, slice(a, b), m.standardise, m.sign)
              for m, a, b in zip(maps, edges[:-1], edges[1:], strict=True)]  # fmt: skip
     F_all = np.concatenate(blocks, axis=1)
     for j in range(Y.shape[1]):

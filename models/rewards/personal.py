@@ -446,7 +446,9 @@ def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_tri
     fold_of = _stratified_folds(y, k, rng)
     order = within_fold_permutations(fold_of, permutations, rng)
     Y = np.column_stack([y, y[order].T]) if permutations else y[:, None]
-    paths = fold_paths([(F, m.standardise) for F, m in zip(blocks, maps, strict=True)], fold_of)
+    paths = fold_paths(
+        [(F, m.standardise, m.sign) for F, m in zip(blocks, maps, strict=True)], fold_of
+    )
     default = [m.reads_erp for m in maps]
     oof_all = out_of_fold(paths, Y, default=default)
     r_all = pearson_columns(oof_all, Y)
@@ -461,11 +463,11 @@ def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_tri
     # the model on every trial (scikit-learn), calibrated by the out-of-fold slope
     F_all = np.concatenate(blocks, axis=1)
     edges = np.cumsum([0] + [F.shape[1] for F in blocks])
-    spans = [(m.name, slice(int(a), int(b)), m.standardise)
+    spans = [(m.name, slice(int(a), int(b)), m.standardise, m.sign)
              for m, a, b in zip(maps, edges[:-1], edges[1:], strict=True)]  # fmt: skip
     model = candidate_model(spans, default=default).fit(F_all, y)
     candidates = []
-    for (name, _, std), pipe, w in zip(spans, model.estimators_, model.weights_, strict=True):
+    for (name, _, std, _), pipe, w in zip(spans, model.estimators_, model.weights_, strict=True):
         scaler, ridge = pipe[1], pipe[2]
         scale_ = scaler.scale_ if std else np.ones(len(scaler.mean_))
         candidates.append(Candidate(name, scaler.mean_, scale_, ridge.coef_, ridge.intercept_,

@@ -105,6 +105,18 @@ def signal_t(loo_sq: np.ndarray, null_sq: np.ndarray) -> np.ndarray:
     return np.where(sd > 0, t, 0.0)
 
 
+def direction_t(z: np.ndarray, Y: np.ndarray, sign: float) -> np.ndarray:
+    """The t of one feature's Pearson r with each column of ``Y``, in its known direction.
+
+    For a training-free index whose direction is known before any rating (``sign``):
+    its evidence is its correlation in that direction (one-sided), not a leave-one-out
+    gain, which spends the trials on learning a direction already known.
+    """
+    r = sign * pearson_columns(np.asarray(z, dtype=np.float64)[:, None], Y)
+    n = Y.shape[0]
+    return r * np.sqrt((n - 2) / np.maximum(1.0 - r * r, 1e-12))
+
+
 def null_errors(y: np.ndarray) -> np.ndarray:
     """Squared leave-one-out errors of predicting each rating by the mean of the others."""
     n = y.shape[0]
@@ -115,11 +127,13 @@ class EvidenceRidge(RegressorMixin, BaseEstimator):
     """Ridge regression whose penalty is its leave-one-out choice where that shows signal.
 
     Else the Ledoit-Wolf shrinkage penalty (module docstring). ``signal_t_`` is the
-    paired t of the best penalty's leave-one-out gain over the mean.
+    paired t of the best penalty's leave-one-out gain over the mean, or, for one feature
+    of known ``sign``, :func:`direction_t`.
     """
 
-    def __init__(self, min_t: float = MIN_T) -> None:
+    def __init__(self, min_t: float = MIN_T, sign: float | None = None) -> None:
         self.min_t = min_t
+        self.sign = sign
 
     def fit(self, X, y):
         """Fit on (n, d) features and n ratings."""
@@ -133,7 +147,10 @@ class EvidenceRidge(RegressorMixin, BaseEstimator):
         cv = RidgeCV(alphas=alphas, store_cv_results=True).fit(X, y)
         loo = cv.cv_results_  # (n, n_alphas) squared leave-one-out errors
         best = int(np.argmin(loo.mean(0)))
-        self.signal_t_ = float(signal_t(loo[:, best], null_errors(y)))
+        if self.sign is None:
+            self.signal_t_ = float(signal_t(loo[:, best], null_errors(y)))
+        else:
+            self.signal_t_ = float(direction_t(X[:, 0], y[:, None], self.sign)[0])
         self.signal_ = bool(self.signal_t_ > self.min_t)
         self.alpha_ = float(alphas[best]) if self.signal_ else shrinkage_penalty(K, X.shape[1])
         self.ridge_ = Ridge(alpha=self.alpha_).fit(X, y)
@@ -189,14 +206,15 @@ def gate_weights(signal: np.ndarray, default: Sequence[bool] | None = None) -> n
 
 
 def candidate_model(
-    blocks: Sequence[tuple[str, slice, bool]],
+    blocks: Sequence[tuple],
     min_t: float = MIN_T,
     default: Sequence[bool] | None = None,
 ):
-    """The scikit-learn model: per block (name, its columns, standardise), then the gate.
+    """The scikit-learn model: per block (name, its columns, standardise[, sign]), the gate.
 
-    Blocks are column ranges of the stacked features of all maps; ``default`` flags the
-    candidates used when none shows signal.
+    Blocks are column ranges of the stacked features of all maps; ``sign`` (optional): the
+    known direction of a one-feature block; ``default`` flags the candidates used when
+    none shows signal.
     """
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import make_pipeline
@@ -209,10 +227,10 @@ def candidate_model(
                 make_pipeline(
                     ColumnTransformer([("block", "passthrough", cols)]),
                     StandardScaler(with_std=std),
-                    EvidenceRidge(min_t),
+                    EvidenceRidge(min_t, sign[0] if sign else None),
                 ),
             )
-            for name, cols, std in blocks
+            for name, cols, std, *sign in blocks
         ],
         default,
     )
@@ -233,16 +251,22 @@ class Paths:
     """One candidate in one fold: for every penalty, the quantities linear in the ratings.
 
     ``V``, ``lam``: eigendecomposition of the centred training Gram matrix; ``A``: the
-    test rows' kernel in that basis; ``alphas``: the grid, then the shrinkage penalty.
+    test rows' kernel in that basis; ``alphas``: the grid, then the shrinkage penalty;
+    ``z``, ``sign``: the training feature and its known direction (one-feature blocks
+    with a sign only).
     """
 
     V: np.ndarray
     lam: np.ndarray
     A: np.ndarray
     alphas: np.ndarray
+    z: np.ndarray | None = None
+    sign: float | None = None
 
 
-def candidate_paths(F_train: np.ndarray, F_test: np.ndarray, std: bool) -> Paths:
+def candidate_paths(
+    F_train: np.ndarray, F_test: np.ndarray, std: bool, sign: float | None = None
+) -> Paths:
     """What :func:`evaluate` needs of one candidate in one fold (epochs only)."""
     mean, scale = standardiser(F_train, std)
     Z = (F_train - mean) / scale
@@ -253,7 +277,8 @@ def candidate_paths(F_train: np.ndarray, F_test: np.ndarray, std: bool) -> Paths
     lam, V = np.linalg.eigh(K)
     lam = np.clip(lam, 0.0, None)
     alphas = np.append(penalty_grid(K), shrinkage_penalty(K, Z.shape[1]))
-    return Paths(V, lam, (Zt @ Z.T) @ V, alphas)
+    z = F_train[:, 0] if sign is not None else None
+    return Paths(V, lam, (Zt @ Z.T) @ V, alphas, z, sign)
 
 
 def evaluate(p: Paths, Y: np.ndarray, min_t: float = MIN_T) -> tuple[np.ndarray, np.ndarray]:
@@ -274,7 +299,10 @@ def evaluate(p: Paths, Y: np.ndarray, min_t: float = MIN_T) -> tuple[np.ndarray,
         loo[i] = (resid / np.maximum(1.0 - h, 1e-12)[:, None]) ** 2
     best = loo.mean(1).argmin(0)  # (P,)
     cols = np.arange(P)
-    signal = signal_t(loo[best, :, cols].T, null_errors(Y)) > min_t
+    if p.sign is None:
+        signal = signal_t(loo[best, :, cols].T, null_errors(Y)) > min_t
+    else:
+        signal = direction_t(p.z, Y, p.sign) > min_t
     alpha = np.where(signal, grid[best], p.alphas[-1])  # (P,)
     pred = m + p.A @ (U / (p.lam[:, None] + alpha[None, :]))
     return pred, signal
@@ -289,12 +317,13 @@ class Fold:
     paths: list[Paths]
 
 
-def fold_paths(blocks: Sequence[tuple[np.ndarray, bool]], folds: np.ndarray) -> list[Fold]:
-    """Each fold's paths, for blocks of features (n, d) with their standardise flag."""
+def fold_paths(blocks: Sequence[tuple], folds: np.ndarray) -> list[Fold]:
+    """Each fold's paths, for blocks (features (n, d), standardise[, known sign])."""
     out = []
     for f in np.unique(folds):
         test, train = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
-        out.append(Fold(test, train, [candidate_paths(F[train], F[test], s) for F, s in blocks]))
+        paths = [candidate_paths(F[train], F[test], s, *sign) for F, s, *sign in blocks]
+        out.append(Fold(test, train, paths))
     return out
 
 

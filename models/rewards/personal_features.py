@@ -98,13 +98,16 @@ class FeatureMap:
     """Epochs (n, channels, times) µV -> features (n, d); ``standardise`` its columns.
 
     ``reads_erp``: the map reads the evoked response; where no candidate shows signal,
-    the estimate is the mean of these maps' candidates. ``learnt`` is what :meth:`fit`
-    learnt from the epochs (None for a fixed map): saved with the estimator.
+    the estimate is the mean of these maps' candidates. ``sign``: the known direction of
+    a one-feature map (its value grows with valence), None when learnt from the ratings.
+    ``learnt`` is what :meth:`fit` learnt from the epochs (None for a fixed map): saved
+    with the estimator.
     """
 
     name = ""
     standardise = True
     reads_erp = False
+    sign: float | None = None
     learnt: np.ndarray | None = None
 
     def fit(self, data: np.ndarray) -> FeatureMap:
@@ -227,6 +230,7 @@ class AsymmetryIndex(FeatureMap):
     """The training-free asymmetry index (log alpha power, right minus left)."""
 
     name = AsymmetryReward.mode
+    sign = 1.0  # less left-frontal alpha (a larger right-minus-left power) when pleasant
 
     def __init__(self, geo: Geometry, index: AsymmetryReward) -> None:
         if not index.reads(list(geo.ch_names)):
