@@ -216,12 +216,6 @@ def write_report(session: Path, protocol: Protocol, summary: dict[str, Any]) -> 
                 f"does NOT decode above chance: the reward fell back to "
                 f"'{personal.get('fallback')}' ({personal.get('reason', '')})"
             )
-        if personal.get("reads") == "neither":
-            verdict += (
-                ". Neither the estimator nor the index follows this participant's ratings: "
-                "on the brain model such sessions gained little (README, 'What a session's "
-                "calibration tells')"
-            )
         report.add_html(
             f"<p>Personal pseudo reward estimator, fitted on {personal.get('n_trials')} rated "
             f"calibration trials: {verdict}. Out-of-fold r = {personal.get('cv_r')} (95% CI "

@@ -431,7 +431,7 @@ def _fit(epochs, ratings, scale, seed, folds, permutations, p_threshold, min_tri
         try:
             F = m.fit(data).transform(data, epochs)  # a map learns from the epochs alone
         except (ValueError, np.linalg.LinAlgError) as err:
-            skipped[m.name] = f"cannot learn from these epochs: {err}"
+            skipped[m.name] = f"cannot read these epochs: {err}"
             maps.remove(m)
             continue
         if not np.isfinite(F).all():

@@ -206,14 +206,14 @@ def gate_weights(signal: np.ndarray, default: Sequence[bool] | None = None) -> n
 
 
 def candidate_model(
-    blocks: Sequence[tuple],
+    blocks: Sequence[tuple[str, slice, bool, float | None]],
     min_t: float = MIN_T,
     default: Sequence[bool] | None = None,
 ):
-    """The scikit-learn model: per block (name, its columns, standardise[, sign]), the gate.
+    """The scikit-learn model: per block (name, its columns, standardise, sign), the gate.
 
-    Blocks are column ranges of the stacked features of all maps; ``sign`` (optional): the
-    known direction of a one-feature block; ``default`` flags the candidates used when
+    Blocks are column ranges of the stacked features of all maps; ``sign``: the known
+    direction of a one-feature block, or None; ``default`` flags the candidates used when
     none shows signal.
     """
     from sklearn.compose import ColumnTransformer
@@ -227,10 +227,10 @@ def candidate_model(
                 make_pipeline(
                     ColumnTransformer([("block", "passthrough", cols)]),
                     StandardScaler(with_std=std),
-                    EvidenceRidge(min_t, sign[0] if sign else None),
+                    EvidenceRidge(min_t, sign),
                 ),
             )
-            for name, cols, std, *sign in blocks
+            for name, cols, std, sign in blocks
         ],
         default,
     )
@@ -317,12 +317,14 @@ class Fold:
     paths: list[Paths]
 
 
-def fold_paths(blocks: Sequence[tuple], folds: np.ndarray) -> list[Fold]:
-    """Each fold's paths, for blocks (features (n, d), standardise[, known sign])."""
+def fold_paths(
+    blocks: Sequence[tuple[np.ndarray, bool, float | None]], folds: np.ndarray
+) -> list[Fold]:
+    """Each fold's paths, for blocks (features (n, d), standardise, known sign or None)."""
     out = []
     for f in np.unique(folds):
         test, train = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
-        paths = [candidate_paths(F[train], F[test], s, *sign) for F, s, *sign in blocks]
+        paths = [candidate_paths(F[train], F[test], s, sign) for F, s, sign in blocks]
         out.append(Fold(test, train, paths))
     return out
 

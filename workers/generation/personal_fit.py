@@ -507,8 +507,9 @@ class PersonalSessionReward(SessionFittedReward):
             return None
         if mode == "index_or_stop" and record_verdict(reward.record) != "neither":
             return None
-        what = "neither decodes nor the index reads the ratings" if mode == "index_or_stop" else (
-            "not decoded")  # fmt: skip
+        what = "not decoded"
+        if mode == "index_or_stop":
+            what = "neither decodes nor the index reads the ratings"
         return f"{what} ({reward.record.get('reason', 'no verdict')}); when_undecoded = '{mode}'"
 
     def __call__(self, epoch: EpochData) -> Reward:
