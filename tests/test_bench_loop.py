@@ -38,7 +38,7 @@ def test_a_small_population_gives_every_figure(processes, tmp_path, small_pool):
     proc = processes.eegs(
         "bench", "loop", "--participants", "2", "--rounds", "2", "--families", "mixed,lpp",
         "--rewards", ",".join(REWARDS + ON_REQUEST), "--workers", "2", "--out", str(out),
-        "--protocol", small_pool,
+        "--protocol", small_pool, "--vary", "generation.reward.when_undecoded=stop",
     )  # fmt: skip
     stdout, stderr = proc.communicate(timeout=560)
     assert proc.returncode == 0, stderr[-3000:]
@@ -54,15 +54,28 @@ def test_a_small_population_gives_every_figure(processes, tmp_path, small_pool):
             assert {"gain_a_mean", "gain_a_ci95", "gain_b_mean", "gain_b_ci95"} <= set(f)
             assert 0 <= f["frac_improved"] <= 1
     for p in fig["per_participant"]:
+        # the protocol stops the loop of a participant the estimator does not read: the
+        # session ends after the round in flight (round 1); every other loop runs on
+        stopped = p["personal"]["reward"] != "personal"
         for reward, r in p["by_reward"].items():
             curve = r["curve"]
-            assert len(curve) == 3  # round 0 + 2 rounds
+            if reward == "personal" and stopped:
+                assert (r["stopped_after"], r["planned"]) == (1, 2)
+                assert len(curve) == 2
+            else:
+                assert "stopped_after" not in r
+                assert len(curve) == 3  # round 0 + 2 rounds
             assert r["gain_a"] == pytest.approx(np.mean(curve[-2:]) - curve[0], abs=1e-3)
             if reward == "random":
                 assert r["gain_b"] is None  # nothing chosen: no loop
         assert isinstance(p["personal"]["decodes"], bool)
         # round 0 is the same random pool sample for every reward of a participant
         assert len({round(r["curve"][0], 4) for r in p["by_reward"].values()}) == 1
+    stops = {p["family"]: p["personal"]["reward"] != "personal" for p in fig["per_participant"]}
+    assert any(stops.values())  # at lab realism 48 rated trials decode almost no one
+    for fam, stopped in stops.items():
+        assert fig["by_reward"]["personal"]["by_family"][fam]["stopped_share"] == float(stopped)
+        assert fig["by_reward"]["random"]["by_family"][fam]["stopped_share"] == 0.0
     assert set(fig["goals"]) == {"mixed", "lpp"}
     for g in fig["goals"].values():  # the realistic goal implies its parts
         assert not g["realistic_goal_met"] or (g["ci_above_0"] and g["ge_2x_best_control"])

@@ -101,3 +101,24 @@ def test_a_control_that_ran_out_of_pool_images_is_read_where_it_ran():
     fig = summarise(rows, ["personal", "random", "blind"], ["lpp"], "personal")
     assert list(fig["by_reward"]["random"]["by_family"]["lpp"]["gain_a_by_rounds"])[-1] == "10"
     assert fig["goals"]["lpp"]["realistic_goal_first_met_at_rounds"] == 15
+
+
+def test_a_session_the_protocol_stopped_keeps_its_gain_at_every_length():
+    """``when_undecoded``: a stopped session ends after round 1 and counts with what it got."""
+    rows = [_participant(s, rise_from=0, slope=0.05) for s in range(6)]
+    for r in rows[:2]:
+        short = r["by_reward"]["personal"]["curve"][:2]  # round 0 and the round in flight
+        r["by_reward"]["personal"] = {
+            "curve": short, "gain_a": gain_a_at(short, 1), "gain_b": None, "stopped_after": 1,
+            "planned": 20,
+        }
+    fig = summarise(rows, ["personal", "random", "blind"], ["lpp"], "personal")
+    lpp = fig["by_reward"]["personal"]["by_family"]["lpp"]
+    assert lpp["stopped_share"] == pytest.approx(2 / 6, abs=1e-3)
+    assert fig["by_reward"]["random"]["by_family"]["lpp"]["stopped_share"] == 0.0
+    assert list(lpp["gain_a_by_rounds"])[-1] == "20"  # the lengths the others reached
+    stopped = [gain_a_at(r["by_reward"]["personal"]["curve"], 1) for r in rows[:2]]
+    ran = [gain_a_at(r["by_reward"]["personal"]["curve"], 20) for r in rows[2:]]
+    assert lpp["gain_a_by_rounds"]["20"]["mean"] == pytest.approx(np.mean(stopped + ran), abs=1e-3)
+    assert lpp["gain_a_mean"] == pytest.approx(np.mean(stopped + ran), abs=1e-3)
+

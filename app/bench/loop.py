@@ -51,6 +51,10 @@ from experiment_protocols.rewards import modes_without_files
 CONTROLS = ("random", "blind", "oracle")
 #: session lengths (closed-loop rounds) the gains are also read at, from one longer run
 ROUND_COUNTS = (1, 2, 3, 5, 10, 15, 20, 30, 40, 50, 60, 80, 100)
+#: a session whose protocol stops its loop after the calibration (``when_undecoded``) ends
+#: after round 1: round 0 is asked for before the session starts, round 1 is the round in
+#: flight when the fit says stop (:func:`models.rewards.personal.loop_stop_reason`)
+STOPPED_AFTER = 1
 _FIT_BUDGET_S = 600.0  # the protocol's bound: no fit of the bench is cut short by time
 ON_REQUEST = ("noisy_oracle",)  # diagnostic controls, not in the default run
 GOALS = {"gain_a_min": 0.30, "frac_improved_min": 0.85, "vs_controls": 2.0, "vs_oracle": 0.70}
@@ -245,6 +249,7 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
     )
     from experiment_protocols import load_protocol
     from experiment_protocols.rewards import switch_mode
+    from models.rewards.personal import loop_stop_reason
     from workers.generation.service import build_backend, build_pool
 
     torch.set_num_threads(1)
@@ -279,13 +284,15 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
 
         for reward in spec["rewards"]:
             p = protocol.model_copy(deep=True)
-            score, reward_fn, prior = None, None, None
+            score, reward_fn, prior, stop = None, None, None, None
             if reward not in CONTROLS + ON_REQUEST:  # a reward mode, on the EEG
                 p.generation.reward = switch_mode(p.generation.reward, reward)
                 folder = Path(tmp) / reward
                 reward_fn, record, prior = loop_reward(p, rec, calib, X_cal, folder)
                 if record is not None:  # the fit's record (the personal estimator's)
                     out[reward] = record
+                    when = getattr(p.generation.reward, "when_undecoded", "index")
+                    stop = loop_stop_reason(record, when)
             elif reward == "blind":
                 noise = np.random.default_rng(noise_seed(subject, "blind"))
 
@@ -302,12 +309,15 @@ def run_participant(spec: dict[str, Any]) -> dict[str, Any]:
                     return (hidden(images) + 1.0) / 2.0 + noise.normal(0.0, sd, len(images))
 
             fork = backend.fork()
+            run = sizes if stop is None else sizes[: STOPPED_AFTER + 1]
             if reward == "random":
-                loop = _random_search(p, sizes, fork, pool)
+                loop = _random_search(p, run, fork, pool)
             else:
-                loop = run_loop(p, rec, reward_fn, sizes, subject, prior, score, False, fork, pool)
+                loop = run_loop(p, rec, reward_fn, run, subject, prior, score, False, fork, pool)
             valence = hidden(loop.images)
             out["by_reward"][reward] = loop_gains(valence, loop.rounds, loop.kinds)
+            if stop is not None:  # and the rounds it would have run
+                out["by_reward"][reward].update(stopped_after=STOPPED_AFTER, planned=len(sizes) - 1)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -354,7 +364,8 @@ def summarise(
                 "gain_b_mean": sb["mean"],
                 "gain_b_ci95": sb["ci95"],
                 "frac_improved": sa["share_gt_0"],
-                "gain_a_by_rounds": _by_rounds([row["curve"] for row in rows]),
+                "gain_a_by_rounds": _by_rounds(rows),
+                "stopped_share": round(float(np.mean(["stopped_after" in row for row in rows])), 3),
             }
         by_reward[reward] = {"by_family": fams}
     out: dict[str, Any] = {"by_reward": by_reward}
@@ -385,11 +396,17 @@ def round_counts(rounds: int) -> list[int]:
     return [n for n in ROUND_COUNTS if n < rounds] + [rounds]
 
 
-def _by_rounds(curves: list[list[float]]) -> dict[str, dict[str, Any]]:
-    """Gain (a) had every session stopped after n rounds, for each n of :func:`round_counts`."""
+def _by_rounds(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Gain (a) had every session stopped after n rounds, for each n of :func:`round_counts`.
+
+    A session its protocol stopped (``stopped_after``) keeps its gain at every longer
+    length, up to the rounds it would have run (``planned``).
+    """
+    reached = [row.get("planned", len(row["curve"]) - 1) for row in rows]
     out = {}
-    for n in round_counts(min(len(c) for c in curves) - 1):
-        st = stats([gain_a_at(c, n) for c in curves])
+    for n in round_counts(min(reached)):
+        gains = [gain_a_at(row["curve"], min(n, len(row["curve"]) - 1)) for row in rows]
+        st = stats(gains)
         out[str(n)] = {"mean": st["mean"], "ci95": st["ci95"], "share_gt_0": st["share_gt_0"]}
     return out
 

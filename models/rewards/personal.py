@@ -651,7 +651,7 @@ class PersonalReward(RewardMode):
     @property
     def uses_estimator(self) -> bool:
         """Whether the estimator (not the fallback index) gives the reward."""
-        return self.record.get("reward", self.mode if self.decodes else None) == self.mode
+        return record_uses_estimator(self.record)
 
     def __call__(self, epoch: EpochData) -> Reward:
         """The reward of one epoch."""
@@ -746,6 +746,30 @@ def record_verdict(record: dict[str, Any]) -> str:
         bool(record.get("decodes")), record.get("fallback_r"), record.get("fallback_p"),
         record.get("p_threshold"),
     )  # fmt: skip
+
+
+def record_uses_estimator(record: dict[str, Any]) -> bool:
+    """Whether a ``personal_estimator`` record's reward is the estimator (not the fallback)."""
+    mode = PersonalReward.mode
+    return record.get("reward", mode if record.get("decodes") else None) == mode
+
+
+def loop_stop_reason(record: dict[str, Any], when_undecoded: str) -> str | None:
+    """Why a session's closed loop should end after its calibration (None: it runs).
+
+    ``when_undecoded`` (``generation.reward``): "index" always runs the loop; "stop" ends
+    it where the estimator does not give the reward; "index_or_stop" only where neither
+    the estimator nor the index reads the ratings. The worker sends the round in flight
+    as the block's last; ``eegs bench loop`` ends the same sessions at the same round.
+    """
+    if when_undecoded == "index" or record_uses_estimator(record):
+        return None
+    if when_undecoded == "index_or_stop" and record_verdict(record) != "neither":
+        return None
+    what = "not decoded"
+    if when_undecoded == "index_or_stop":
+        what = "neither decodes nor the index reads the ratings"
+    return f"{what} ({record.get('reason', 'no verdict')}); when_undecoded = '{when_undecoded}'"
 
 
 def index_agreement(

@@ -500,17 +500,12 @@ class PersonalSessionReward(SessionFittedReward):
 
     def stop_reason(self) -> str | None:
         """Why, with ``when_undecoded`` "stop" or "index_or_stop", the loop should end."""
-        from models.rewards.personal import record_verdict
+        from models.rewards.personal import loop_stop_reason
 
-        reward, mode = self.reward, self.settings.when_undecoded
-        if mode == "index" or reward is None or reward.uses_estimator:
+        reward = self.reward
+        if reward is None:
             return None
-        if mode == "index_or_stop" and record_verdict(reward.record) != "neither":
-            return None
-        what = "not decoded"
-        if mode == "index_or_stop":
-            what = "neither decodes nor the index reads the ratings"
-        return f"{what} ({reward.record.get('reason', 'no verdict')}); when_undecoded = '{mode}'"
+        return loop_stop_reason(reward.record, self.settings.when_undecoded)
 
     def __call__(self, epoch: EpochData) -> Reward:
         """The predicted valence in [0, 1], or the asymmetry index (the fallback)."""
