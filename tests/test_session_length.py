@@ -109,7 +109,10 @@ def test_a_session_the_protocol_stopped_keeps_its_gain_at_every_length():
     for r in rows[:2]:
         short = r["by_reward"]["personal"]["curve"][:2]  # round 0 and the round in flight
         r["by_reward"]["personal"] = {
-            "curve": short, "gain_a": gain_a_at(short, 1), "gain_b": None, "stopped_after": 1,
+            "curve": short,
+            "gain_a": gain_a_at(short, 1),
+            "gain_b": None,
+            "stopped_after": 1,
             "planned": 20,
         }
     fig = summarise(rows, ["personal", "random", "blind"], ["lpp"], "personal")
@@ -121,4 +124,3 @@ def test_a_session_the_protocol_stopped_keeps_its_gain_at_every_length():
     ran = [gain_a_at(r["by_reward"]["personal"]["curve"], 20) for r in rows[2:]]
     assert lpp["gain_a_by_rounds"]["20"]["mean"] == pytest.approx(np.mean(stopped + ran), abs=1e-3)
     assert lpp["gain_a_mean"] == pytest.approx(np.mean(stopped + ran), abs=1e-3)
-
